@@ -1,0 +1,118 @@
+"""The trained classifier as the server uses it: load once, score texts.
+
+The artifact is a scikit-learn Pipeline (word TF-IDF + dense cue features ->
+logistic regression) persisted with skops. scikit-learn's per-call overhead
+(input validation, sparse matrix assembly) costs about a millisecond for one
+text, so single texts go through `_FastLinear`, which evaluates the same
+fitted linear model with dictionary lookups; batches go through the pipeline
+itself. Both give the same probabilities (tests/unit/test_classifier.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
+MODEL_FILE = "model.skops"
+METADATA_FILE = "metadata.json"
+
+# The only non-library objects the artifact may reference. Anything else in
+# the file is refused at load time (skops' trusted-type check).
+TRUSTED_TYPES = ["classifier.features.dense_features", "classifier.features.normalize"]
+
+# Below this many texts the hand-evaluated path is faster than the pipeline.
+_FAST_PATH_MAX = 8
+
+
+def trusted_types(path: Path) -> list[str]:
+    """Every type skops finds in the file must be in the library's defaults
+    or in TRUSTED_TYPES; raise otherwise."""
+    import skops.io as sio
+
+    untrusted = sio.get_untrusted_types(file=path)
+    unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    if unexpected:
+        raise ValueError(f"{path} references types that are not trusted: {unexpected}")
+    return untrusted
+
+
+class _FastLinear:
+    """sigmoid(w · [tfidf(text), scaled dense(text)] + b), without scipy."""
+
+    def __init__(self, pipeline):
+        from .features import dense_features
+
+        union = pipeline.named_steps["features"]
+        word = dict(union.transformer_list)["word"]
+        dense = dict(union.transformer_list)["dense"]
+        lr = pipeline.named_steps["lr"]
+        coef = lr.coef_[0]
+        n_word = len(word.vocabulary_)
+        self._analyzer = word.build_analyzer()
+        self._sublinear = word.sublinear_tf
+        # token -> (idf, weight): one lookup per token at scoring time.
+        self._vocab = {tok: (word.idf_[j], coef[j]) for tok, j in word.vocabulary_.items()}
+        scaler = dense.steps[-1][1]
+        self._dense = dense_features
+        self._dense_w = coef[n_word:] / scaler.scale_
+        self._dense_b = float(-(scaler.mean_ / scaler.scale_) @ coef[n_word:])
+        self._intercept = float(lr.intercept_[0])
+
+    def score(self, text: str) -> float:
+        counts = Counter(t for t in self._analyzer(text) if t in self._vocab)
+        norm_sq = dot = 0.0
+        for tok, n in counts.items():
+            idf, w = self._vocab[tok]
+            tf = (1.0 + math.log(n)) if self._sublinear else float(n)
+            v = tf * idf
+            norm_sq += v * v
+            dot += v * w
+        z = self._intercept + self._dense_b + float(self._dense([text])[0] @ self._dense_w)
+        if norm_sq > 0.0:
+            z += dot / math.sqrt(norm_sq)
+        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+
+class Classifier:
+    """Scores texts with p_complex, the probability the large tier is needed."""
+
+    def __init__(self, pipeline, metadata: dict):
+        self.pipeline = pipeline
+        self.metadata = metadata
+        self.threshold = float(metadata.get("threshold", 0.5))
+        self._fast = _FastLinear(pipeline)
+
+    def score(self, texts: Sequence[str] | Iterable[str]) -> np.ndarray:
+        """p_complex in [0, 1] per text, in order. Never raises on odd text:
+        non-strings are treated as their str(), None as empty."""
+        clean = ["" if t is None else t if isinstance(t, str) else str(t) for t in texts]
+        if not clean:
+            return np.zeros(0, dtype=np.float64)
+        if len(clean) <= _FAST_PATH_MAX:
+            return np.array([self._fast.score(t) for t in clean], dtype=np.float64)
+        return self.pipeline.predict_proba(clean)[:, 1].astype(np.float64)
+
+    def label(self, p_complex: float, threshold: float | None = None) -> str:
+        return "complex" if p_complex >= (self.threshold if threshold is None else threshold) else "simple"
+
+
+def load(path: str | Path | None = None) -> Classifier:
+    """Load the artifact folder (default: the committed one), refusing any
+    type beyond scikit-learn's own and TRUSTED_TYPES."""
+    import skops.io as sio
+
+    folder = Path(path) if path is not None else ARTIFACT_DIR
+    if folder.is_file():
+        folder = folder.parent
+    model_path = folder / MODEL_FILE
+    if not model_path.is_file():
+        raise FileNotFoundError(f"no classifier artifact at {model_path}: run `make train`")
+    pipeline = sio.load(model_path, trusted=trusted_types(model_path))
+    metadata = json.loads((folder / METADATA_FILE).read_text())
+    return Classifier(pipeline, metadata)

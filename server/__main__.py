@@ -1,0 +1,54 @@
+"""python -m server --config config/cpu.yaml [--port N] [--metrics-port M]
+
+The only place that reads argv, the environment and signals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from .config import ConfigError, load
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m server", description="Triage: an adaptive LLM router over gRPC")
+    parser.add_argument("--config", default=os.environ.get("TRIAGE_CONFIG", "config/cpu.yaml"), help="profile YAML (default: config/cpu.yaml)")
+    parser.add_argument("--port", type=int, default=None, help="gRPC port (0 picks a free one and prints it)")
+    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (0 = free port, -1 = off)")
+    parser.add_argument("--log-level", default=os.environ.get("TRIAGE_LOG_LEVEL", "INFO"))
+    return parser.parse_args(argv)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    import classifier
+
+    from .app import build_app, serve
+
+    try:
+        config = load(args.config).with_ports(args.port, args.metrics_port)
+    except ConfigError as exc:
+        print(f"triage: bad config: {exc}", file=sys.stderr)
+        return 2
+    clf = classifier.load(config.classifier.path)
+    app = build_app(config, clf)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await serve(app, stop)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Typed, frozen configuration, loaded once in __main__ and passed down.
+
+A profile is a YAML file under config/. Unknown keys are errors (a typo must
+not silently fall back to a default). Relative paths are resolved against the
+folder that holds the config file, so a profile works from any directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+TIERS = ("small", "large")
+
+
+class ConfigError(ValueError):
+    """The configuration file is wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a request gets for every sampling value it leaves unset."""
+
+    temperature: float = 0.0  # greedy unless the request says otherwise
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = disabled
+    repetition_penalty: float = 1.0
+    max_tokens: int = 256  # default when the request does not set one
+    max_tokens_cap: int = 1024  # a request asking for more is refused
+    stop: tuple[str, ...] = ()  # always added to the request's own stops
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    name: str  # "small" or "large"
+    model: str  # name reported to clients
+    model_path: str  # local folder or hub id handed to vLLM
+    max_model_len: int  # prompt + completion tokens
+    sampling: SamplingDefaults
+    # Passed through to vllm.engine.arg_utils.AsyncEngineArgs unchanged
+    # (quantization, enable_prefix_caching, speculative_config,
+    # tensor_parallel_size, kv_cache_memory_bytes, gpu_memory_utilization, ...).
+    engine_args: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 9464  # 0 picks a free port; -1 disables /metrics
+    grace_seconds: float = 30.0  # in-flight requests get this long on SIGTERM
+    warmup_prompt: str = "Say hello."
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    path: str | None = None  # None: the artifact committed in classifier/artifacts
+    threshold: float | None = None  # None: the artifact's calibrated threshold
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str
+    server: ServerConfig
+    classifier: ClassifierConfig
+    tiers: Mapping[str, TierConfig]
+
+    def with_ports(self, port: int | None, metrics_port: int | None) -> "Config":
+        server = self.server
+        if port is not None:
+            server = dataclasses.replace(server, port=port)
+        if metrics_port is not None:
+            server = dataclasses.replace(server, metrics_port=metrics_port)
+        return dataclasses.replace(self, server=server)
+
+
+def _build(cls, raw: Any, where: str, **extra):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    try:
+        return cls(**raw, **extra)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _resolve_path(value: str, base: Path) -> str:
+    """Expand ~ and $VARS; make relative local paths absolute against `base`.
+
+    A value that does not exist locally and looks like a hub id (org/name) is
+    kept as it is, for the GPU profile.
+    """
+    expanded = os.path.expanduser(os.path.expandvars(value))
+    candidate = Path(expanded)
+    if not candidate.is_absolute():
+        local = (base / candidate).resolve()
+        if local.exists() or expanded.startswith("."):
+            return str(local)
+    return expanded
+
+
+def _tier(name: str, raw: Any, base: Path) -> TierConfig:
+    where = f"tiers.{name}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    raw = dict(raw)
+    sampling_raw = dict(raw.pop("sampling", None) or {})
+    if "stop" in sampling_raw:
+        sampling_raw["stop"] = tuple(sampling_raw["stop"] or ())
+    sampling = _build(SamplingDefaults, sampling_raw, f"{where}.sampling")
+    if "model_path" not in raw and "model" in raw:
+        raw["model_path"] = raw["model"]
+    if "model_path" in raw:
+        raw["model_path"] = _resolve_path(str(raw["model_path"]), base)
+    raw["engine_args"] = dict(raw.get("engine_args") or {})
+    tier = _build(TierConfig, raw, where, name=name, sampling=sampling)
+    _check_tier(tier, where)
+    return tier
+
+
+def _check_tier(tier: TierConfig, where: str) -> None:
+    s = tier.sampling
+    if tier.max_model_len < 16:
+        raise ConfigError(f"{where}.max_model_len must be at least 16")
+    if not 1 <= s.max_tokens <= s.max_tokens_cap:
+        raise ConfigError(f"{where}.sampling.max_tokens must be in [1, max_tokens_cap]")
+    if s.max_tokens_cap >= tier.max_model_len:
+        raise ConfigError(f"{where}.sampling.max_tokens_cap must be below max_model_len")
+    if not 0.0 <= s.temperature <= 2.0:
+        raise ConfigError(f"{where}.sampling.temperature must be in [0, 2]")
+    for key in ("model", "max_model_len"):
+        if key in tier.engine_args:
+            raise ConfigError(f"{where}.engine_args.{key}: set it on the tier, not in engine_args")
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    unknown = set(raw) - {"profile", "server", "classifier", "tiers"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
+    base = path.parent.resolve()
+    tiers_raw = raw.get("tiers") or {}
+    if set(tiers_raw) != set(TIERS):
+        raise ConfigError(f"{path}: tiers must be exactly {list(TIERS)}, got {sorted(tiers_raw)}")
+    classifier = _build(ClassifierConfig, raw.get("classifier"), "classifier")
+    if classifier.path:
+        classifier = dataclasses.replace(classifier, path=_resolve_path(classifier.path, base))
+    if classifier.threshold is not None and not 0.0 <= classifier.threshold <= 1.0:
+        raise ConfigError("classifier.threshold must be in [0, 1]")
+    return Config(
+        profile=str(raw.get("profile") or path.stem),
+        server=_build(ServerConfig, raw.get("server"), "server"),
+        classifier=classifier,
+        tiers={name: _tier(name, tiers_raw[name], base) for name in TIERS},
+    )

@@ -1,0 +1,160 @@
+"""Engines behind one small protocol, and the in-process vLLM implementation.
+
+The router core only sees `Engine`: render a conversation to prompt tokens,
+generate a stream of `EngineChunk`s, report readiness and unfinished work.
+vLLM is imported when an engine starts, never at module import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, AsyncIterator, Protocol, Sequence
+
+from .config import TierConfig
+from .errors import Unavailable
+from .types import ChatMessage, EffectiveSampling, EngineChunk
+
+log = logging.getLogger("triage.engine")
+
+
+class Engine(Protocol):
+    tier: str
+    model: str
+    max_model_len: int
+    load_seconds: float
+
+    @property
+    def ready(self) -> bool: ...
+
+    def render(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Apply the model's chat template; return prompt token ids."""
+
+    def generate(
+        self, prompt_ids: list[int], sampling: EffectiveSampling, request_id: str
+    ) -> AsyncIterator[EngineChunk]:
+        """Stream output; closing the iterator early aborts the request."""
+
+    def unfinished_requests(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+
+def build_engine_args(tier: TierConfig):
+    """vLLM AsyncEngineArgs for a tier. Raises TypeError on an unknown option,
+    so a typo in a profile fails when the config is checked, not on the GPU."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    return AsyncEngineArgs(
+        model=tier.model_path,
+        served_model_name=[tier.model],
+        max_model_len=tier.max_model_len,
+        **dict(tier.engine_args),
+    )
+
+
+def to_vllm_sampling(sampling: EffectiveSampling):
+    """Every value explicit, so neither vLLM's defaults (max_tokens=16) nor the
+    model's generation_config.json can change what the request asked for."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    return SamplingParams(
+        n=1,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k if sampling.top_k > 0 else 0,
+        max_tokens=sampling.max_tokens,
+        stop=list(sampling.stop) or None,
+        seed=sampling.seed,
+        repetition_penalty=sampling.repetition_penalty,
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+class VllmEngine:
+    """One vLLM AsyncLLM in this process, serving one tier."""
+
+    def __init__(self, tier: TierConfig):
+        self.tier = tier.name
+        self.model = tier.model
+        self.max_model_len = tier.max_model_len
+        self.load_seconds = 0.0
+        self._config = tier
+        self._llm: Any = None
+        self._tokenizer: Any = None
+        self._ready = False
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and self._llm is not None and not self._llm.errored
+
+    async def start(self) -> None:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        started = time.monotonic()
+        log.info("tier %s: starting vLLM engine for %s", self.tier, self.model)
+        self._llm = AsyncLLM.from_engine_args(build_engine_args(self._config))
+        self._tokenizer = self._llm.get_tokenizer()
+        self.load_seconds = time.monotonic() - started
+        log.info("tier %s: engine loaded in %.1f s", self.tier, self.load_seconds)
+
+    def mark_ready(self) -> None:
+        self._ready = True
+
+    def render(self, messages: Sequence[ChatMessage]) -> list[int]:
+        if self._tokenizer is None:
+            raise Unavailable(f"tier {self.tier} is not started")
+        ids = self._tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages],
+            add_generation_prompt=True,
+            tokenize=True,
+        )
+        # transformers 5 returns a BatchEncoding-like mapping for tokenize=True.
+        if not isinstance(ids, list):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    async def generate(
+        self, prompt_ids: list[int], sampling: EffectiveSampling, request_id: str
+    ) -> AsyncIterator[EngineChunk]:
+        from vllm.inputs import TokensPrompt
+
+        if self._llm is None or self._llm.errored:
+            raise Unavailable(f"tier {self.tier} engine is not running")
+        stream = self._llm.generate(
+            TokensPrompt(prompt_token_ids=prompt_ids), to_vllm_sampling(sampling), request_id
+        )
+        completion_tokens = 0
+        try:
+            async for out in stream:
+                piece = out.outputs[0]
+                completion_tokens += len(piece.token_ids)
+                queue_s = None
+                stats = out.metrics
+                if stats is not None and stats.scheduled_ts and stats.queued_ts:
+                    queue_s = max(0.0, stats.scheduled_ts - stats.queued_ts)
+                yield EngineChunk(
+                    delta=piece.text,
+                    completion_tokens=completion_tokens,
+                    finished=out.finished,
+                    finish_reason=piece.finish_reason if out.finished else None,
+                    queue_s=queue_s,
+                )
+        finally:
+            # Closing vLLM's generator raises GeneratorExit inside it, which
+            # aborts the request in the engine (cancel, deadline, client gone).
+            await stream.aclose()
+
+    def unfinished_requests(self) -> int:
+        return 0 if self._llm is None else self._llm.get_num_unfinished_requests()
+
+    async def shutdown(self) -> None:
+        self._ready = False
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+        await asyncio.sleep(0)

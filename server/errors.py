@@ -1,0 +1,38 @@
+"""Errors the router core raises on purpose. Each carries the gRPC status it
+becomes (by name, so this module needs no grpc import) and a message that is
+safe to show a client. Anything else that escapes is INTERNAL.
+"""
+
+from __future__ import annotations
+
+
+class RouterError(Exception):
+    status = "INTERNAL"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(RouterError):
+    """The request is wrong; the message names the field."""
+
+    status = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class NotFound(RouterError):
+    status = "NOT_FOUND"
+
+
+class Unavailable(RouterError):
+    """The engine is not started, draining, or dead."""
+
+    status = "UNAVAILABLE"
+
+
+class ResourceExhausted(RouterError):
+    status = "RESOURCE_EXHAUSTED"

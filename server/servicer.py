@@ -1,0 +1,186 @@
+"""router.v1.Router over gRPC: protos in, plain types to the router core,
+protos out. Also the one place where errors become status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from typing import AsyncIterator
+
+import grpc
+
+from triage_proto import router_pb2 as pb
+from triage_proto import router_pb2_grpc
+
+from .errors import InvalidArgument, RouterError
+from .router import Router
+from .types import ChatMessage, Decision, DecisionEvent, DeltaEvent, EffectiveSampling, FinalEvent, GenerateInput, SamplingRequest, Timings, Usage
+
+log = logging.getLogger("triage.servicer")
+
+_TIER_FROM_PB = {pb.TIER_UNSPECIFIED: None, pb.TIER_SMALL: "small", pb.TIER_LARGE: "large"}
+_TIER_TO_PB = {"small": pb.TIER_SMALL, "large": pb.TIER_LARGE}
+_MAX_REQUEST_ID = 128
+
+
+# ---- proto -> plain -------------------------------------------------------
+
+def _messages(msgs) -> tuple[ChatMessage, ...]:
+    return tuple(ChatMessage(m.role, m.content) for m in msgs)
+
+
+def _sampling(s: pb.SamplingParams) -> SamplingRequest:
+    def opt(name):
+        return getattr(s, name) if s.HasField(name) else None
+
+    return SamplingRequest(
+        temperature=opt("temperature"),
+        top_p=opt("top_p"),
+        top_k=opt("top_k"),
+        max_tokens=opt("max_tokens"),
+        stop=tuple(s.stop),
+        seed=opt("seed"),
+        repetition_penalty=opt("repetition_penalty"),
+    )
+
+
+def _request(req: pb.GenerateRequest) -> GenerateInput:
+    if req.route not in _TIER_FROM_PB:
+        raise InvalidArgument("route", f"unknown tier value {req.route}")
+    request_id = req.request_id or uuid.uuid4().hex
+    if len(request_id) > _MAX_REQUEST_ID or not request_id.isprintable():
+        raise InvalidArgument("request_id", f"must be printable and at most {_MAX_REQUEST_ID} characters")
+    return GenerateInput(
+        request_id=request_id,
+        messages=_messages(req.messages),
+        sampling=_sampling(req.sampling),
+        route=_TIER_FROM_PB[req.route],
+        threshold=req.threshold if req.HasField("threshold") else None,
+    )
+
+
+# ---- plain -> proto -------------------------------------------------------
+
+def _decision(d: Decision) -> pb.RoutingDecision:
+    return pb.RoutingDecision(
+        tier=_TIER_TO_PB[d.tier], model=d.model, p_complex=0.0 if math.isnan(d.p_complex) else d.p_complex,
+        threshold=d.threshold, reason=d.reason, degraded=d.degraded,
+    )
+
+
+def _timings(t: Timings) -> pb.Timings:
+    return pb.Timings(classify_ms=t.classify_ms, queue_ms=t.queue_ms, ttft_ms=t.ttft_ms, generate_ms=t.generate_ms, total_ms=t.total_ms)
+
+
+def _usage(u: Usage) -> pb.Usage:
+    return pb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens)
+
+
+def _effective(s: EffectiveSampling) -> pb.EffectiveSampling:
+    out = pb.EffectiveSampling(
+        temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens,
+        stop=list(s.stop), repetition_penalty=s.repetition_penalty,
+    )
+    if s.seed is not None:
+        out.seed = s.seed
+    return out
+
+
+class RouterServicer(router_pb2_grpc.RouterServicer):
+    def __init__(self, router: Router):
+        self.router = router
+
+    @contextlib.asynccontextmanager
+    async def _rpc(self, rpc: str, context: grpc.aio.ServicerContext, request_id: str = ""):
+        """Map every outcome of an RPC to a deliberate status and count it.
+
+        RouterError -> its status; anything unexpected -> INTERNAL with the
+        request id (details in the log only). AbortError and CancelledError
+        pass through untouched: when the caller's deadline passes or it goes
+        away, grpc cancels this task, and the cancellation must reach the
+        engine so it aborts the request (the client sees DEADLINE_EXCEEDED or
+        CANCELLED from grpc itself).
+        """
+        started = time.perf_counter()
+        state = {"tier": "", "reason": "", "code": "OK"}
+        try:
+            yield state
+        except RouterError as exc:
+            state["code"] = exc.status
+            await context.abort(getattr(grpc.StatusCode, exc.status), exc.message)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            if state["code"] == "OK":
+                state["code"] = "CANCELLED"
+            raise
+        except Exception:
+            state["code"] = "INTERNAL"
+            log.exception("request %s failed", request_id)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {request_id})")
+        finally:
+            m = self.router.metrics
+            m.requests.labels(rpc, state["tier"], state["reason"], state["code"]).inc()
+            m.request_seconds.labels(rpc, state["tier"], state["code"]).observe(time.perf_counter() - started)
+
+    async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
+        arrived = time.perf_counter()
+        response = pb.GenerateResponse(request_id=request.request_id)
+        async with self._rpc("Generate", context, request.request_id) as state:
+            req = _request(request)
+            response.request_id = req.request_id
+            parts: list[str] = []
+            async for event in self.router.generate(req, arrived):
+                if isinstance(event, DeltaEvent):
+                    parts.append(event.text)
+                elif isinstance(event, DecisionEvent):
+                    state["tier"], state["reason"] = event.decision.tier, event.decision.reason
+                    response.decision.CopyFrom(_decision(event.decision))
+                elif isinstance(event, FinalEvent):
+                    response.finish_reason = event.finish_reason
+                    response.usage.CopyFrom(_usage(event.usage))
+                    response.timings.CopyFrom(_timings(event.timings))
+                    response.effective_sampling.CopyFrom(_effective(event.sampling))
+            response.text = "".join(parts)
+        return response
+
+    async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateStreamResponse]:
+        arrived = time.perf_counter()
+        async with self._rpc("GenerateStream", context, request.request_id) as state:
+            req = _request(request)
+            rid = req.request_id
+            async for event in self.router.generate(req, arrived):
+                if isinstance(event, DeltaEvent):
+                    yield pb.GenerateStreamResponse(request_id=rid, delta=event.text)
+                elif isinstance(event, DecisionEvent):
+                    state["tier"], state["reason"] = event.decision.tier, event.decision.reason
+                    yield pb.GenerateStreamResponse(request_id=rid, decision=_decision(event.decision))
+                elif isinstance(event, FinalEvent):
+                    final = pb.StreamFinal(
+                        finish_reason=event.finish_reason, usage=_usage(event.usage),
+                        timings=_timings(event.timings), effective_sampling=_effective(event.sampling),
+                    )
+                    yield pb.GenerateStreamResponse(request_id=rid, final=final)
+
+    async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
+        async with self._rpc("Classify", context) as state:
+            threshold = request.threshold if request.HasField("threshold") else None
+            decision, classify_ms = self.router.classify(_messages(request.messages), threshold)
+            state["tier"], state["reason"] = decision.tier, decision.reason
+            return pb.ClassifyResponse(decision=_decision(decision), classify_ms=classify_ms)
+
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        tiers = []
+        for name, tier in self.router.tiers.items():
+            engine = self.router.engines[name]
+            tiers.append(
+                pb.TierInfo(
+                    tier=_TIER_TO_PB[name], model=tier.model, max_model_len=tier.max_model_len,
+                    default_max_tokens=tier.sampling.max_tokens, max_tokens_cap=tier.sampling.max_tokens_cap,
+                    ready=engine.ready, load_seconds=engine.load_seconds,
+                )
+            )
+        return pb.ListModelsResponse(tiers=tiers, threshold=self.router.policy.threshold)

@@ -1,0 +1,109 @@
+"""Plain Python types that cross the boundary between the servicer, the
+router core and the engines. No grpc, no vllm: the servicer converts protos to
+these, the engines consume them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class SamplingRequest:
+    """Sampling values as the client sent them; None means "not set"."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    repetition_penalty: float | None = None
+
+
+@dataclass(frozen=True)
+class EffectiveSampling:
+    """The values the engine really uses: request values over tier defaults."""
+
+    temperature: float
+    top_p: float
+    top_k: int
+    max_tokens: int
+    stop: tuple[str, ...]
+    seed: int | None
+    repetition_penalty: float
+
+
+@dataclass(frozen=True)
+class GenerateInput:
+    request_id: str
+    messages: tuple[ChatMessage, ...]
+    sampling: SamplingRequest = field(default_factory=SamplingRequest)
+    route: str | None = None  # "small" | "large" | None (classifier decides)
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    tier: str
+    model: str
+    p_complex: float
+    threshold: float
+    reason: str  # "classifier" | "override" | "fallback"
+    degraded: bool = False
+
+
+@dataclass
+class Timings:
+    """Milliseconds per stage; filled in as the request moves along."""
+
+    classify_ms: float = 0.0
+    queue_ms: float = 0.0
+    ttft_ms: float = 0.0
+    generate_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class EngineChunk:
+    """One step of engine output: new text since the previous chunk."""
+
+    delta: str
+    completion_tokens: int  # cumulative
+    finished: bool = False
+    finish_reason: str | None = None
+    queue_s: float | None = None  # engine-side queue time, when known
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+# Events the router core yields for one generation, in this order:
+# one DecisionEvent, any number of DeltaEvents, one FinalEvent.
+@dataclass(frozen=True)
+class DecisionEvent:
+    decision: Decision
+
+
+@dataclass(frozen=True)
+class DeltaEvent:
+    text: str
+
+
+@dataclass(frozen=True)
+class FinalEvent:
+    finish_reason: str
+    usage: Usage
+    timings: Timings
+    sampling: EffectiveSampling

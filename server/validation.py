@@ -1,0 +1,86 @@
+"""Request checks that need no engine. Each failure names the field.
+
+Tier-dependent checks (max_tokens cap, prompt length in tokens) happen in the
+router once the tier is known.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .config import SamplingDefaults
+from .errors import InvalidArgument
+from .types import ROLES, ChatMessage, EffectiveSampling, SamplingRequest
+
+MAX_STOP_STRINGS = 16
+
+
+def _finite(field: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise InvalidArgument(field, f"must be a finite number, got {value}")
+
+
+def check_messages(messages: tuple[ChatMessage, ...], max_chars: int) -> None:
+    if not messages:
+        raise InvalidArgument("messages", "at least one message is required")
+    total = 0
+    for i, m in enumerate(messages):
+        if m.role not in ROLES:
+            raise InvalidArgument(f"messages[{i}].role", f"must be one of {', '.join(ROLES)}, got {m.role[:32]!r}")
+        if not m.content.strip():
+            raise InvalidArgument(f"messages[{i}].content", "must not be empty")
+        total += len(m.content)
+    # Cheap guard before any tokenisation: no tier can hold this many characters.
+    if total > max_chars:
+        raise InvalidArgument("messages", f"{total} characters is more than any tier's context can hold ({max_chars})")
+    if not any(m.role == "user" for m in messages):
+        raise InvalidArgument("messages", "at least one message must have role 'user'")
+
+
+def check_threshold(threshold: float | None) -> None:
+    if threshold is not None:
+        _finite("threshold", threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise InvalidArgument("threshold", f"must be in [0, 1], got {threshold}")
+
+
+def check_sampling(s: SamplingRequest) -> None:
+    if s.temperature is not None:
+        _finite("sampling.temperature", s.temperature)
+        if not 0.0 <= s.temperature <= 2.0:
+            raise InvalidArgument("sampling.temperature", f"must be in [0, 2], got {s.temperature}")
+    if s.top_p is not None:
+        _finite("sampling.top_p", s.top_p)
+        if not 0.0 < s.top_p <= 1.0:
+            raise InvalidArgument("sampling.top_p", f"must be in (0, 1], got {s.top_p}")
+    if s.top_k is not None and s.top_k < -1:
+        raise InvalidArgument("sampling.top_k", f"must be -1 or 0 (disabled) or at least 1, got {s.top_k}")
+    if s.max_tokens is not None and s.max_tokens < 1:
+        raise InvalidArgument("sampling.max_tokens", f"must be at least 1, got {s.max_tokens}")
+    if s.repetition_penalty is not None:
+        _finite("sampling.repetition_penalty", s.repetition_penalty)
+        if not 0.0 < s.repetition_penalty <= 2.0:
+            raise InvalidArgument("sampling.repetition_penalty", f"must be in (0, 2], got {s.repetition_penalty}")
+    if len(s.stop) > MAX_STOP_STRINGS:
+        raise InvalidArgument("sampling.stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(s.stop)}")
+    for i, stop in enumerate(s.stop):
+        if not stop:
+            raise InvalidArgument(f"sampling.stop[{i}]", "must not be empty")
+
+
+def effective_sampling(s: SamplingRequest, defaults: SamplingDefaults, tier: str) -> EffectiveSampling:
+    """The request's own values win; every unset value takes the tier's
+    default, never the model's generation_config.json."""
+    max_tokens = defaults.max_tokens if s.max_tokens is None else s.max_tokens
+    if max_tokens > defaults.max_tokens_cap:
+        raise InvalidArgument("sampling.max_tokens", f"tier {tier} allows at most {defaults.max_tokens_cap}, got {max_tokens}")
+    stops = tuple(dict.fromkeys((*s.stop, *defaults.stop)))  # request's first, no duplicates
+    return EffectiveSampling(
+        temperature=defaults.temperature if s.temperature is None else s.temperature,
+        top_p=defaults.top_p if s.top_p is None else s.top_p,
+        top_k=defaults.top_k if s.top_k is None else max(s.top_k, 0),
+        max_tokens=max_tokens,
+        stop=stops,
+        seed=s.seed,
+        repetition_penalty=defaults.repetition_penalty if s.repetition_penalty is None else s.repetition_penalty,
+    )
