@@ -86,6 +86,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     engines = engines or {name: VllmEngine(tier) for name, tier in config.tiers.items()}
     for name, engine in engines.items():
         metrics.engine_ready.labels(name, engine.model).set(0)
+        metrics.engine_unfinished.labels(name).set_function(engine.unfinished_requests)
     policy = RoutingPolicy(
         classifier.score, threshold, {n: t.model for n, t in config.tiers.items()},
         on_degraded=lambda: metrics.degraded.labels("classifier_error").inc(),

@@ -92,12 +92,19 @@ class VllmEngine:
     def ready(self) -> bool:
         return self._ready and self._llm is not None and not self._llm.errored
 
-    async def start(self) -> None:
+    def _build(self):
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        return AsyncLLM.from_engine_args(build_engine_args(self._config))
+
+    async def start(self) -> None:
         started = time.monotonic()
         log.info("tier %s: starting vLLM engine for %s", self.tier, self.model)
-        self._llm = AsyncLLM.from_engine_args(build_engine_args(self._config))
+        # Importing vLLM and loading a model block for tens of seconds: do it
+        # in a worker thread so health checks and UNAVAILABLE answers keep
+        # flowing. vLLM starts its output handler on the first request, in
+        # this event loop.
+        self._llm = await asyncio.to_thread(self._build)
         self._tokenizer = self._llm.get_tokenizer()
         self.load_seconds = time.monotonic() - started
         log.info("tier %s: engine loaded in %.1f s", self.tier, self.load_seconds)

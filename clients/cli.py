@@ -1,0 +1,104 @@
+"""triage: command line for the Triage router.
+
+    triage ask "What is the capital of France?" [--stream] [--route small|large] [--json]
+    triage models
+    triage health
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from google.protobuf.json_format import MessageToDict
+
+from .client import TriageClient
+from .errors import TriageError
+
+DEFAULT_TARGET = os.environ.get("TRIAGE_ADDRESS", "127.0.0.1:50051")
+
+
+def _summary(decision, timings, usage, finish_reason) -> str:
+    tier = {1: "small", 2: "large"}.get(decision.tier, "?")
+    return (
+        f"[{tier} · {decision.model} · p_complex={decision.p_complex:.3f} (threshold {decision.threshold:.3f}, "
+        f"{decision.reason}{', degraded' if decision.degraded else ''}) · "
+        f"{usage.prompt_tokens}+{usage.completion_tokens} tokens · {finish_reason} · "
+        f"classify {timings.classify_ms:.2f} ms · ttft {timings.ttft_ms:.0f} ms · total {timings.total_ms:.0f} ms]"
+    )
+
+
+def cmd_ask(client: TriageClient, args) -> int:
+    kwargs = {"route": args.route, "threshold": args.threshold, "max_tokens": args.max_tokens, "temperature": args.temperature, "timeout": args.timeout}
+    if not args.stream:
+        r = client.generate(args.question, **kwargs)
+        if args.json:
+            print(json.dumps(MessageToDict(r, preserving_proto_field_name=True), indent=2))
+        else:
+            print(r.text)
+            print(_summary(r.decision, r.timings, r.usage, r.finish_reason), file=sys.stderr)
+        return 0
+    decision = None
+    events = []
+    for event in client.generate_stream(args.question, **kwargs):
+        kind = event.WhichOneof("event")
+        if args.json:
+            events.append(MessageToDict(event, preserving_proto_field_name=True))
+        elif kind == "decision":
+            decision = event.decision
+        elif kind == "delta":
+            print(event.delta, end="", flush=True)
+        elif kind == "final":
+            print()
+            f = event.final
+            print(_summary(decision, f.timings, f.usage, f.finish_reason), file=sys.stderr)
+    if args.json:
+        print(json.dumps(events, indent=2))
+    return 0
+
+
+def cmd_models(client: TriageClient, args) -> int:
+    print(json.dumps(MessageToDict(client.list_models(), preserving_proto_field_name=True), indent=2))
+    return 0
+
+
+def cmd_health(client: TriageClient, args) -> int:
+    status = client.health(args.service)
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="triage", description="Client for the Triage LLM router")
+    parser.add_argument("--address", default=DEFAULT_TARGET, help="host:port of the router (env TRIAGE_ADDRESS)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("ask", help="ask a question; prints the answer, then the decision and timings")
+    p.add_argument("question")
+    p.add_argument("--stream", action="store_true", help="print tokens as they arrive")
+    p.add_argument("--route", choices=["small", "large"], default=None, help="force a tier")
+    p.add_argument("--threshold", type=float, default=None, help="per-request p_complex threshold")
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--timeout", type=float, default=None, help="deadline in seconds (default 300)")
+    p.add_argument("--json", action="store_true", help="print the full response as JSON")
+    p.set_defaults(func=cmd_ask)
+    p = sub.add_parser("models", help="tiers, models, limits and readiness")
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("health", help="grpc health status (exit 0 when SERVING)")
+    p.add_argument("--service", default="")
+    p.set_defaults(func=cmd_health)
+    args = parser.parse_args(argv)
+    try:
+        with TriageClient(args.address) as client:
+            return args.func(client, args)
+    except TriageError as exc:
+        print(f"triage: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Python clients for router.v1.Router, sync and asyncio.
+
+    from clients import TriageClient
+    with TriageClient("127.0.0.1:50051") as c:
+        r = c.generate("What is the capital of France?")
+        print(r.text, r.decision.tier, r.timings.total_ms)
+
+Every call has a deadline (the client's default `timeout`, or the call's
+own); gRPC errors arrive as the typed exceptions in clients.errors.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator, Iterator, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from triage_proto import router_pb2 as pb
+from triage_proto import router_pb2_grpc
+
+from .errors import from_rpc_error
+
+# CPU generation of a few hundred tokens takes tens of seconds; a default
+# shorter than that makes a healthy server look broken.
+DEFAULT_TIMEOUT = 300.0
+_ROUTES = {None: pb.TIER_UNSPECIFIED, "small": pb.TIER_SMALL, "large": pb.TIER_LARGE}
+
+Messages = str | Sequence[tuple[str, str]] | Sequence[pb.Message]
+
+
+def build_request(
+    messages: Messages,
+    *,
+    route: str | None = None,
+    threshold: float | None = None,
+    request_id: str = "",
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    max_tokens: int | None = None,
+    stop: Sequence[str] = (),
+    seed: int | None = None,
+    repetition_penalty: float | None = None,
+) -> pb.GenerateRequest:
+    """A GenerateRequest from a question string or (role, content) pairs."""
+    if route not in _ROUTES:
+        raise ValueError(f"route must be one of small, large or None, got {route!r}")
+    sampling = pb.SamplingParams(stop=list(stop))
+    for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("max_tokens", max_tokens), ("seed", seed), ("repetition_penalty", repetition_penalty)):
+        if value is not None:
+            setattr(sampling, name, value)
+    req = pb.GenerateRequest(request_id=request_id, messages=_messages(messages), sampling=sampling, route=_ROUTES[route])
+    if threshold is not None:
+        req.threshold = threshold
+    return req
+
+
+def _messages(messages: Messages) -> list[pb.Message]:
+    if isinstance(messages, str):
+        return [pb.Message(role="user", content=messages)]
+    return [m if isinstance(m, pb.Message) else pb.Message(role=m[0], content=m[1]) for m in messages]
+
+
+class TriageClient:
+    """Blocking client."""
+
+    def __init__(self, target: str, timeout: float = DEFAULT_TIMEOUT, channel: grpc.Channel | None = None, metadata: Sequence[tuple[str, str]] = ()):
+        self._channel = channel or grpc.insecure_channel(target)
+        self._stub = router_pb2_grpc.RouterStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self.timeout = timeout
+        self._metadata = tuple(metadata)
+
+    def __enter__(self) -> "TriageClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method, request, timeout):
+        try:
+            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    def generate(self, messages: Messages, *, timeout: float | None = None, **kwargs) -> pb.GenerateResponse:
+        return self._call(self._stub.Generate, build_request(messages, **kwargs), timeout)
+
+    def generate_stream(self, messages: Messages, *, timeout: float | None = None, **kwargs) -> Iterator[pb.GenerateStreamResponse]:
+        call = self._stub.GenerateStream(build_request(messages, **kwargs), timeout=timeout or self.timeout, metadata=self._metadata)
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        finally:
+            call.cancel()  # a consumer that stops early cancels the generation
+
+    def classify(self, messages: Messages, *, threshold: float | None = None, timeout: float | None = None) -> pb.ClassifyResponse:
+        req = pb.ClassifyRequest(messages=_messages(messages))
+        if threshold is not None:
+            req.threshold = threshold
+        return self._call(self._stub.Classify, req, timeout)
+
+    def list_models(self, *, timeout: float | None = None) -> pb.ListModelsResponse:
+        return self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+
+    def health(self, service: str = "", *, timeout: float = 5.0) -> str:
+        """SERVING, NOT_SERVING, ... for the whole server or one service."""
+        resp = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+
+class AsyncTriageClient:
+    """asyncio client; use inside a running event loop."""
+
+    def __init__(self, target: str, timeout: float = DEFAULT_TIMEOUT, channel: grpc.aio.Channel | None = None, metadata: Sequence[tuple[str, str]] = ()):
+        self._channel = channel or grpc.aio.insecure_channel(target)
+        self._stub = router_pb2_grpc.RouterStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self.timeout = timeout
+        self._metadata = tuple(metadata)
+
+    async def __aenter__(self) -> "AsyncTriageClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method, request, timeout):
+        try:
+            return await method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    async def generate(self, messages: Messages, *, timeout: float | None = None, **kwargs) -> pb.GenerateResponse:
+        return await self._call(self._stub.Generate, build_request(messages, **kwargs), timeout)
+
+    async def generate_stream(self, messages: Messages, *, timeout: float | None = None, **kwargs) -> AsyncIterator[pb.GenerateStreamResponse]:
+        call = self._stub.GenerateStream(build_request(messages, **kwargs), timeout=timeout or self.timeout, metadata=self._metadata)
+        try:
+            async for event in call:
+                yield event
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+        finally:
+            call.cancel()
+
+    async def classify(self, messages: Messages, *, threshold: float | None = None, timeout: float | None = None) -> pb.ClassifyResponse:
+        req = pb.ClassifyRequest(messages=_messages(messages))
+        if threshold is not None:
+            req.threshold = threshold
+        return await self._call(self._stub.Classify, req, timeout)
+
+    async def list_models(self, *, timeout: float | None = None) -> pb.ListModelsResponse:
+        return await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+
+    async def health(self, service: str = "", *, timeout: float = 5.0) -> str:
+        resp = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)

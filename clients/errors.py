@@ -1,0 +1,59 @@
+"""Typed exceptions for gRPC status codes, so callers catch what they mean."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class TriageError(Exception):
+    """A call to the router failed; `code` is the gRPC status code."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidArgumentError(TriageError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFoundError(TriageError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class ResourceExhaustedError(TriageError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class UnavailableError(TriageError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceededError(TriageError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class CancelledError(TriageError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class UnauthenticatedError(TriageError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class InternalError(TriageError):
+    code = grpc.StatusCode.INTERNAL
+
+
+_BY_CODE = {cls.code: cls for cls in TriageError.__subclasses__()}
+
+
+def from_rpc_error(err: grpc.RpcError) -> TriageError:
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = err.details() if hasattr(err, "details") else str(err)
+    cls = _BY_CODE.get(code, TriageError)
+    return cls(f"{code.name}: {details}", code)

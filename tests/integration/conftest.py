@@ -1,0 +1,110 @@
+"""One real server with both real vLLM CPU engines, started once per session.
+
+The model folder is the prepared SmolLM2 (symlinked) plus a hostile
+generation_config.json that turns sampling on: every greedy answer checked in
+these tests therefore also shows that file does not leak into requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clients import TriageClient
+
+ROOT = Path(__file__).resolve().parents[2]
+PREPARED = ROOT / ".cache/models/SmolLM2-135M-Instruct"
+HOSTILE_GENERATION_CONFIG = {"do_sample": True, "temperature": 1.6, "top_k": 5, "top_p": 0.5, "max_new_tokens": 3, "repetition_penalty": 1.8}
+STARTUP_TIMEOUT_S = 600
+
+
+@dataclass
+class Live:
+    address: str
+    metrics_port: int
+    process: subprocess.Popen
+    log_path: Path
+    health_before_ready: str
+    client: TriageClient
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def metric_value(self, name: str, **labels) -> float | None:
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in self.metrics().splitlines():
+            if line.startswith(name + "{"):
+                got = ",".join(sorted(line[line.index("{") + 1 : line.index("}")].split(",")))
+                if got == want:
+                    return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _test_config(tmp: Path) -> Path:
+    if not (PREPARED / "triage-prepared.json").is_file():
+        pytest.fail(f"{PREPARED} is not prepared: run `make models` (make test does it)")
+    model = tmp / "SmolLM2-135M-Instruct"
+    model.mkdir()
+    for f in PREPARED.iterdir():
+        if f.name != "generation_config.json":
+            (model / f.name).symlink_to(f)
+    (model / "generation_config.json").write_text(json.dumps(HOSTILE_GENERATION_CONFIG))
+    cfg = yaml.safe_load((ROOT / "config/cpu.yaml").read_text())
+    for tier in cfg["tiers"].values():
+        tier["model_path"] = str(model)
+    cfg["server"]["grace_seconds"] = 10
+    path = tmp / "test.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory) -> Live:
+    tmp = tmp_path_factory.mktemp("live")
+    config = _test_config(tmp)
+    log_path = tmp / "server.log"
+    log_file = log_path.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--config", str(config), "--port", "0", "--metrics-port", "0"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    line = proc.stdout.readline()
+    m = re.search(r"gRPC on ([\d.]+:\d+), metrics on port (\d+)", line)
+    if not m:
+        proc.kill()
+        pytest.fail(f"server did not announce its port: {line!r}\n{log_path.read_text()[-3000:]}")
+    client = TriageClient(m.group(1), timeout=120)
+    early = client.health()
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while client.health() != "SERVING":
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"server never became SERVING (exit {proc.poll()}):\n{log_path.read_text()[-5000:]}")
+        time.sleep(1)
+    live = Live(m.group(1), int(m.group(2)), proc, log_path, early, client)
+    yield live
+    client.close()
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("server did not exit within 60 s of SIGTERM")
+        assert code == 0, f"server exited {code} on SIGTERM"
+    log_file.close()

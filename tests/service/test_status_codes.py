@@ -1,0 +1,119 @@
+"""Status-code mapping over a real grpc.aio server on 127.0.0.1:0.
+
+The engine here is a fake: it exists only to make the router raise on
+purpose (not ready, crashing). That generation really works is shown by
+tests/integration on the real vLLM CPU engines, never here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+
+import classifier
+from clients import InternalError, InvalidArgumentError, TriageClient, UnavailableError
+from server.app import build_app
+from server.config import load
+from server.types import EngineChunk
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FakeEngine:
+    def __init__(self, tier: str, model: str, max_model_len: int):
+        self.tier, self.model, self.max_model_len = tier, model, max_model_len
+        self.load_seconds = 0.0
+        self.ready = True
+        self.crash = False
+
+    def render(self, messages):
+        return [1] * sum(len(m.content.split()) for m in messages)
+
+    async def generate(self, prompt_ids, sampling, request_id):
+        if self.crash:
+            raise RuntimeError("secret internal detail /etc/passwd")
+        yield EngineChunk("ok", 1, finished=True, finish_reason="stop")
+
+    def unfinished_requests(self):
+        return 0
+
+    async def start(self):
+        pass
+
+    async def shutdown(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def served():
+    config = load(ROOT / "config/cpu.yaml").with_ports(0, -1)
+    engines = {n: FakeEngine(n, t.model, t.max_model_len) for n, t in config.tiers.items()}
+    clf = classifier.load()
+
+    async def start():
+        app = build_app(config, clf, engines=engines)  # grpc.aio binds to this loop
+        await app.server.start()
+        return app
+
+    loop = asyncio.new_event_loop()
+    app = loop.run_until_complete(start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    client = TriageClient(f"127.0.0.1:{app.port}", timeout=10)
+    yield client, engines
+    client.close()
+    asyncio.run_coroutine_threadsafe(app.server.stop(0), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def test_unready_engine_is_unavailable(served):
+    client, engines = served
+    engines["small"].ready = False
+    try:
+        with pytest.raises(UnavailableError, match="small"):
+            client.generate("What is the capital of France?", route="small")
+    finally:
+        engines["small"].ready = True
+
+
+def test_engine_crash_is_internal_with_request_id_and_no_details(served):
+    client, engines = served
+    engines["large"].crash = True
+    try:
+        with pytest.raises(InternalError) as err:
+            client.generate("hello", route="large", request_id="req-123")
+    finally:
+        engines["large"].crash = False
+    assert "req-123" in err.value.message
+    assert "passwd" not in err.value.message and "Traceback" not in err.value.message
+
+
+def test_unknown_route_enum_is_invalid_argument(served):
+    client, _ = served
+    from triage_proto import router_pb2 as pb
+    from triage_proto import router_pb2_grpc
+
+    req = pb.GenerateRequest(messages=[pb.Message(role="user", content="hi")], route=7)
+    with pytest.raises(grpc.RpcError) as err:
+        router_pb2_grpc.RouterStub(client._channel).Generate(req, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "route" in err.value.details()
+
+
+def test_invalid_argument_names_the_field(served):
+    client, _ = served
+    with pytest.raises(InvalidArgumentError, match="sampling.top_p"):
+        client.generate("hi", top_p=0.0)
+    with pytest.raises(InvalidArgumentError, match="request_id"):
+        client.generate("hi", request_id="x" * 500)
+
+
+def test_classify_and_list_models_without_engines(served):
+    client, _ = served
+    r = client.classify("What is the capital of France?")
+    assert r.decision.reason == "classifier" and r.classify_ms > 0
+    assert [t.model for t in client.list_models().tiers] == ["SmolLM2-135M-Instruct"] * 2

@@ -1,0 +1,151 @@
+"""Config loading, request validation and the routing policy: pure code."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from server.config import ConfigError, SamplingDefaults, load
+from server.errors import InvalidArgument
+from server.policy import RoutingPolicy, question_text
+from server.types import ChatMessage, SamplingRequest
+from server.validation import check_messages, check_sampling, check_threshold, effective_sampling
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cpu_profile_loads_with_honest_budgets():
+    cfg = load(ROOT / "config/cpu.yaml")
+    small, large = cfg.tiers["small"], cfg.tiers["large"]
+    assert small.model == large.model == "SmolLM2-135M-Instruct"  # same model, said so
+    assert small.max_model_len < large.max_model_len
+    assert small.sampling.max_tokens_cap < large.sampling.max_tokens_cap
+    assert Path(small.model_path).is_absolute()
+    for tier in (small, large):
+        assert tier.engine_args["dtype"] == "float32" and tier.engine_args["enforce_eager"] is True
+    kv = small.engine_args["kv_cache_memory_bytes"] + large.engine_args["kv_cache_memory_bytes"]
+    assert kv <= 2 * 1024**3  # both KV caches fit comfortably in CI's memory
+
+
+def test_gpu_profile_builds_valid_vllm_engine_args():
+    """A typo in a GPU option fails here, not on the GPU box."""
+    from server.engine import build_engine_args
+
+    cfg = load(ROOT / "config/gpu.yaml")
+    assert cfg.tiers["small"].model == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert cfg.tiers["large"].model == "Qwen/Qwen2.5-7B-Instruct"
+    share = sum(t.engine_args["gpu_memory_utilization"] for t in cfg.tiers.values())
+    assert share <= 0.9
+    for tier in cfg.tiers.values():
+        args = build_engine_args(tier)
+        assert args.model == tier.model and args.max_model_len == tier.max_model_len
+        for key, value in tier.engine_args.items():
+            assert getattr(args, key) == value
+
+
+def test_engine_arg_typo_is_an_error():
+    import dataclasses
+
+    from server.engine import build_engine_args
+
+    tier = load(ROOT / "config/gpu.yaml").tiers["small"]
+    bad = dataclasses.replace(tier, engine_args={**tier.engine_args, "gpu_memory_utilisation": 0.3})
+    with pytest.raises(TypeError, match="gpu_memory_utilisation"):
+        build_engine_args(bad)
+
+
+def test_unknown_config_keys_are_errors(tmp_path):
+    text = (ROOT / "config/cpu.yaml").read_text().replace("grace_seconds: 30", "grace_secs: 30")
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="grace_secs"):
+        load(path)
+
+
+def test_cli_ports_override_the_file():
+    cfg = load(ROOT / "config/cpu.yaml").with_ports(0, -1)
+    assert cfg.server.port == 0 and cfg.server.metrics_port == -1
+
+
+@pytest.mark.parametrize(
+    "sampling, field",
+    [
+        (SamplingRequest(temperature=-0.1), "sampling.temperature"),
+        (SamplingRequest(temperature=2.5), "sampling.temperature"),
+        (SamplingRequest(temperature=math.nan), "sampling.temperature"),
+        (SamplingRequest(top_p=0.0), "sampling.top_p"),
+        (SamplingRequest(top_p=1.5), "sampling.top_p"),
+        (SamplingRequest(max_tokens=0), "sampling.max_tokens"),
+        (SamplingRequest(stop=tuple("abcdefghijklmnopq")), "sampling.stop"),
+        (SamplingRequest(stop=("",)), "sampling.stop[0]"),
+        (SamplingRequest(top_k=-5), "sampling.top_k"),
+        (SamplingRequest(repetition_penalty=0.0), "sampling.repetition_penalty"),
+    ],
+)
+def test_bad_sampling_names_the_field(sampling, field):
+    with pytest.raises(InvalidArgument) as err:
+        check_sampling(sampling)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize(
+    "messages, field",
+    [
+        ((), "messages"),
+        ((ChatMessage("user", "  "),), "messages[0].content"),
+        ((ChatMessage("robot", "hi"),), "messages[0].role"),
+        ((ChatMessage("system", "be brief"),), "messages"),
+        ((ChatMessage("user", "x" * 101),), "messages"),
+    ],
+)
+def test_bad_messages_name_the_field(messages, field):
+    with pytest.raises(InvalidArgument) as err:
+        check_messages(messages, max_chars=100)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize("threshold", [-0.01, 1.01, math.nan])
+def test_bad_threshold(threshold):
+    with pytest.raises(InvalidArgument, match="threshold"):
+        check_threshold(threshold)
+
+
+def test_effective_sampling_request_wins_defaults_fill_caps_hold():
+    d = SamplingDefaults(max_tokens=64, max_tokens_cap=128, stop=("<end>",))
+    s = effective_sampling(SamplingRequest(), d, "small")
+    assert (s.temperature, s.top_p, s.top_k, s.max_tokens, s.stop) == (0.0, 1.0, 0, 64, ("<end>",))
+    s = effective_sampling(SamplingRequest(temperature=0.7, max_tokens=100, stop=("\n\n",), seed=3), d, "small")
+    assert (s.temperature, s.max_tokens, s.stop, s.seed) == (pytest.approx(0.7), 100, ("\n\n", "<end>"), 3)
+    with pytest.raises(InvalidArgument, match="at most 128"):
+        effective_sampling(SamplingRequest(max_tokens=129), d, "small")
+
+
+MODELS = {"small": "S", "large": "L"}
+
+
+def test_policy_threshold_override_and_route():
+    policy = RoutingPolicy(lambda texts: [0.4], 0.5, MODELS)
+    msgs = (ChatMessage("user", "q"),)
+    d, ms = policy.decide(msgs)
+    assert (d.tier, d.model, d.reason, d.degraded) == ("small", "S", "classifier", False) and ms >= 0
+    assert policy.decide(msgs, threshold=0.3)[0].tier == "large"
+    d, _ = policy.decide(msgs, route="large")
+    assert (d.tier, d.reason, d.p_complex) == ("large", "override", pytest.approx(0.4))
+
+
+def test_policy_classifier_failure_degrades_to_large():
+    failures = []
+
+    def broken(texts):
+        raise RuntimeError("boom")
+
+    policy = RoutingPolicy(broken, 0.5, MODELS, on_degraded=lambda: failures.append(1))
+    d, _ = policy.decide((ChatMessage("user", "q"),))
+    assert (d.tier, d.reason, d.degraded) == ("large", "fallback", True) and failures == [1]
+
+
+def test_classifier_sees_the_last_user_message():
+    msgs = (ChatMessage("system", "You are terse."), ChatMessage("user", "first"), ChatMessage("assistant", "a"), ChatMessage("user", "second"))
+    assert question_text(msgs) == "second"
