@@ -12,7 +12,7 @@ METRICS_PORT ?= 9464
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 MODEL_STAMP := $(MODELS_DIR)/SmolLM2-135M-Instruct/triage-prepared.json
 
-.PHONY: install models run test proto train check-python clean
+.PHONY: install models run test proto train bench check-python test-deps clean
 
 install: $(STAMP) $(MODEL_STAMP)
 
@@ -40,7 +40,17 @@ $(MODEL_STAMP): | $(STAMP)
 run: install
 	$(PY) -m server --config $(CONFIG) --port $(PORT) --metrics-port $(METRICS_PORT)
 
-test: install
+# The integration tests start a real Prometheus (Debian's package).
+test-deps:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "==> installing Debian's prometheus for the integration tests"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y --no-install-recommends prometheus >/dev/null || \
+	      { apt-get update >/dev/null && apt-get install -y --no-install-recommends prometheus >/dev/null; }; \
+	  else echo "prometheus is missing: run 'sudo apt-get install prometheus' (or run make test as root)"; exit 1; fi; }
+
+test: install test-deps
 	$(PY) -m pytest -ra
 
 proto: $(STAMP)

@@ -11,7 +11,22 @@ import json
 import os
 from pathlib import Path
 
-DEFAULT_DATA = Path(os.environ.get("TRIAGE_QUESTIONS", Path(__file__).resolve().parents[1].parent / "shared/data/questions/labeled.jsonl"))
+_RELATIVE = Path("shared/data/questions/labeled.jsonl")
+
+
+def _default_data() -> Path:
+    """$TRIAGE_QUESTIONS, else the nearest shared/ beside the checkout or one
+    of its ancestors (the workplace keeps it next to the repository)."""
+    if "TRIAGE_QUESTIONS" in os.environ:
+        return Path(os.environ["TRIAGE_QUESTIONS"])
+    repo = Path(__file__).resolve().parents[1]
+    for folder in repo.parents:
+        if (folder / _RELATIVE).is_file():
+            return folder / _RELATIVE
+    return repo.parent / _RELATIVE
+
+
+DEFAULT_DATA = _default_data()
 DEV_CROSS = ("nq_open", "mt_bench", "vicuna_bench")
 
 

@@ -2,7 +2,9 @@
 
     triage ask "What is the capital of France?" [--stream] [--route small|large] [--json]
     triage models
+    triage stats [--json]
     triage health
+    triage bench --requests 50 --concurrency 4 --out reports/bench
 """
 
 from __future__ import annotations
@@ -64,6 +66,26 @@ def cmd_models(client: TriageClient, args) -> int:
     return 0
 
 
+def cmd_stats(client: TriageClient, args) -> int:
+    r = client.stats()
+    print(json.dumps(MessageToDict(r, preserving_proto_field_name=True), indent=2) if args.json else r.summary)
+    return 0
+
+
+def cmd_bench(client: TriageClient, args) -> int:
+    import asyncio
+
+    from .loadgen import bench
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+    report = asyncio.run(bench(args.address, levels, args.requests, args.duration, args.prompts, args.stream, args.max_tokens, args.out))
+    for c, level in report["levels"].items():
+        tiers = ", ".join(f"{t} {v['count']} (p95 {v['e2e_ms']['p95']:.0f} ms)" for t, v in level["tiers"].items())
+        print(f"concurrency {c}: {level['ok']}/{level['requests']} ok, {level['rps']:.2f} req/s, {level['tokens_per_s']:.1f} tokens/s; {tiers}; codes {level['codes']}")
+    print(f"report: {args.out}/report.json, plots: {', '.join(report['plots'])}")
+    return 0 if all(level["ok"] == level["requests"] for level in report["levels"].values()) else 1
+
+
 def cmd_health(client: TriageClient, args) -> int:
     status = client.health(args.service)
     print(status)
@@ -86,10 +108,24 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_ask)
     p = sub.add_parser("models", help="tiers, models, limits and readiness")
     p.set_defaults(func=cmd_models)
+    p = sub.add_parser("stats", help="what the router has done since it started")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_stats)
+    p = sub.add_parser("bench", help="bounded load generator: JSON report and PNG plots")
+    p.add_argument("--concurrency", default="4", help="one level or a comma list, e.g. 1,4,16")
+    p.add_argument("--requests", type=int, default=None, help="requests per level (default 32 unless --duration)")
+    p.add_argument("--duration", type=float, default=None, help="seconds per level")
+    p.add_argument("--prompts", default=None, help="JSONL with text/prompt (and optional route); default: built-in mix")
+    p.add_argument("--stream", action="store_true", help="use GenerateStream (measures TTFT and inter-token latency)")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--out", default="reports/bench")
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("health", help="grpc health status (exit 0 when SERVING)")
     p.add_argument("--service", default="")
     p.set_defaults(func=cmd_health)
     args = parser.parse_args(argv)
+    if args.command == "bench" and args.requests is None and args.duration is None:
+        args.requests = 32
     try:
         with TriageClient(args.address) as client:
             return args.func(client, args)

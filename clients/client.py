@@ -108,6 +108,9 @@ class TriageClient:
     def list_models(self, *, timeout: float | None = None) -> pb.ListModelsResponse:
         return self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
 
+    def stats(self, *, timeout: float | None = None) -> pb.GetStatsResponse:
+        return self._call(self._stub.GetStats, pb.GetStatsRequest(), timeout)
+
     def health(self, service: str = "", *, timeout: float = 5.0) -> str:
         """SERVING, NOT_SERVING, ... for the whole server or one service."""
         resp = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
@@ -160,6 +163,9 @@ class AsyncTriageClient:
 
     async def list_models(self, *, timeout: float | None = None) -> pb.ListModelsResponse:
         return await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+
+    async def stats(self, *, timeout: float | None = None) -> pb.GetStatsResponse:
+        return await self._call(self._stub.GetStats, pb.GetStatsRequest(), timeout)
 
     async def health(self, service: str = "", *, timeout: float = 5.0) -> str:
         resp = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)

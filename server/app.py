@@ -18,6 +18,7 @@ from triage_proto import router_pb2, router_pb2_grpc
 
 from .config import Config
 from .engine import Engine, VllmEngine
+from .grpc_metrics import GrpcServerMetrics
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy
 from .router import Router
@@ -93,7 +94,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     )
     router = Router(policy, engines, config.tiers, metrics)
 
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[GrpcServerMetrics(registry)])
     router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(router), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,8 +1,10 @@
 """Prometheus series owned by the router (names router_*, units in the name).
 
 Every object takes a CollectorRegistry so tests use a fresh one. vLLM's own
-vllm:* series are not relied upon: with two engines in one process only the
-last engine's survive, so these per-tier series are the source of truth.
+vllm:* series are deliberately not exposed: in-process they register in
+prometheus_client's default registry, where with two engines only the last
+engine's survive, unlabelled by tier. /metrics serves this registry only, and
+these per-tier series are the source of truth (docs/observability.md).
 """
 
 from __future__ import annotations
@@ -15,41 +17,42 @@ LATENCY_BUCKETS = (
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
 )
 TOKEN_BUCKETS = (1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+# Every status the router returns on purpose (see server/errors.py), plus
+# what grpc reports for a caller that gave up.
+ERROR_CODES = (
+    "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "UNAVAILABLE",
+    "DEADLINE_EXCEEDED", "CANCELLED", "UNAUTHENTICATED", "INTERNAL",
+)
+P_COMPLEX_BUCKETS = tuple(round(i / 10, 1) for i in range(1, 11))
 
 
 class RouterMetrics:
     def __init__(self, registry: CollectorRegistry):
         self.registry = registry
-        self.requests = Counter(
-            "router_requests_total", "Requests by tier, route reason and gRPC status code",
-            ["rpc", "tier", "reason", "code"], registry=registry,
-        )
-        self.request_seconds = Histogram(
-            "router_request_duration_seconds", "End-to-end request duration",
-            ["rpc", "tier", "code"], buckets=LATENCY_BUCKETS, registry=registry,
-        )
-        self.classify_seconds = Histogram(
-            "router_classify_duration_seconds", "Classifier time per request",
-            buckets=LATENCY_BUCKETS, registry=registry,
-        )
-        self.p_complex = Histogram(
-            "router_p_complex", "Classifier p_complex per request",
-            buckets=tuple(i / 10 for i in range(1, 11)), registry=registry,
-        )
-        self.ttft_seconds = Histogram(
-            "router_time_to_first_token_seconds", "RPC arrival to first token",
-            ["tier"], buckets=LATENCY_BUCKETS, registry=registry,
-        )
-        self.queue_seconds = Histogram(
-            "router_queue_duration_seconds", "Time queued in the engine before scheduling",
-            ["tier"], buckets=LATENCY_BUCKETS, registry=registry,
-        )
-        self.generate_seconds = Histogram(
-            "router_generation_duration_seconds", "First token to last token",
-            ["tier"], buckets=LATENCY_BUCKETS, registry=registry,
-        )
+
+        def histogram(name, doc, labels=(), buckets=LATENCY_BUCKETS):
+            return Histogram(name, doc, list(labels), buckets=buckets, registry=registry)
+
+        # Per request, recorded once.
+        self.request_seconds = histogram("router_request_duration_seconds", "End-to-end request duration", ("rpc", "tier", "code"))
+        self.requests = Counter("router_requests_total", "Requests by RPC, tier, route reason and status code", ["rpc", "tier", "reason", "code"], registry=registry)
+        self.errors = Counter("router_errors_total", "Requests that ended with a non-OK status", ["code"], registry=registry)
+        # Present at 0 from the start, so rate() and dashboards work before the first error.
+        for code in ERROR_CODES:
+            self.errors.labels(code)
+        self.classify_seconds = histogram("router_classify_duration_seconds", "Classifier time per request")
+        self.p_complex = histogram("router_p_complex", "Classifier p_complex per request", buckets=P_COMPLEX_BUCKETS)
+        self.overhead_seconds = histogram("router_routing_overhead_seconds", "RPC arrival to the request handed to the engine (validate, classify, template, tokenise)", ("tier",))
+        self.queue_seconds = histogram("router_queue_duration_seconds", "Time queued in the engine before first scheduled", ("tier",))
+        self.ttft_seconds = histogram("router_time_to_first_token_seconds", "RPC arrival to first token", ("tier",))
+        self.itl_seconds = histogram("router_inter_token_latency_seconds", "Time between consecutive output tokens", ("tier",))
+        self.generate_seconds = histogram("router_generation_duration_seconds", "First token to last token", ("tier",))
+        self.prompt_tokens_per_request = histogram("router_request_prompt_tokens", "Prompt tokens per request", ("tier",), TOKEN_BUCKETS)
+        self.completion_tokens_per_request = histogram("router_request_completion_tokens", "Completion tokens per request", ("tier",), TOKEN_BUCKETS)
         self.prompt_tokens = Counter("router_prompt_tokens_total", "Prompt tokens", ["tier"], registry=registry)
         self.completion_tokens = Counter("router_generated_tokens_total", "Generated tokens", ["tier"], registry=registry)
+        self.degraded = Counter("router_degraded_total", "Decisions that could not follow the normal path", ["reason"], registry=registry)
+        # State.
         self.in_flight = Gauge("router_requests_in_flight", "Requests being generated", ["tier"], registry=registry)
         self.engine_ready = Gauge("router_engine_ready", "1 when the tier's engine is warm and serving", ["tier", "model"], registry=registry)
         self.engine_load_seconds = Gauge("router_engine_load_seconds", "Time the tier's engine took to start", ["tier", "model"], registry=registry)
@@ -57,4 +60,3 @@ class RouterMetrics:
         # (deadline, cancel) really left the engine, not just the router.
         self.engine_unfinished = Gauge("router_engine_unfinished_requests", "Requests the engine still holds", ["tier"], registry=registry)
         self.threshold = Gauge("router_threshold", "Configured p_complex threshold", registry=registry)
-        self.degraded = Counter("router_degraded_total", "Decisions that could not follow the normal path", ["reason"], registry=registry)

@@ -18,6 +18,7 @@ from .engine import Engine
 from .errors import InvalidArgument, Unavailable
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy
+from .stats import Stats
 from .types import (
     ChatMessage,
     Decision,
@@ -44,6 +45,7 @@ class Router:
         self.engines = engines
         self.tiers = tiers
         self.metrics = metrics
+        self.stats = Stats(tuple(tiers))
         self._max_chars = max(t.max_model_len for t in tiers.values()) * _CHARS_PER_TOKEN_BOUND
 
     def classify(self, messages: tuple[ChatMessage, ...], threshold: float | None) -> tuple[Decision, float]:
@@ -86,18 +88,29 @@ class Router:
         yield DecisionEvent(decision)
 
         timings = Timings(classify_ms=classify_ms)
-        first_token_at = None
+        first_token_at = last_token_at = None
         completion_tokens = 0
         finish_reason = "stop"
-        gauge = self.metrics.in_flight.labels(tier.name)
+        m = self.metrics
+        itl = m.itl_seconds.labels(tier.name)
+        gauge = m.in_flight.labels(tier.name)
         gauge.inc()
+        m.overhead_seconds.labels(tier.name).observe(time.perf_counter() - arrived)
         try:
             async for chunk in engine.generate(prompt_ids, sampling, req.request_id):
+                now = time.perf_counter()
+                new_tokens = chunk.completion_tokens - completion_tokens
                 completion_tokens = chunk.completion_tokens
                 if chunk.queue_s is not None:
                     timings.queue_ms = chunk.queue_s * 1e3
-                if first_token_at is None and chunk.completion_tokens > 0:
-                    first_token_at = time.perf_counter()
+                if new_tokens > 0:
+                    if first_token_at is None:
+                        first_token_at = now
+                    elif last_token_at is not None:
+                        gap = (now - last_token_at) / new_tokens
+                        for _ in range(new_tokens):
+                            itl.observe(gap)
+                    last_token_at = now
                 if chunk.delta:
                     yield DeltaEvent(chunk.delta)
                 if chunk.finished:
@@ -121,6 +134,9 @@ class Router:
         m.generate_seconds.labels(tier).observe(t.generate_ms / 1e3)
         m.prompt_tokens.labels(tier).inc(usage.prompt_tokens)
         m.completion_tokens.labels(tier).inc(usage.completion_tokens)
+        m.prompt_tokens_per_request.labels(tier).observe(usage.prompt_tokens)
+        m.completion_tokens_per_request.labels(tier).observe(usage.completion_tokens)
+        self.stats.record_generation(tier, t.total_ms, t.ttft_ms, t.generate_ms, usage.completion_tokens)
         # One structured line per request: sizes and times, never the text.
         log.info(
             json.dumps(

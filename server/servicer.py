@@ -18,6 +18,7 @@ from triage_proto import router_pb2 as pb
 from triage_proto import router_pb2_grpc
 
 from .errors import InvalidArgument, RouterError
+from .grpc_metrics import status_name
 from .router import Router
 from .types import ChatMessage, Decision, DecisionEvent, DeltaEvent, EffectiveSampling, FinalEvent, GenerateInput, SamplingRequest, Timings, Usage
 
@@ -113,18 +114,22 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         except RouterError as exc:
             state["code"] = exc.status
             await context.abort(getattr(grpc.StatusCode, exc.status), exc.message)
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            if state["code"] == "OK":
-                state["code"] = "CANCELLED"
+        except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError as exc:
+            state["code"] = status_name(context, exc)
             raise
         except Exception:
             state["code"] = "INTERNAL"
             log.exception("request %s failed", request_id)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {request_id})")
         finally:
-            m = self.router.metrics
-            m.requests.labels(rpc, state["tier"], state["reason"], state["code"]).inc()
-            m.request_seconds.labels(rpc, state["tier"], state["code"]).observe(time.perf_counter() - started)
+            m, code = self.router.metrics, state["code"]
+            m.requests.labels(rpc, state["tier"], state["reason"], code).inc()
+            m.request_seconds.labels(rpc, state["tier"], code).observe(time.perf_counter() - started)
+            if code != "OK":
+                m.errors.labels(code).inc()
+            self.router.stats.record_status(code)
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         arrived = time.perf_counter()
@@ -184,3 +189,43 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 )
             )
         return pb.ListModelsResponse(tiers=tiers, threshold=self.router.policy.threshold)
+
+    async def GetStats(self, request: pb.GetStatsRequest, context) -> pb.GetStatsResponse:
+        stats, completed = self.router.stats, self.router.stats.completed()
+        tiers = []
+        for name, t in stats.tiers.items():
+            engine = self.router.engines[name]
+            tiers.append(
+                pb.TierStats(
+                    tier=_TIER_TO_PB[name], model=self.router.tiers[name].model, requests=t.requests,
+                    share=t.requests / completed if completed else 0.0,
+                    mean_latency_ms=t.latency_ms_sum / t.requests if t.requests else 0.0,
+                    p95_latency_ms=t.p95_ms(), mean_ttft_ms=t.ttft_ms_sum / t.requests if t.requests else 0.0,
+                    completion_tokens=t.completion_tokens,
+                    tokens_per_second=t.completion_tokens / t.generate_s if t.generate_s > 0 else 0.0,
+                    engine_load_seconds=engine.load_seconds, ready=engine.ready,
+                )
+            )
+        response = pb.GetStatsResponse(
+            uptime_seconds=stats.uptime(), total_requests=sum(stats.by_code.values()), completed_generations=completed,
+            large_share=stats.tiers["large"].requests / completed if completed else 0.0,
+            tiers=tiers, requests_by_code=dict(stats.by_code),
+        )
+        response.summary = format_stats(response)
+        return response
+
+
+def format_stats(r: pb.GetStatsResponse) -> str:
+    lines = [
+        f"uptime {r.uptime_seconds:.0f} s · {r.total_requests} requests · {r.completed_generations} generations · "
+        f"{r.large_share:.0%} routed large",
+        "status codes: " + (", ".join(f"{k} {v}" for k, v in sorted(r.requests_by_code.items())) or "none yet"),
+    ]
+    for t in r.tiers:
+        name = pb.Tier.Name(t.tier).removeprefix("TIER_").lower()
+        lines.append(
+            f"{name:<5} {t.model}: {t.requests} ({t.share:.0%}) · mean {t.mean_latency_ms:.0f} ms · p95 {t.p95_latency_ms:.0f} ms · "
+            f"ttft {t.mean_ttft_ms:.0f} ms · {t.tokens_per_second:.1f} tokens/s · loaded in {t.engine_load_seconds:.1f} s · "
+            f"{'ready' if t.ready else 'NOT READY'}"
+        )
+    return "\n".join(lines)

@@ -54,6 +54,11 @@ class RouterStub:
                 request_serializer=triage__proto_dot_router__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=triage__proto_dot_router__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/router.v1.Router/GetStats',
+                request_serializer=triage__proto_dot_router__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=triage__proto_dot_router__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -88,6 +93,14 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStats(self, request, context):
+        """A human summary since start: totals, per-tier share and latency,
+        tokens per second, engine load times, uptime.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +123,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=triage__proto_dot_router__pb2.ListModelsRequest.FromString,
                     response_serializer=triage__proto_dot_router__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=triage__proto_dot_router__pb2.GetStatsRequest.FromString,
+                    response_serializer=triage__proto_dot_router__pb2.GetStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +238,33 @@ class Router:
             '/router.v1.Router/ListModels',
             triage__proto_dot_router__pb2.ListModelsRequest.SerializeToString,
             triage__proto_dot_router__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/router.v1.Router/GetStats',
+            triage__proto_dot_router__pb2.GetStatsRequest.SerializeToString,
+            triage__proto_dot_router__pb2.GetStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,7 +64,7 @@ def served():
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     client = TriageClient(f"127.0.0.1:{app.port}", timeout=10)
-    yield client, engines
+    yield client, engines, app.router.metrics.registry
     client.close()
     asyncio.run_coroutine_threadsafe(app.server.stop(0), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
@@ -72,7 +72,7 @@ def served():
 
 
 def test_unready_engine_is_unavailable(served):
-    client, engines = served
+    client, engines, _ = served
     engines["small"].ready = False
     try:
         with pytest.raises(UnavailableError, match="small"):
@@ -82,7 +82,7 @@ def test_unready_engine_is_unavailable(served):
 
 
 def test_engine_crash_is_internal_with_request_id_and_no_details(served):
-    client, engines = served
+    client, engines, _ = served
     engines["large"].crash = True
     try:
         with pytest.raises(InternalError) as err:
@@ -94,7 +94,7 @@ def test_engine_crash_is_internal_with_request_id_and_no_details(served):
 
 
 def test_unknown_route_enum_is_invalid_argument(served):
-    client, _ = served
+    client, _, registry = served
     from triage_proto import router_pb2 as pb
     from triage_proto import router_pb2_grpc
 
@@ -105,7 +105,7 @@ def test_unknown_route_enum_is_invalid_argument(served):
 
 
 def test_invalid_argument_names_the_field(served):
-    client, _ = served
+    client, _, registry = served
     with pytest.raises(InvalidArgumentError, match="sampling.top_p"):
         client.generate("hi", top_p=0.0)
     with pytest.raises(InvalidArgumentError, match="request_id"):
@@ -113,7 +113,27 @@ def test_invalid_argument_names_the_field(served):
 
 
 def test_classify_and_list_models_without_engines(served):
-    client, _ = served
+    client, _, registry = served
     r = client.classify("What is the capital of France?")
     assert r.decision.reason == "classifier" and r.classify_ms > 0
     assert [t.model for t in client.list_models().tiers] == ["SmolLM2-135M-Instruct"] * 2
+
+
+def test_grpc_interceptor_counts_calls_by_code(served):
+    client, _, registry = served
+    client.classify("hello")
+    with pytest.raises(InvalidArgumentError):
+        client.generate("hi", top_p=0.0)
+    from prometheus_client import generate_latest
+
+    text = generate_latest(registry).decode()
+    assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="Classify",grpc_service="router.v1.Router",grpc_type="unary"}' in text
+    assert 'grpc_code="INVALID_ARGUMENT",grpc_method="Generate"' in text
+    assert 'router_errors_total{code="INVALID_ARGUMENT"}' in text
+
+
+def test_get_stats_counts_statuses(served):
+    client, _, registry = served
+    stats = client.stats()
+    assert stats.total_requests >= 1 and stats.requests_by_code.get("INVALID_ARGUMENT", 0) >= 1
+    assert "uptime" in stats.summary

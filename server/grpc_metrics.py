@@ -1,0 +1,103 @@
+"""gRPC server metrics under the names dashboards already use (the
+go-grpc-prometheus / py-grpc-prometheus set), from a grpc.aio interceptor:
+
+    grpc_server_started_total{grpc_type,grpc_service,grpc_method}
+    grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}
+    grpc_server_handling_seconds{grpc_type,grpc_service,grpc_method}
+    grpc_server_msg_received_total / grpc_server_msg_sent_total
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from .metrics import LATENCY_BUCKETS
+
+_LABELS = ["grpc_type", "grpc_service", "grpc_method"]
+
+
+_BY_VALUE = {c.value[0]: c.name for c in grpc.StatusCode}
+
+
+def status_name(context, exc: BaseException | None = None) -> str:
+    """The status the client sees, as a name. A cancelled handler means the
+    caller's deadline passed (DEADLINE_EXCEEDED) or it went away (CANCELLED)."""
+    if isinstance(exc, asyncio.CancelledError):
+        remaining = context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    code = context.code()
+    if code is None:
+        return "UNKNOWN" if exc is not None and not isinstance(exc, grpc.aio.AbortError) else "OK"
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return _BY_VALUE.get(int(code), "UNKNOWN")
+
+
+class GrpcServerMetrics(grpc.aio.ServerInterceptor):
+    def __init__(self, registry: CollectorRegistry):
+        self.started = Counter("grpc_server_started_total", "RPCs started on the server", _LABELS, registry=registry)
+        self.handled = Counter("grpc_server_handled_total", "RPCs completed on the server, by code", _LABELS + ["grpc_code"], registry=registry)
+        self.handling = Histogram("grpc_server_handling_seconds", "RPC handling time", _LABELS, buckets=LATENCY_BUCKETS, registry=registry)
+        self.received = Counter("grpc_server_msg_received_total", "Messages received", _LABELS, registry=registry)
+        self.sent = Counter("grpc_server_msg_sent_total", "Messages sent", _LABELS, registry=registry)
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        service, _, method = details.method.lstrip("/").rpartition("/")
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, ("unary", service, method)),
+                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._server_stream(handler.unary_stream, ("server_stream", service, method)),
+                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer,
+            )
+        return handler  # no client-streaming RPCs here; leave them untouched
+
+    def _done(self, labels, context, started: float, code: str) -> None:
+        self.handled.labels(*labels, code).inc()
+        self.handling.labels(*labels).observe(time.perf_counter() - started)
+
+    def _unary(self, behavior, labels):
+        async def wrapper(request, context):
+            started = time.perf_counter()
+            self.started.labels(*labels).inc()
+            self.received.labels(*labels).inc()
+            error = None
+            try:
+                response = await behavior(request, context)
+                self.sent.labels(*labels).inc()
+                return response
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._done(labels, context, started, status_name(context, error))
+
+        return wrapper
+
+    def _server_stream(self, behavior, labels):
+        async def wrapper(request, context):
+            started = time.perf_counter()
+            self.started.labels(*labels).inc()
+            self.received.labels(*labels).inc()
+            error = None
+            try:
+                async for response in behavior(request, context):
+                    self.sent.labels(*labels).inc()
+                    yield response
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                self._done(labels, context, started, status_name(context, error))
+
+        return wrapper

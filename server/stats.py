@@ -1,0 +1,55 @@
+"""In-memory request statistics behind the GetStats RPC.
+
+Prometheus is the source for dashboards; this is the quick human answer to
+"what has this router been doing" without one. Bounded: latencies for p95
+are kept for the most recent 4,096 requests per tier.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+WINDOW = 4096
+
+
+@dataclass
+class TierTotals:
+    requests: int = 0
+    latency_ms_sum: float = 0.0
+    ttft_ms_sum: float = 0.0
+    completion_tokens: int = 0
+    generate_s: float = 0.0
+    recent_latency_ms: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+
+    def p95_ms(self) -> float:
+        return float(np.percentile(self.recent_latency_ms, 95)) if self.recent_latency_ms else 0.0
+
+
+class Stats:
+    def __init__(self, tiers: tuple[str, ...], clock=time.monotonic):
+        self._clock = clock
+        self.started = clock()
+        self.tiers = {t: TierTotals() for t in tiers}
+        self.by_code: Counter[str] = Counter()
+
+    def uptime(self) -> float:
+        return self._clock() - self.started
+
+    def record_status(self, code: str) -> None:
+        self.by_code[code] += 1
+
+    def record_generation(self, tier: str, total_ms: float, ttft_ms: float, generate_ms: float, completion_tokens: int) -> None:
+        t = self.tiers[tier]
+        t.requests += 1
+        t.latency_ms_sum += total_ms
+        t.ttft_ms_sum += ttft_ms
+        t.completion_tokens += completion_tokens
+        t.generate_s += generate_ms / 1e3
+        t.recent_latency_ms.append(total_ms)
+
+    def completed(self) -> int:
+        return sum(t.requests for t in self.tiers.values())
