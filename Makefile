@@ -56,6 +56,10 @@ test: install test-deps
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Itriage_proto=proto --python_out=. --grpc_python_out=. --pyi_out=. triage_proto/router.proto
 
+# Speed, measured side by side in one run; writes docs/benchmarks.md (~10 min).
+bench: install
+	$(PY) -m clients.benchmarks --config $(CONFIG) --out docs
+
 train: $(STAMP)
 	$(PY) -m classifier train
 

@@ -140,7 +140,11 @@ def cmd_bench(args) -> int:
         "single_p50_ms": float(np.percentile(single, 50) * 1e3),
         "single_p99_ms": float(np.percentile(single, 99) * 1e3),
         "single_n": args.n,
+        # This machine is noisy: the median says what to expect, the best of
+        # the repeats (as timeit reports) what the code costs when undisturbed.
         "batch_1000_median_ms": float(np.median(batch_times) * 1e3),
+        "batch_1000_best_ms": float(np.min(batch_times) * 1e3),
+        "batch_repeats": args.repeats,
         "batch_throughput_per_s": float(1000 / np.median(batch_times)),
     }
     print(json.dumps(result, indent=2))
@@ -170,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("bench", help="single-question latency and batch throughput, in process")
     p.add_argument("-n", type=int, default=5000)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=15)
     p.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

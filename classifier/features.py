@@ -89,23 +89,23 @@ DENSE_FEATURE_NAMES = (
 )
 
 
+def dense_row(raw: str) -> tuple[float, ...]:
+    """The dense features of one text, in DENSE_FEATURE_NAMES order."""
+    text = raw[:MAX_CHARS]
+    fired = {m.lastgroup for m in _CUE_RE.finditer(text.lower())}
+    return (
+        math.log1p(len(_WORD.findall(text))),
+        math.log1p(len(raw)),
+        min(len(_SENTENCE_END.findall(text)), 5),
+        min(text.count("\n"), 5),
+        1.0 if ("```" in text or "def " in text or "();" in text or "{" in text) else 0.0,
+        1.0 if len(_NUMBER.findall(text)) >= 3 else 0.0,
+        min(text.count("?"), 3),
+        *(1.0 if name in fired else 0.0 for name in _CUES),
+    )
+
+
 def dense_features(texts) -> np.ndarray:
     """Length and shape features, all bounded, for a batch of raw texts."""
-    rows = []
-    for raw in texts:
-        text = raw[:MAX_CHARS]
-        lower = text.lower()
-        fired = {m.lastgroup for m in _CUE_RE.finditer(lower)}
-        rows.append(
-            (
-                math.log1p(len(_WORD.findall(text))),
-                math.log1p(len(raw)),
-                min(len(_SENTENCE_END.findall(text)), 5),
-                min(text.count("\n"), 5),
-                1.0 if ("```" in text or "def " in text or "();" in text or "{" in text) else 0.0,
-                1.0 if len(_NUMBER.findall(text)) >= 3 else 0.0,
-                min(text.count("?"), 3),
-                *(1.0 if name in fired else 0.0 for name in _CUES),
-            )
-        )
+    rows = [dense_row(raw) for raw in texts]
     return np.array(rows, dtype=np.float64).reshape(len(rows), len(DENSE_FEATURE_NAMES))

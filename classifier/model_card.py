@@ -107,7 +107,9 @@ from a sample of real traffic instead.
 ## Latency (this machine, `python -m classifier bench`)
 
 - single question: p50 {lat['single_p50_ms']:.3f} ms, p99 {lat['single_p99_ms']:.3f} ms
-- batch of 1,000: {lat['batch_1000_median_ms']:.1f} ms ({lat['batch_throughput_per_s']:.0f} questions/s)
+- batch of 1,000: median {lat['batch_1000_median_ms']:.1f} ms, best of {lat['batch_repeats']} {lat['batch_1000_best_ms']:.1f} ms
+  ({lat['batch_throughput_per_s']:.0f} questions/s at the median). This VM is noisy: the same code has
+  measured 40-75 ms for the median on different minutes.
 
 Sentence embeddings (e.g. all-MiniLM-L6-v2 from a PyPI package) were not
 added: a MiniLM forward pass on this CPU costs milliseconds, an order of

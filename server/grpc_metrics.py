@@ -44,12 +44,21 @@ class GrpcServerMetrics(grpc.aio.ServerInterceptor):
         self.handling = Histogram("grpc_server_handling_seconds", "RPC handling time", _LABELS, buckets=LATENCY_BUCKETS, registry=registry)
         self.received = Counter("grpc_server_msg_received_total", "Messages received", _LABELS, registry=registry)
         self.sent = Counter("grpc_server_msg_sent_total", "Messages sent", _LABELS, registry=registry)
+        self._wrapped: dict = {}
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
         if handler is None:
             return None
-        service, _, method = details.method.lstrip("/").rpartition("/")
+        # Handlers are per method, not per call: wrap each one once.
+        key = (details.method, id(handler))
+        wrapped = self._wrapped.get(key)
+        if wrapped is None:
+            wrapped = self._wrapped[key] = self._wrap(details.method, handler)
+        return wrapped
+
+    def _wrap(self, full_method: str, handler):
+        service, _, method = full_method.lstrip("/").rpartition("/")
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary, ("unary", service, method)),
