@@ -4,6 +4,7 @@ from .client import AsyncTriageClient, TriageClient, build_request
 from .errors import (
     CancelledError,
     DeadlineExceededError,
+    FailedPreconditionError,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
@@ -15,5 +16,5 @@ from .errors import (
 
 __all__ = [
     "AsyncTriageClient", "TriageClient", "build_request", "TriageError", "InvalidArgumentError", "NotFoundError",
-    "ResourceExhaustedError", "UnavailableError", "DeadlineExceededError", "CancelledError", "UnauthenticatedError", "InternalError",
+    "ResourceExhaustedError", "UnavailableError", "DeadlineExceededError", "FailedPreconditionError", "CancelledError", "UnauthenticatedError", "InternalError",
 ]

@@ -5,6 +5,7 @@
     triage stats [--json]
     triage health
     triage bench --requests 50 --concurrency 4 --out reports/bench
+    triage index DOCS_DIR --out INDEX_DIR
 """
 
 from __future__ import annotations
@@ -22,25 +23,29 @@ from .errors import TriageError
 DEFAULT_TARGET = os.environ.get("TRIAGE_ADDRESS", "127.0.0.1:50051")
 
 
-def _summary(decision, timings, usage, finish_reason) -> str:
+def _summary(decision, timings, usage, finish_reason, cache=None) -> str:
     tier = {1: "small", 2: "large"}.get(decision.tier, "?")
+    hit = {2: " · cache EXACT", 3: f" · cache SEMANTIC ({cache.similarity:.3f})" if cache else ""}.get(cache.status if cache else 0, "")
     return (
         f"[{tier} · {decision.model} · p_complex={decision.p_complex:.3f} (threshold {decision.threshold:.3f}, "
         f"{decision.reason}{', degraded' if decision.degraded else ''}) · "
         f"{usage.prompt_tokens}+{usage.completion_tokens} tokens · {finish_reason} · "
-        f"classify {timings.classify_ms:.2f} ms · ttft {timings.ttft_ms:.0f} ms · total {timings.total_ms:.0f} ms]"
+        f"classify {timings.classify_ms:.2f} ms · ttft {timings.ttft_ms:.0f} ms · total {timings.total_ms:.0f} ms{hit}]"
     )
 
 
 def cmd_ask(client: TriageClient, args) -> int:
-    kwargs = {"route": args.route, "threshold": args.threshold, "max_tokens": args.max_tokens, "temperature": args.temperature, "timeout": args.timeout}
+    kwargs = {"route": args.route, "threshold": args.threshold, "max_tokens": args.max_tokens, "temperature": args.temperature,
+              "timeout": args.timeout, "cache": args.cache, "retrieval": True if args.retrieve else None}
     if not args.stream:
         r = client.generate(args.question, **kwargs)
         if args.json:
             print(json.dumps(MessageToDict(r, preserving_proto_field_name=True), indent=2))
         else:
             print(r.text)
-            print(_summary(r.decision, r.timings, r.usage, r.finish_reason), file=sys.stderr)
+            for i, src in enumerate(r.retrieval.sources, start=1):
+                print(f"  [{i}] {src.document} (chunk {src.chunk}, score {src.score:.2f})", file=sys.stderr)
+            print(_summary(r.decision, r.timings, r.usage, r.finish_reason, r.cache), file=sys.stderr)
         return 0
     decision = None
     events = []
@@ -55,7 +60,7 @@ def cmd_ask(client: TriageClient, args) -> int:
         elif kind == "final":
             print()
             f = event.final
-            print(_summary(decision, f.timings, f.usage, f.finish_reason), file=sys.stderr)
+            print(_summary(decision, f.timings, f.usage, f.finish_reason, f.cache), file=sys.stderr)
     if args.json:
         print(json.dumps(events, indent=2))
     return 0
@@ -78,12 +83,26 @@ def cmd_bench(client: TriageClient, args) -> int:
     from .loadgen import bench
 
     levels = [int(c) for c in args.concurrency.split(",")]
-    report = asyncio.run(bench(args.address, levels, args.requests, args.duration, args.prompts, args.stream, args.max_tokens, args.out))
+    report = asyncio.run(bench(args.address, levels, args.requests, args.duration, args.prompts, args.stream, args.max_tokens, args.out,
+                               cache=args.cache))
     for c, level in report["levels"].items():
         tiers = ", ".join(f"{t} {v['count']} (p95 {v['e2e_ms']['p95']:.0f} ms)" for t, v in level["tiers"].items())
         print(f"concurrency {c}: {level['ok']}/{level['requests']} ok, {level['rps']:.2f} req/s, {level['tokens_per_s']:.1f} tokens/s; {tiers}; codes {level['codes']}")
     print(f"report: {args.out}/report.json, plots: {', '.join(report['plots'])}")
     return 0 if all(level["ok"] == level["requests"] for level in report["levels"].values()) else 1
+
+
+def cmd_index(args) -> int:
+    from server.embedding import Embedder
+    from server.retrieval import IndexError_, build_index
+
+    try:
+        manifest = build_index(args.docs, args.out, Embedder(threads=args.threads), args.chunk_chars, args.overlap)
+    except (IndexError_, ValueError) as exc:
+        print(f"triage: {exc}", file=sys.stderr)
+        return 1
+    print(f"indexed {manifest['chunks']} chunks from {manifest['documents']} documents into {args.out} in {manifest['seconds']} s")
+    return 0
 
 
 def cmd_health(client: TriageClient, args) -> int:
@@ -105,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--timeout", type=float, default=None, help="deadline in seconds (default 300)")
     p.add_argument("--json", action="store_true", help="print the full response as JSON")
+    p.add_argument("--cache", choices=["default", "exact_only", "off"], default="default")
+    p.add_argument("--retrieve", action="store_true", help="answer from the server's document index, listing sources")
     p.set_defaults(func=cmd_ask)
     p = sub.add_parser("models", help="tiers, models, limits and readiness")
     p.set_defaults(func=cmd_models)
@@ -119,13 +140,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream", action="store_true", help="use GenerateStream (measures TTFT and inter-token latency)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--out", default="reports/bench")
+    p.add_argument("--cache", choices=["default", "exact_only", "off"], default="off",
+                   help="cache mode of the requests (default off: measure the engines, not the cache)")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("index", help="chunk and embed a folder of text/markdown files into a retrieval index")
+    p.add_argument("docs", help="folder of .txt/.md/.rst files (searched recursively)")
+    p.add_argument("--out", required=True, help="index folder to write (point retrieval.index at it)")
+    p.add_argument("--chunk-chars", type=int, default=800)
+    p.add_argument("--overlap", type=int, default=100)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=None, local=cmd_index)
     p = sub.add_parser("health", help="grpc health status (exit 0 when SERVING)")
     p.add_argument("--service", default="")
     p.set_defaults(func=cmd_health)
     args = parser.parse_args(argv)
     if args.command == "bench" and args.requests is None and args.duration is None:
         args.requests = 32
+    if getattr(args, "local", None):  # commands that need no server
+        return args.local(args)
     try:
         with TriageClient(args.address) as client:
             return args.func(client, args)

@@ -25,6 +25,7 @@ from .errors import from_rpc_error
 # shorter than that makes a healthy server look broken.
 DEFAULT_TIMEOUT = 300.0
 _ROUTES = {None: pb.TIER_UNSPECIFIED, "small": pb.TIER_SMALL, "large": pb.TIER_LARGE}
+_CACHE_MODES = {"default": pb.CACHE_MODE_DEFAULT, "exact_only": pb.CACHE_MODE_EXACT_ONLY, "off": pb.CACHE_MODE_OFF}
 
 Messages = str | Sequence[tuple[str, str]] | Sequence[pb.Message]
 
@@ -42,17 +43,31 @@ def build_request(
     stop: Sequence[str] = (),
     seed: int | None = None,
     repetition_penalty: float | None = None,
+    cache: str = "default",
+    retrieval: bool | None = None,
+    retrieval_top_k: int | None = None,
 ) -> pb.GenerateRequest:
-    """A GenerateRequest from a question string or (role, content) pairs."""
+    """A GenerateRequest from a question string or (role, content) pairs.
+
+    cache: "default" (exact and semantic), "exact_only" or "off".
+    retrieval: True/False to ask for document retrieval or not; None for the tier's default.
+    """
     if route not in _ROUTES:
         raise ValueError(f"route must be one of small, large or None, got {route!r}")
+    if cache not in _CACHE_MODES:
+        raise ValueError(f"cache must be one of {', '.join(_CACHE_MODES)}, got {cache!r}")
     sampling = pb.SamplingParams(stop=list(stop))
     for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("max_tokens", max_tokens), ("seed", seed), ("repetition_penalty", repetition_penalty)):
         if value is not None:
             setattr(sampling, name, value)
-    req = pb.GenerateRequest(request_id=request_id, messages=_messages(messages), sampling=sampling, route=_ROUTES[route])
+    req = pb.GenerateRequest(request_id=request_id, messages=_messages(messages), sampling=sampling, route=_ROUTES[route],
+                             cache_mode=_CACHE_MODES[cache])
     if threshold is not None:
         req.threshold = threshold
+    if retrieval is not None:
+        req.retrieval.enabled = retrieval
+    if retrieval_top_k is not None:
+        req.retrieval.top_k = retrieval_top_k
     return req
 
 

@@ -25,6 +25,10 @@ class NotFoundError(TriageError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class FailedPreconditionError(TriageError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ResourceExhaustedError(TriageError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

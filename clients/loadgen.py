@@ -70,9 +70,9 @@ def load_prompts(path: str | None) -> list[dict]:
     return prompts
 
 
-async def _one(client: AsyncTriageClient, prompt: dict, stream: bool, max_tokens: int | None, timeout: float) -> Sample:
+async def _one(client: AsyncTriageClient, prompt: dict, stream: bool, max_tokens: int | None, timeout: float, cache: str) -> Sample:
     started = time.perf_counter()
-    kwargs = {"route": prompt.get("route"), "max_tokens": max_tokens, "timeout": timeout}
+    kwargs = {"route": prompt.get("route"), "max_tokens": max_tokens, "timeout": timeout, "cache": cache}
     try:
         if not stream:
             r = await client.generate(prompt["text"], **kwargs)
@@ -98,7 +98,8 @@ async def _one(client: AsyncTriageClient, prompt: dict, stream: bool, max_tokens
 
 
 async def run_level(address: str, prompts: Sequence[dict], concurrency: int, requests: int | None, duration: float | None,
-                    stream: bool, max_tokens: int | None, timeout: float = 300.0, progress: bool = True) -> tuple[list[Sample], float]:
+                    stream: bool, max_tokens: int | None, timeout: float = 300.0, progress: bool = True,
+                    cache: str = "default") -> tuple[list[Sample], float]:
     """One load level: `concurrency` workers share a request budget."""
     from tqdm import tqdm
 
@@ -118,7 +119,7 @@ async def run_level(address: str, prompts: Sequence[dict], concurrency: int, req
                     return
                 if stop_at is not None and time.perf_counter() >= stop_at:
                     return
-                samples.append(await _one(client, next(cycle), stream, max_tokens, timeout))
+                samples.append(await _one(client, next(cycle), stream, max_tokens, timeout, cache))
                 bar.update(1)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -199,17 +200,17 @@ def plot(levels: dict[int, dict], samples: dict[int, list[Sample]], out: Path) -
 
 
 async def bench(address: str, concurrency: Sequence[int], requests: int | None, duration: float | None, prompts_path: str | None,
-                stream: bool, max_tokens: int | None, out: str | Path, progress: bool = True) -> dict:
+                stream: bool, max_tokens: int | None, out: str | Path, progress: bool = True, cache: str = "default") -> dict:
     prompts = load_prompts(prompts_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     levels, all_samples = {}, {}
     for c in concurrency:
-        samples, wall = await run_level(address, prompts, c, requests, duration, stream, max_tokens, progress=progress)
+        samples, wall = await run_level(address, prompts, c, requests, duration, stream, max_tokens, progress=progress, cache=cache)
         levels[c] = summarise(samples, wall)
         all_samples[c] = samples
     report = {
-        "address": address, "stream": stream, "max_tokens": max_tokens, "prompts": prompts_path or "built-in mix",
+        "address": address, "stream": stream, "max_tokens": max_tokens, "cache": cache, "prompts": prompts_path or "built-in mix",
         "levels": {str(c): v for c, v in levels.items()},
     }
     report["plots"] = plot(levels, all_samples, out)

@@ -34,8 +34,14 @@ async def _main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"triage: bad config: {exc}", file=sys.stderr)
         return 2
+    from .retrieval import IndexError_
+
     clf = classifier.load(config.classifier.path)
-    app = build_app(config, clf)
+    try:
+        app = build_app(config, clf)
+    except IndexError_ as exc:
+        print(f"triage: {exc}", file=sys.stderr)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

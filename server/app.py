@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from triage_proto import router_pb2, router_pb2_grpc
 
+from .cache import ResponseCache
 from .config import Config
 from .engine import Engine, VllmEngine
 from .grpc_metrics import GrpcServerMetrics
@@ -79,9 +80,28 @@ async def warm_up(engine: Engine, prompt: str) -> None:
         pass
 
 
-def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None = None, registry: CollectorRegistry | None = None) -> App:
+def needs_embedder(config: Config) -> bool:
+    return config.cache.semantic or config.retrieval.index is not None
+
+
+def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None = None, registry: CollectorRegistry | None = None,
+              embedder=None) -> App:
+    """Everything but the engines' start. A retrieval index that is missing or
+    corrupt raises retrieval.IndexError_ here, before the server listens."""
     registry = registry or CollectorRegistry()
     metrics = RouterMetrics(registry)
+    if embedder is None and needs_embedder(config):
+        from .embedding import Embedder
+
+        embedder = Embedder()
+    retrieval = None
+    if config.retrieval.index is not None:
+        from .retrieval import RetrievalService, Retriever
+
+        r = config.retrieval
+        retrieval = RetrievalService(Retriever(r.index, embedder), embedder, r.top_k, r.max_chunk_chars, r.tiers)
+        log.info("retrieval index %s: %d chunks", r.index, len(retrieval._retriever))
+    cache = ResponseCache(config.cache, embedder, metrics) if (config.cache.exact or config.cache.semantic) else None
     threshold = config.classifier.threshold if config.classifier.threshold is not None else classifier.threshold
     metrics.threshold.set(threshold)
     engines = engines or {name: VllmEngine(tier) for name, tier in config.tiers.items()}
@@ -92,7 +112,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
         classifier.score, threshold, {n: t.model for n, t in config.tiers.items()},
         on_degraded=lambda: metrics.degraded.labels("classifier_error").inc(),
     )
-    router = Router(policy, engines, config.tiers, metrics)
+    router = Router(policy, engines, config.tiers, metrics, cache=cache, retrieval=retrieval)
 
     server = grpc.aio.server(interceptors=[GrpcServerMetrics(registry)])
     router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(router), server)

@@ -64,11 +64,36 @@ class ClassifierConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    exact: bool = True
+    exact_max_entries: int = 10_000
+    exact_max_bytes: int = 64 * 1024 * 1024
+    ttl_seconds: float | None = None  # None: entries live until evicted
+    semantic: bool = True
+    semantic_max_entries: int = 100_000
+    semantic_threshold: float = 0.95  # cosine similarity
+    # Longer questions skip the semantic cache: past the embedding model's
+    # 256-token window two prompts sharing a prefix would embed identically.
+    semantic_max_chars: int = 1000
+    cache_sampled: bool = False  # cache answers to non-greedy, unseeded requests too
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    index: str | None = None  # folder written by `triage index`; None: retrieval off
+    top_k: int = 10
+    max_chunk_chars: int = 800  # each retrieved chunk is cut to this in the prompt
+    tiers: tuple[str, ...] = ()  # tiers that retrieve unless the request says otherwise
+
+
+@dataclass(frozen=True)
 class Config:
     profile: str
     server: ServerConfig
     classifier: ClassifierConfig
     tiers: Mapping[str, TierConfig]
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
     def with_ports(self, port: int | None, metrics_port: int | None) -> "Config":
         server = self.server
@@ -153,7 +178,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    unknown = set(raw) - {"profile", "server", "classifier", "tiers"}
+    unknown = set(raw) - {"profile", "server", "classifier", "tiers", "cache", "retrieval"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
     base = path.parent.resolve()
@@ -165,7 +190,22 @@ def load(path: str | os.PathLike[str]) -> Config:
         classifier = dataclasses.replace(classifier, path=_resolve_path(classifier.path, base))
     if classifier.threshold is not None and not 0.0 <= classifier.threshold <= 1.0:
         raise ConfigError("classifier.threshold must be in [0, 1]")
+    cache = _build(CacheConfig, raw.get("cache"), "cache")
+    if not 0.0 < cache.semantic_threshold <= 1.0:
+        raise ConfigError("cache.semantic_threshold must be in (0, 1]")
+    retrieval_raw = dict(raw.get("retrieval") or {})
+    if "tiers" in retrieval_raw:
+        retrieval_raw["tiers"] = tuple(retrieval_raw["tiers"] or ())
+    retrieval = _build(RetrievalConfig, retrieval_raw, "retrieval")
+    if retrieval.index:
+        retrieval = dataclasses.replace(retrieval, index=_resolve_path(retrieval.index, base))
+    if set(retrieval.tiers) - set(TIERS):
+        raise ConfigError(f"retrieval.tiers: unknown tier(s) {sorted(set(retrieval.tiers) - set(TIERS))}")
+    if retrieval.top_k < 1 or retrieval.max_chunk_chars < 50:
+        raise ConfigError("retrieval.top_k must be >= 1 and retrieval.max_chunk_chars >= 50")
     return Config(
+        cache=cache,
+        retrieval=retrieval,
         profile=str(raw.get("profile") or path.stem),
         server=_build(ServerConfig, raw.get("server"), "server"),
         classifier=classifier,

@@ -28,6 +28,12 @@ class NotFound(RouterError):
     status = "NOT_FOUND"
 
 
+class FailedPrecondition(RouterError):
+    """The server is not set up for what the request asks (e.g. no index)."""
+
+    status = "FAILED_PRECONDITION"
+
+
 class Unavailable(RouterError):
     """The engine is not started, draining, or dead."""
 

@@ -59,4 +59,11 @@ class RouterMetrics:
         # Read from the engine itself at scrape time: proves aborted requests
         # (deadline, cancel) really left the engine, not just the router.
         self.engine_unfinished = Gauge("router_engine_unfinished_requests", "Requests the engine still holds", ["tier"], registry=registry)
+        # Caches and retrieval (issue: answer caching and retrieval).
+        self.cache_lookups = Counter("router_cache_lookups_total", "Cache lookups by kind and result", ["kind", "result"], registry=registry)
+        self.cache_lookup_seconds = histogram("router_cache_lookup_duration_seconds", "Cache lookup time per request (embedding included)")
+        self.cache_entries = Gauge("router_cache_entries", "Entries held", ["kind"], registry=registry)
+        self.cache_bytes = Gauge("router_cache_bytes", "Approximate bytes held (answers, plus vectors for semantic)", ["kind"], registry=registry)
+        self.retrieve_seconds = histogram("router_retrieve_duration_seconds", "Embedding the question and searching the document index")
+        self.engine_requests = Counter("router_engine_requests_total", "Requests handed to the engine (cache hits are not)", ["tier"], registry=registry)
         self.threshold = Gauge("router_threshold", "Configured p_complex threshold", registry=registry)

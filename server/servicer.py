@@ -27,6 +27,8 @@ log = logging.getLogger("triage.servicer")
 _TIER_FROM_PB = {pb.TIER_UNSPECIFIED: None, pb.TIER_SMALL: "small", pb.TIER_LARGE: "large"}
 _TIER_TO_PB = {"small": pb.TIER_SMALL, "large": pb.TIER_LARGE}
 _MAX_REQUEST_ID = 128
+_CACHE_MODE_FROM_PB = {pb.CACHE_MODE_DEFAULT: "default", pb.CACHE_MODE_EXACT_ONLY: "exact_only", pb.CACHE_MODE_OFF: "off"}
+_CACHE_STATUS_TO_PB = {"MISS": pb.CACHE_MISS, "EXACT": pb.CACHE_EXACT, "SEMANTIC": pb.CACHE_SEMANTIC, "BYPASS": pb.CACHE_BYPASS}
 
 
 # ---- proto -> plain -------------------------------------------------------
@@ -53,6 +55,11 @@ def _sampling(s: pb.SamplingParams) -> SamplingRequest:
 def _request(req: pb.GenerateRequest) -> GenerateInput:
     if req.route not in _TIER_FROM_PB:
         raise InvalidArgument("route", f"unknown tier value {req.route}")
+    if req.cache_mode not in _CACHE_MODE_FROM_PB:
+        raise InvalidArgument("cache_mode", f"unknown cache mode value {req.cache_mode}")
+    retrieval = req.retrieval
+    if retrieval.HasField("top_k") and not 1 <= retrieval.top_k <= 100:
+        raise InvalidArgument("retrieval.top_k", f"must be in [1, 100], got {retrieval.top_k}")
     request_id = req.request_id or uuid.uuid4().hex
     if len(request_id) > _MAX_REQUEST_ID or not request_id.isprintable():
         raise InvalidArgument("request_id", f"must be printable and at most {_MAX_REQUEST_ID} characters")
@@ -62,6 +69,9 @@ def _request(req: pb.GenerateRequest) -> GenerateInput:
         sampling=_sampling(req.sampling),
         route=_TIER_FROM_PB[req.route],
         threshold=req.threshold if req.HasField("threshold") else None,
+        cache_mode=_CACHE_MODE_FROM_PB[req.cache_mode],
+        retrieval=retrieval.enabled if retrieval.HasField("enabled") else None,
+        retrieval_top_k=retrieval.top_k if retrieval.HasField("top_k") else None,
     )
 
 
@@ -75,7 +85,20 @@ def _decision(d: Decision) -> pb.RoutingDecision:
 
 
 def _timings(t: Timings) -> pb.Timings:
-    return pb.Timings(classify_ms=t.classify_ms, queue_ms=t.queue_ms, ttft_ms=t.ttft_ms, generate_ms=t.generate_ms, total_ms=t.total_ms)
+    return pb.Timings(classify_ms=t.classify_ms, queue_ms=t.queue_ms, ttft_ms=t.ttft_ms, generate_ms=t.generate_ms,
+                      total_ms=t.total_ms, cache_ms=t.cache_ms, retrieve_ms=t.retrieve_ms)
+
+
+def _cache(event: FinalEvent) -> pb.CacheInfo:
+    return pb.CacheInfo(status=_CACHE_STATUS_TO_PB[event.cache.status], similarity=event.cache.similarity)
+
+
+def _retrieval(event: FinalEvent) -> pb.RetrievalInfo | None:
+    r = event.retrieval
+    if r is None:
+        return None
+    sources = [pb.Source(document=h.chunk.document, chunk=h.chunk.chunk, score=h.score) for h in r.hits]
+    return pb.RetrievalInfo(sources=sources, dropped=r.dropped)
 
 
 def _usage(u: Usage) -> pb.Usage:
@@ -149,6 +172,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     response.usage.CopyFrom(_usage(event.usage))
                     response.timings.CopyFrom(_timings(event.timings))
                     response.effective_sampling.CopyFrom(_effective(event.sampling))
+                    response.cache.CopyFrom(_cache(event))
+                    if event.retrieval is not None:
+                        response.retrieval.CopyFrom(_retrieval(event))
             response.text = "".join(parts)
         return response
 
@@ -165,8 +191,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     yield pb.GenerateStreamResponse(request_id=rid, decision=_decision(event.decision))
                 elif isinstance(event, FinalEvent):
                     final = pb.StreamFinal(
-                        finish_reason=event.finish_reason, usage=_usage(event.usage),
-                        timings=_timings(event.timings), effective_sampling=_effective(event.sampling),
+                        finish_reason=event.finish_reason, usage=_usage(event.usage), timings=_timings(event.timings),
+                        effective_sampling=_effective(event.sampling), cache=_cache(event), retrieval=_retrieval(event),
                     )
                     yield pb.GenerateStreamResponse(request_id=rid, final=final)
 
@@ -209,7 +235,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         response = pb.GetStatsResponse(
             uptime_seconds=stats.uptime(), total_requests=sum(stats.by_code.values()), completed_generations=completed,
             large_share=stats.tiers["large"].requests / completed if completed else 0.0,
-            tiers=tiers, requests_by_code=dict(stats.by_code),
+            tiers=tiers, requests_by_code=dict(stats.by_code), cache_lookups=stats.cache_lookups(),
+            exact_hit_rate=stats.hit_rate("EXACT"), semantic_hit_rate=stats.hit_rate("SEMANTIC"),
         )
         response.summary = format_stats(response)
         return response
@@ -220,6 +247,7 @@ def format_stats(r: pb.GetStatsResponse) -> str:
         f"uptime {r.uptime_seconds:.0f} s · {r.total_requests} requests · {r.completed_generations} generations · "
         f"{r.large_share:.0%} routed large",
         "status codes: " + (", ".join(f"{k} {v}" for k, v in sorted(r.requests_by_code.items())) or "none yet"),
+        f"cache: {r.cache_lookups} lookups · exact hits {r.exact_hit_rate:.0%} · semantic hits {r.semantic_hit_rate:.0%}",
     ]
     for t in r.tiers:
         name = pb.Tier.Name(t.tier).removeprefix("TIER_").lower()

@@ -35,12 +35,23 @@ class Stats:
         self.started = clock()
         self.tiers = {t: TierTotals() for t in tiers}
         self.by_code: Counter[str] = Counter()
+        self.cache: Counter[str] = Counter()  # MISS / EXACT / SEMANTIC / BYPASS
 
     def uptime(self) -> float:
         return self._clock() - self.started
 
     def record_status(self, code: str) -> None:
         self.by_code[code] += 1
+
+    def record_cache(self, status: str) -> None:
+        self.cache[status] += 1
+
+    def cache_lookups(self) -> int:
+        return sum(n for status, n in self.cache.items() if status != "BYPASS")
+
+    def hit_rate(self, status: str) -> float:
+        lookups = self.cache_lookups()
+        return self.cache[status] / lookups if lookups else 0.0
 
     def record_generation(self, tier: str, total_ms: float, ttft_ms: float, generate_ms: float, completion_tokens: int) -> None:
         t = self.tiers[tier]

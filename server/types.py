@@ -49,6 +49,9 @@ class GenerateInput:
     sampling: SamplingRequest = field(default_factory=SamplingRequest)
     route: str | None = None  # "small" | "large" | None (classifier decides)
     threshold: float | None = None
+    cache_mode: str = "default"  # "default" | "exact_only" | "off"
+    retrieval: bool | None = None  # None: the tier's configured default
+    retrieval_top_k: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,8 @@ class Timings:
     ttft_ms: float = 0.0
     generate_ms: float = 0.0
     total_ms: float = 0.0
+    cache_ms: float = 0.0
+    retrieve_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -102,8 +107,22 @@ class DeltaEvent:
 
 
 @dataclass(frozen=True)
+class CacheResult:
+    status: str  # MISS | EXACT | SEMANTIC | BYPASS
+    similarity: float = 0.0
+
+
+@dataclass(frozen=True)
+class RetrievalResult:
+    hits: tuple  # retrieval.Hit, best first, as placed in the prompt
+    dropped: int  # lowest-ranked chunks left out to fit the context
+
+
+@dataclass(frozen=True)
 class FinalEvent:
     finish_reason: str
     usage: Usage
     timings: Timings
     sampling: EffectiveSampling
+    cache: CacheResult = CacheResult("BYPASS")
+    retrieval: RetrievalResult | None = None

@@ -12,9 +12,31 @@ class Tier(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TIER_UNSPECIFIED: _ClassVar[Tier]
     TIER_SMALL: _ClassVar[Tier]
     TIER_LARGE: _ClassVar[Tier]
+
+class CacheMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CACHE_MODE_DEFAULT: _ClassVar[CacheMode]
+    CACHE_MODE_EXACT_ONLY: _ClassVar[CacheMode]
+    CACHE_MODE_OFF: _ClassVar[CacheMode]
+
+class CacheStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CACHE_STATUS_UNSPECIFIED: _ClassVar[CacheStatus]
+    CACHE_MISS: _ClassVar[CacheStatus]
+    CACHE_EXACT: _ClassVar[CacheStatus]
+    CACHE_SEMANTIC: _ClassVar[CacheStatus]
+    CACHE_BYPASS: _ClassVar[CacheStatus]
 TIER_UNSPECIFIED: Tier
 TIER_SMALL: Tier
 TIER_LARGE: Tier
+CACHE_MODE_DEFAULT: CacheMode
+CACHE_MODE_EXACT_ONLY: CacheMode
+CACHE_MODE_OFF: CacheMode
+CACHE_STATUS_UNSPECIFIED: CacheStatus
+CACHE_MISS: CacheStatus
+CACHE_EXACT: CacheStatus
+CACHE_SEMANTIC: CacheStatus
+CACHE_BYPASS: CacheStatus
 
 class Message(_message.Message):
     __slots__ = ("role", "content")
@@ -42,19 +64,31 @@ class SamplingParams(_message.Message):
     repetition_penalty: float
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., repetition_penalty: _Optional[float] = ...) -> None: ...
 
+class RetrievalRequest(_message.Message):
+    __slots__ = ("enabled", "top_k")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    top_k: int
+    def __init__(self, enabled: _Optional[bool] = ..., top_k: _Optional[int] = ...) -> None: ...
+
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "messages", "sampling", "route", "threshold")
+    __slots__ = ("request_id", "messages", "sampling", "route", "threshold", "cache_mode", "retrieval")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     ROUTE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CACHE_MODE_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     sampling: SamplingParams
     route: Tier
     threshold: float
-    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., route: _Optional[_Union[Tier, str]] = ..., threshold: _Optional[float] = ...) -> None: ...
+    cache_mode: CacheMode
+    retrieval: RetrievalRequest
+    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., route: _Optional[_Union[Tier, str]] = ..., threshold: _Optional[float] = ..., cache_mode: _Optional[_Union[CacheMode, str]] = ..., retrieval: _Optional[_Union[RetrievalRequest, _Mapping]] = ...) -> None: ...
 
 class RoutingDecision(_message.Message):
     __slots__ = ("tier", "model", "p_complex", "threshold", "reason", "degraded")
@@ -81,18 +115,48 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("classify_ms", "queue_ms", "ttft_ms", "generate_ms", "total_ms")
+    __slots__ = ("classify_ms", "queue_ms", "ttft_ms", "generate_ms", "total_ms", "cache_ms", "retrieve_ms")
     CLASSIFY_MS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     TTFT_MS_FIELD_NUMBER: _ClassVar[int]
     GENERATE_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_MS_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVE_MS_FIELD_NUMBER: _ClassVar[int]
     classify_ms: float
     queue_ms: float
     ttft_ms: float
     generate_ms: float
     total_ms: float
-    def __init__(self, classify_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    cache_ms: float
+    retrieve_ms: float
+    def __init__(self, classify_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., cache_ms: _Optional[float] = ..., retrieve_ms: _Optional[float] = ...) -> None: ...
+
+class CacheInfo(_message.Message):
+    __slots__ = ("status", "similarity")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    status: CacheStatus
+    similarity: float
+    def __init__(self, status: _Optional[_Union[CacheStatus, str]] = ..., similarity: _Optional[float] = ...) -> None: ...
+
+class Source(_message.Message):
+    __slots__ = ("document", "chunk", "score")
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    document: str
+    chunk: int
+    score: float
+    def __init__(self, document: _Optional[str] = ..., chunk: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+
+class RetrievalInfo(_message.Message):
+    __slots__ = ("sources", "dropped")
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    sources: _containers.RepeatedCompositeFieldContainer[Source]
+    dropped: int
+    def __init__(self, sources: _Optional[_Iterable[_Union[Source, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
 
 class EffectiveSampling(_message.Message):
     __slots__ = ("temperature", "top_p", "top_k", "max_tokens", "stop", "seed", "repetition_penalty")
@@ -113,7 +177,7 @@ class EffectiveSampling(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., repetition_penalty: _Optional[float] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("request_id", "text", "finish_reason", "decision", "usage", "timings", "effective_sampling")
+    __slots__ = ("request_id", "text", "finish_reason", "decision", "usage", "timings", "effective_sampling", "cache", "retrieval")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +185,8 @@ class GenerateResponse(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     EFFECTIVE_SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     text: str
     finish_reason: str
@@ -128,19 +194,25 @@ class GenerateResponse(_message.Message):
     usage: Usage
     timings: Timings
     effective_sampling: EffectiveSampling
-    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., decision: _Optional[_Union[RoutingDecision, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., effective_sampling: _Optional[_Union[EffectiveSampling, _Mapping]] = ...) -> None: ...
+    cache: CacheInfo
+    retrieval: RetrievalInfo
+    def __init__(self, request_id: _Optional[str] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., decision: _Optional[_Union[RoutingDecision, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., effective_sampling: _Optional[_Union[EffectiveSampling, _Mapping]] = ..., cache: _Optional[_Union[CacheInfo, _Mapping]] = ..., retrieval: _Optional[_Union[RetrievalInfo, _Mapping]] = ...) -> None: ...
 
 class StreamFinal(_message.Message):
-    __slots__ = ("finish_reason", "usage", "timings", "effective_sampling")
+    __slots__ = ("finish_reason", "usage", "timings", "effective_sampling", "cache", "retrieval")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     EFFECTIVE_SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
     finish_reason: str
     usage: Usage
     timings: Timings
     effective_sampling: EffectiveSampling
-    def __init__(self, finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., effective_sampling: _Optional[_Union[EffectiveSampling, _Mapping]] = ...) -> None: ...
+    cache: CacheInfo
+    retrieval: RetrievalInfo
+    def __init__(self, finish_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., effective_sampling: _Optional[_Union[EffectiveSampling, _Mapping]] = ..., cache: _Optional[_Union[CacheInfo, _Mapping]] = ..., retrieval: _Optional[_Union[RetrievalInfo, _Mapping]] = ...) -> None: ...
 
 class GenerateStreamResponse(_message.Message):
     __slots__ = ("request_id", "decision", "delta", "final")
@@ -231,7 +303,7 @@ class TierStats(_message.Message):
     def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., model: _Optional[str] = ..., requests: _Optional[int] = ..., share: _Optional[float] = ..., mean_latency_ms: _Optional[float] = ..., p95_latency_ms: _Optional[float] = ..., mean_ttft_ms: _Optional[float] = ..., completion_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., engine_load_seconds: _Optional[float] = ..., ready: _Optional[bool] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("uptime_seconds", "total_requests", "completed_generations", "large_share", "tiers", "requests_by_code", "summary")
+    __slots__ = ("uptime_seconds", "total_requests", "completed_generations", "large_share", "tiers", "requests_by_code", "summary", "cache_lookups", "exact_hit_rate", "semantic_hit_rate")
     class RequestsByCodeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +318,9 @@ class GetStatsResponse(_message.Message):
     TIERS_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_BY_CODE_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    CACHE_LOOKUPS_FIELD_NUMBER: _ClassVar[int]
+    EXACT_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
     uptime_seconds: float
     total_requests: int
     completed_generations: int
@@ -253,4 +328,7 @@ class GetStatsResponse(_message.Message):
     tiers: _containers.RepeatedCompositeFieldContainer[TierStats]
     requests_by_code: _containers.ScalarMap[str, int]
     summary: str
-    def __init__(self, uptime_seconds: _Optional[float] = ..., total_requests: _Optional[int] = ..., completed_generations: _Optional[int] = ..., large_share: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., requests_by_code: _Optional[_Mapping[str, int]] = ..., summary: _Optional[str] = ...) -> None: ...
+    cache_lookups: int
+    exact_hit_rate: float
+    semantic_hit_rate: float
+    def __init__(self, uptime_seconds: _Optional[float] = ..., total_requests: _Optional[int] = ..., completed_generations: _Optional[int] = ..., large_share: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., requests_by_code: _Optional[_Mapping[str, int]] = ..., summary: _Optional[str] = ..., cache_lookups: _Optional[int] = ..., exact_hit_rate: _Optional[float] = ..., semantic_hit_rate: _Optional[float] = ...) -> None: ...

@@ -68,9 +68,37 @@ def _test_config(tmp: Path) -> Path:
     for tier in cfg["tiers"].values():
         tier["model_path"] = str(model)
     cfg["server"]["grace_seconds"] = 10
+    cfg["retrieval"] = {"index": str(_build_index(tmp)), "top_k": 10, "max_chunk_chars": 800}
     path = tmp / "test.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+# Documents whose facts exist nowhere else: an answer that has them came from retrieval.
+DOCS = {
+    "zorblax.md": "# Zorblax reactor\n\nThe Zorblax reactor is the fictional power plant of the town of Quillby. "
+                  "The calibration code of the Zorblax reactor is 7431. Engineers enter it every Monday.",
+    "quillby.txt": "Quillby is a fictional fishing town. Its mayor is Odessa Varnhold, elected in 2019. "
+                   "The town's festival celebrates mackerel every August.",
+    "filler/history.md": "\n\n".join(
+        f"Chapter {i}. The archive of Quillby keeps ledgers of ships, storms and harvests, recorded by clerks who "
+        "wrote in long careful sentences about tides, weather, nets, prices of salt and the names of boats that "
+        "left the harbour at dawn and returned at dusk, year after year, without any mention of reactors." for i in range(40)
+    ),
+}
+
+
+def _build_index(tmp: Path) -> Path:
+    docs = tmp / "docs"
+    for name, text in DOCS.items():
+        (docs / name).parent.mkdir(parents=True, exist_ok=True)
+        (docs / name).write_text(text)
+    out = tmp / "index"
+    run = subprocess.run([sys.executable, "-m", "clients.cli", "index", str(docs), "--out", str(out), "--chunk-chars", "800", "--overlap", "100"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if run.returncode != 0:
+        pytest.fail(f"triage index failed: {run.stdout}{run.stderr}")
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -137,3 +137,12 @@ def test_get_stats_counts_statuses(served):
     stats = client.stats()
     assert stats.total_requests >= 1 and stats.requests_by_code.get("INVALID_ARGUMENT", 0) >= 1
     assert "uptime" in stats.summary
+
+
+def test_retrieval_without_an_index_is_failed_precondition(served):
+    client, _, _ = served
+    from clients import TriageError
+
+    with pytest.raises(TriageError) as err:
+        client.generate("What is in my documents?", retrieval=True)
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "retrieval" in err.value.message

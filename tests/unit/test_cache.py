@@ -1,0 +1,105 @@
+"""The caches' own rules: keys, bounds, eviction, TTL, false-hit guards."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server.cache import (
+    CachedAnswer, ExactCache, SemanticCache, is_deterministic, normalise_content, replay_deltas, request_key, signature,
+)
+from server.types import ChatMessage, EffectiveSampling
+
+GREEDY = EffectiveSampling(0.0, 1.0, 0, 64, (), None, 1.0)
+
+
+def answer(text="Paris.") -> CachedAnswer:
+    return CachedAnswer(text, "stop", 10, 3)
+
+
+def msgs(*contents: str) -> tuple[ChatMessage, ...]:
+    return tuple(ChatMessage("user", c) for c in contents)
+
+
+def test_key_normalises_whitespace_but_not_case_or_code():
+    k = lambda *m: request_key(msgs(*m), GREEDY, "small", "M")
+    assert k("What is  the capital of France? ") == k("What is the capital of France?")
+    assert k("What is the capital of France?") != k("what is the capital of france?")
+    assert normalise_content("```py\\nx  =  1\\n```") == "```py\\nx  =  1\\n```"
+
+
+def test_key_covers_sampling_tier_model_and_every_message():
+    base = request_key(msgs("hi"), GREEDY, "small", "M")
+    from dataclasses import replace
+
+    assert base != request_key(msgs("hi"), replace(GREEDY, max_tokens=65), "small", "M")
+    assert base != request_key(msgs("hi"), GREEDY, "large", "M")
+    assert base != request_key(msgs("hi"), GREEDY, "small", "N")
+    assert base != request_key((ChatMessage("system", "be terse"), *msgs("hi")), GREEDY, "small", "M")
+
+
+def test_only_deterministic_requests_are_cacheable():
+    from dataclasses import replace
+
+    assert is_deterministic(GREEDY)
+    assert not is_deterministic(replace(GREEDY, temperature=0.7))
+    assert is_deterministic(replace(GREEDY, temperature=0.7, seed=3))
+
+
+def test_exact_cache_is_bounded_by_entries_and_bytes_with_lru_and_ttl():
+    now = [0.0]
+    c = ExactCache(max_entries=2, max_bytes=10_000, ttl_seconds=5, clock=lambda: now[0])
+    c.put("a", answer())
+    c.put("b", answer())
+    assert c.get("a") is not None  # a is now most recent
+    c.put("c", answer())
+    assert c.get("b") is None and c.get("a") is not None and len(c) == 2
+    now[0] = 6.0
+    assert c.get("a") is None  # expired
+    small = ExactCache(max_entries=100, max_bytes=300)
+    for i in range(10):
+        small.put(str(i), answer("x" * 100))
+    assert small.bytes <= 300 and len(small) == 1
+    small.put("huge", answer("x" * 1000))  # larger than the whole cache: not stored
+    assert small.get("huge") is None
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("What is 15% of 80?", "What is 15% of 90?"),
+        ("Who was the president of France in 1995?", "Who was the president of Germany in 1995?"),
+        ("Is Pluto a planet?", "Is Pluto not a planet?"),
+        ("Can I take ibuprofen with food?", "Can't I take ibuprofen with food?"),
+    ],
+)
+def test_signature_separates_numbers_names_and_negations(a, b):
+    assert signature(a) != signature(b)
+
+
+def test_signature_ignores_case_and_sentence_initial_capitals():
+    assert signature("What is the capital of France?") == signature("what is the capital of France")
+
+
+def test_semantic_cache_threshold_context_signature_and_ring():
+    rng = np.random.default_rng(0)
+    unit = lambda v: (v / np.linalg.norm(v)).astype(np.float32)
+    v1 = unit(rng.normal(size=8))
+    c = SemanticCache(dim=8, max_entries=3, threshold=0.95)
+    c.add(v1, "ctx", "What is the capital of France?", answer())
+    near = unit(v1 + 0.01 * rng.normal(size=8))
+    hit, sim = c.search(near, "ctx", "Tell me the capital of France")
+    assert hit is not None and sim >= 0.95
+    assert c.search(near, "other ctx", "Tell me the capital of France")[0] is None
+    assert c.search(near, "ctx", "What is the capital of Spain?")[0] is None  # a name differs
+    assert c.search(unit(rng.normal(size=8)), "ctx", "What is the capital of France?")[0] is None  # far away
+    for i in range(5):  # ring: the oldest entry is overwritten in place
+        c.add(unit(rng.normal(size=8)), "ctx", f"question {i}", answer(f"a{i}"))
+    assert len(c) == 3 and c.search(v1, "ctx", "What is the capital of France?")[0] is None
+    assert c.bytes > 3 * 8 * 4
+
+
+def test_replayed_deltas_concatenate_to_the_answer():
+    text = "The capital of France is Paris.\\n\\nIt is  large."
+    pieces = replay_deltas(text)
+    assert "".join(pieces) == text and len(pieces) >= 3
