@@ -34,14 +34,22 @@ async def _main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"triage: bad config: {exc}", file=sys.stderr)
         return 2
+    from .auth import load_tokens
     from .retrieval import IndexError_
 
+    try:
+        tokens = load_tokens(config.security.token_file, config.security.token_env)
+    except (OSError, ValueError) as exc:
+        print(f"triage: bad security settings: {exc}", file=sys.stderr)
+        return 2
     clf = classifier.load(config.classifier.path)
     try:
-        app = build_app(config, clf)
-    except IndexError_ as exc:
+        app = build_app(config, clf, tokens=tokens)
+    except (IndexError_, OSError) as exc:
         print(f"triage: {exc}", file=sys.stderr)
         return 2
+    if not tokens:
+        logging.getLogger("triage").warning("authentication is off: set security.token_file or security.token_env")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

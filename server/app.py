@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -19,6 +20,7 @@ from triage_proto import router_pb2, router_pb2_grpc
 from .cache import ResponseCache
 from .config import Config
 from .engine import Engine, VllmEngine
+from .auth import HEALTH_SERVICE, BearerTokenAuth, tls_credentials
 from .grpc_metrics import GrpcServerMetrics
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy
@@ -42,28 +44,94 @@ class App:
     metrics_port: int | None
     _metrics_http: object = field(default=None, repr=False)
 
-    async def set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    tier_up: dict = field(default_factory=dict)
+    started: bool = False  # every engine has been warm once
+    draining: bool = False
+    _watcher: asyncio.Task | None = field(default=None, repr=False)
+    _restarts: dict = field(default_factory=dict, repr=False)
+
+    async def update_health(self) -> None:
+        """Per tier: `router.v1.Router/<tier>` is SERVING while its engine is
+        up. Overall (`""` and `router.v1.Router`): NOT_SERVING until every
+        engine is warm; after that SERVING while at least one tier is up,
+        since fallback still answers; NOT_SERVING while draining."""
+        def status(up: bool):
+            return health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+
+        for name in self.engines:
+            await self.health.set(f"{SERVICE_NAME}/{name}", status(self.tier_up.get(name, False) and not self.draining))
+        overall = self.started and any(self.tier_up.get(n, False) for n in self.engines) and not self.draining
         for name in ("", SERVICE_NAME):
-            await self.health.set(name, status)
+            await self.health.set(name, status(overall))
+
+    async def _bring_up(self, name: str, engine: Engine) -> None:
+        m = self.router.metrics
+        await engine.start()
+        m.engine_load_seconds.labels(name, engine.model).set(engine.load_seconds)
+        await warm_up(engine, self.config.server.warmup_prompt)
+        if hasattr(engine, "mark_ready"):
+            engine.mark_ready()
+        m.engine_ready.labels(name, engine.model).set(1)
+        self.router.breakers[name].success()
+        self.tier_up[name] = True
+        await self.update_health()
 
     async def start_engines(self) -> None:
         """Start engines one after the other (each reserves its KV cache),
-        warm each up, then report SERVING."""
-        m = self.router.metrics
+        warm each up; overall health is SERVING once all are warm. Then
+        watch them."""
         for name, engine in self.engines.items():
-            await engine.start()
-            m.engine_load_seconds.labels(name, engine.model).set(engine.load_seconds)
-            await warm_up(engine, self.config.server.warmup_prompt)
-            if hasattr(engine, "mark_ready"):
-                engine.mark_ready()
-            m.engine_ready.labels(name, engine.model).set(1)
-        await self.set_serving(True)
+            await self._bring_up(name, engine)
+        self.started = True
+        await self.update_health()
         log.info("all tiers warm; health is SERVING")
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Notice dead engines (vLLM marks them errored), take their tier out
+        of service, and start them again if configured."""
+        r = self.config.resilience
+        while not self.draining:
+            await asyncio.sleep(r.health_interval_s)
+            for name, engine in self.engines.items():
+                if self.tier_up.get(name) and not engine.ready and name not in self._restarts:
+                    log.error("tier %s: engine is dead; tier NOT_SERVING%s", name, ", restarting it" if r.restart_dead_engines else "")
+                    self.tier_up[name] = False
+                    self.router.breakers[name].trip()
+                    self.router.metrics.engine_ready.labels(name, engine.model).set(0)
+                    await self.update_health()
+                    if r.restart_dead_engines:
+                        self._restarts[name] = asyncio.create_task(self._restart(name, engine))
+
+    async def _restart(self, name: str, engine: Engine) -> None:
+        delay = 1.0
+        try:
+            while not self.draining:
+                try:
+                    await engine.shutdown()
+                    await self._bring_up(name, engine)
+                    self.router.metrics.engine_restarts.labels(name).inc()
+                    log.warning("tier %s: engine restarted in %.1f s; tier SERVING", name, engine.load_seconds)
+                    return
+                except Exception:
+                    log.exception("tier %s: engine restart failed; retrying in %.0f s", name, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 60.0)
+        finally:
+            self._restarts.pop(name, None)
 
     async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING first; no new requests; in-flight ones get
+        `grace` seconds, then end with UNAVAILABLE; engines shut down."""
         grace = self.config.server.grace_seconds if grace is None else grace
-        await self.set_serving(False)
+        self.draining = True
+        await self.update_health()
+        for task in (self._watcher, *self._restarts.values()):
+            if task is not None:
+                task.cancel()
+        # Requests still generating just before grpc's grace runs out end at
+        # their next token with UNAVAILABLE rather than grpc's CANCELLED.
+        self.router.drain_deadline = time.monotonic() + max(0.0, grace - 1.0)
         await self.server.stop(grace)
         for name, engine in self.engines.items():
             await engine.shutdown()
@@ -85,7 +153,7 @@ def needs_embedder(config: Config) -> bool:
 
 
 def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None = None, registry: CollectorRegistry | None = None,
-              embedder=None) -> App:
+              embedder=None, tokens: tuple[str, ...] = ()) -> App:
     """Everything but the engines' start. A retrieval index that is missing or
     corrupt raises retrieval.IndexError_ here, before the server listens."""
     registry = registry or CollectorRegistry()
@@ -112,16 +180,34 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
         classifier.score, threshold, {n: t.model for n, t in config.tiers.items()},
         on_degraded=lambda: metrics.degraded.labels("classifier_error").inc(),
     )
-    router = Router(policy, engines, config.tiers, metrics, cache=cache, retrieval=retrieval)
+    router = Router(policy, engines, config.tiers, metrics, cache=cache, retrieval=retrieval,
+                    limits=config.limits, resilience=config.resilience)
 
-    server = grpc.aio.server(interceptors=[GrpcServerMetrics(registry)])
+    lim = config.limits
+    options = [
+        ("grpc.max_receive_message_length", lim.max_receive_message_bytes),
+        ("grpc.max_send_message_length", 16 * 1024 * 1024),
+        ("grpc.max_concurrent_streams", lim.max_concurrent_streams),
+        # Long CPU streams stay open; pings keep idle intermediaries from
+        # dropping them, and clients may ping while a long answer streams.
+        ("grpc.keepalive_time_ms", int(lim.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(lim.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    interceptors = [GrpcServerMetrics(registry)]
+    if tokens:
+        interceptors.insert(0, BearerTokenAuth(tokens, open_services=(HEALTH_SERVICE,) if config.security.health_open else ()))
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(router), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(f"{config.server.host}:{config.server.port}")
+    address = f"{config.server.host}:{config.server.port}"
+    port = server.add_secure_port(address, tls_credentials(config.security)) if config.security.tls_cert else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {config.server.host}:{config.server.port}")
 
@@ -135,7 +221,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
 async def serve(app: App, stop: asyncio.Event) -> None:
     """Listen at once (health NOT_SERVING, Generate UNAVAILABLE while engines
     load), load engines, serve until `stop` is set, then drain."""
-    await app.set_serving(False)
+    await app.update_health()  # NOT_SERVING everywhere until the engines are warm
     await app.server.start()
     log.info("listening on %s:%d (gRPC), metrics on %s", app.config.server.host, app.port,
              f"http://{app.config.server.host}:{app.metrics_port}/metrics" if app.metrics_port else "off")

@@ -42,6 +42,11 @@ class TierConfig:
     model_path: str  # local folder or hub id handed to vLLM
     max_model_len: int  # prompt + completion tokens
     sampling: SamplingDefaults
+    max_in_flight: int = 16  # requests generating on this tier at once
+    max_queued: int = 32  # waiting for a slot; beyond: RESOURCE_EXHAUSTED at once
+    # Ceiling on one generation, applied with the caller's deadline (whichever
+    # is sooner). CPU generation is slow: set it from measured numbers.
+    generation_timeout_s: float = 300.0
     # Passed through to vllm.engine.arg_utils.AsyncEngineArgs unchanged
     # (quantization, enable_prefix_caching, speculative_config,
     # tensor_parallel_size, kv_cache_memory_bytes, gpu_memory_utilization, ...).
@@ -55,6 +60,43 @@ class ServerConfig:
     metrics_port: int = 9464  # 0 picks a free port; -1 disables /metrics
     grace_seconds: float = 30.0  # in-flight requests get this long on SIGTERM
     warmup_prompt: str = "Say hello."
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Bounds that stop abuse before any tokenisation work, and the gRPC
+    server's own limits."""
+
+    max_messages: int = 64
+    max_message_chars: int = 32_000
+    max_total_chars: int = 64_000
+    max_in_flight: int = 32  # over all tiers
+    max_queued: int = 64
+    max_receive_message_bytes: int = 1024 * 1024
+    max_concurrent_streams: int = 256  # per HTTP/2 connection
+    keepalive_time_s: float = 60.0  # pings keep long CPU streams alive through proxies
+    keepalive_timeout_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """Secrets never live here: only where to find them."""
+
+    token_file: str | None = None  # one bearer token per line
+    token_env: str | None = None  # name of an environment variable with comma-separated tokens
+    health_open: bool = True  # health checking answers without a token
+    tls_cert: str | None = None  # server certificate chain (PEM)
+    tls_key: str | None = None  # its private key (PEM)
+    tls_client_ca: str | None = None  # set: mutual TLS, clients must present a certificate from this CA
+
+
+@dataclass(frozen=True)
+class ResilienceConfig:
+    failure_threshold: int = 3  # consecutive engine failures that open a tier's circuit
+    cooldown_s: float = 15.0  # open circuit: wait this long, then let one probe through
+    fallback: bool = True  # a tier that cannot serve hands requests to the other, marked degraded
+    restart_dead_engines: bool = True  # a dead in-process engine is started again
+    health_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +136,9 @@ class Config:
     tiers: Mapping[str, TierConfig]
     cache: CacheConfig = field(default_factory=CacheConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
 
     def with_ports(self, port: int | None, metrics_port: int | None) -> "Config":
         server = self.server
@@ -163,6 +208,8 @@ def _check_tier(tier: TierConfig, where: str) -> None:
         raise ConfigError(f"{where}.sampling.max_tokens_cap must be below max_model_len")
     if not 0.0 <= s.temperature <= 2.0:
         raise ConfigError(f"{where}.sampling.temperature must be in [0, 2]")
+    if tier.max_in_flight < 1 or tier.max_queued < 0 or tier.generation_timeout_s <= 0:
+        raise ConfigError(f"{where}: max_in_flight >= 1, max_queued >= 0 and generation_timeout_s > 0 are required")
     for key in ("model", "max_model_len"):
         if key in tier.engine_args:
             raise ConfigError(f"{where}.engine_args.{key}: set it on the tier, not in engine_args")
@@ -178,7 +225,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    unknown = set(raw) - {"profile", "server", "classifier", "tiers", "cache", "retrieval"}
+    unknown = set(raw) - {"profile", "server", "classifier", "tiers", "cache", "retrieval", "limits", "security", "resilience"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
     base = path.parent.resolve()
@@ -203,7 +250,17 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"retrieval.tiers: unknown tier(s) {sorted(set(retrieval.tiers) - set(TIERS))}")
     if retrieval.top_k < 1 or retrieval.max_chunk_chars < 50:
         raise ConfigError("retrieval.top_k must be >= 1 and retrieval.max_chunk_chars >= 50")
+    security = _build(SecurityConfig, raw.get("security"), "security")
+    files = ("token_file", "tls_cert", "tls_key", "tls_client_ca")
+    security = dataclasses.replace(security, **{k: _resolve_path(getattr(security, k), base) for k in files if getattr(security, k)})
+    if bool(security.tls_cert) != bool(security.tls_key):
+        raise ConfigError("security.tls_cert and security.tls_key go together")
+    if security.tls_client_ca and not security.tls_cert:
+        raise ConfigError("security.tls_client_ca (mutual TLS) needs tls_cert and tls_key")
     return Config(
+        limits=_build(LimitsConfig, raw.get("limits"), "limits"),
+        security=security,
+        resilience=_build(ResilienceConfig, raw.get("resilience"), "resilience"),
         cache=cache,
         retrieval=retrieval,
         profile=str(raw.get("profile") or path.stem),

@@ -87,6 +87,7 @@ class VllmEngine:
         self._llm: Any = None
         self._tokenizer: Any = None
         self._ready = False
+        self.pids: list[int] = []
 
     @property
     def ready(self) -> bool:
@@ -98,8 +99,11 @@ class VllmEngine:
         return AsyncLLM.from_engine_args(build_engine_args(self._config))
 
     async def start(self) -> None:
+        import psutil
+
         started = time.monotonic()
         log.info("tier %s: starting vLLM engine for %s", self.tier, self.model)
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
         # Importing vLLM and loading a model block for tens of seconds: do it
         # in a worker thread so health checks and UNAVAILABLE answers keep
         # flowing. vLLM starts its output handler on the first request, in
@@ -107,7 +111,10 @@ class VllmEngine:
         self._llm = await asyncio.to_thread(self._build)
         self._tokenizer = self._llm.get_tokenizer()
         self.load_seconds = time.monotonic() - started
-        log.info("tier %s: engine loaded in %.1f s", self.tier, self.load_seconds)
+        # The engine's own processes (EngineCore, workers): what an operator
+        # kills or watches for this tier.
+        self.pids = sorted({p.pid for p in psutil.Process().children(recursive=True)} - before)
+        log.info("tier %s: engine loaded in %.1f s (processes %s)", self.tier, self.load_seconds, self.pids)
 
     def mark_ready(self) -> None:
         self._ready = True
@@ -161,7 +168,7 @@ class VllmEngine:
 
     async def shutdown(self) -> None:
         self._ready = False
-        if self._llm is not None:
-            self._llm.shutdown()
-            self._llm = None
-        await asyncio.sleep(0)
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            # Blocking (it joins the engine's processes): off the event loop.
+            await asyncio.to_thread(llm.shutdown)

@@ -41,4 +41,19 @@ class Unavailable(RouterError):
 
 
 class ResourceExhausted(RouterError):
+    """Over an admission limit. The servicer sends `retry_after_ms` as the
+    standard `grpc-retry-pushback-ms` trailer (and `retry-after-ms`)."""
+
     status = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, retry_after_ms: int = 1000, scope: str = ""):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+        self.scope = scope
+
+
+class DeadlineExceeded(RouterError):
+    """The tier's own ceiling on generation time passed (the caller's
+    deadline is grpc's own business)."""
+
+    status = "DEADLINE_EXCEEDED"

@@ -66,4 +66,6 @@ class RouterMetrics:
         self.cache_bytes = Gauge("router_cache_bytes", "Approximate bytes held (answers, plus vectors for semantic)", ["kind"], registry=registry)
         self.retrieve_seconds = histogram("router_retrieve_duration_seconds", "Embedding the question and searching the document index")
         self.engine_requests = Counter("router_engine_requests_total", "Requests handed to the engine (cache hits are not)", ["tier"], registry=registry)
+        self.engine_restarts = Counter("router_engine_restarts_total", "Dead engines started again", ["tier"], registry=registry)
+        self.admission_rejections = Counter("router_admission_rejected_total", "Requests refused at an admission limit", ["scope"], registry=registry)
         self.threshold = Gauge("router_threshold", "Configured p_complex threshold", registry=registry)

@@ -7,6 +7,7 @@ turns these into a unary answer or a stream, so both RPCs share one path.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -14,10 +15,12 @@ import time
 from dataclasses import replace
 from typing import AsyncIterator, Mapping
 
-from .config import TierConfig
+from .admission import Gate
+from .breaker import CircuitBreaker
+from .config import LimitsConfig, ResilienceConfig, TierConfig
 from .engine import Engine
 from .cache import BYPASS, EXACT, MISS, SEMANTIC, CachedAnswer, Lookup, ResponseCache, replay_deltas
-from .errors import FailedPrecondition, InvalidArgument, Unavailable
+from .errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, RouterError, Unavailable
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy, question_text
 from .retrieval import RetrievalService, with_sources
@@ -38,34 +41,71 @@ from .validation import check_messages, check_sampling, check_threshold, effecti
 
 log = logging.getLogger("triage.request")
 
-# A token is at least one character for every tokenizer we serve, and rarely
-# more than ~8; 16 characters per token of context is a safe upper bound for
-# the pre-tokenisation size check.
-_CHARS_PER_TOKEN_BOUND = 16
+class EngineFailedEarly(Exception):
+    """The engine failed before producing text: another tier may still answer."""
 
 
 class Router:
     def __init__(self, policy: RoutingPolicy, engines: Mapping[str, Engine], tiers: Mapping[str, TierConfig], metrics: RouterMetrics,
-                 cache: ResponseCache | None = None, retrieval: RetrievalService | None = None):
+                 cache: ResponseCache | None = None, retrieval: RetrievalService | None = None,
+                 limits: LimitsConfig | None = None, resilience: ResilienceConfig | None = None):
         self.policy = policy
         self.engines = engines
         self.tiers = tiers
         self.metrics = metrics
         self.cache = cache
         self.retrieval = retrieval
+        self.limits = limits or LimitsConfig()
+        self.resilience = resilience or ResilienceConfig()
+        self.breakers = {n: CircuitBreaker(self.resilience.failure_threshold, self.resilience.cooldown_s) for n in tiers}
+        self.gates = {"all": Gate("router", self.limits.max_in_flight, self.limits.max_queued)}
+        self.gates.update({n: Gate(f"tier {n}", t.max_in_flight, t.max_queued) for n, t in tiers.items()})
         self.stats = Stats(tuple(tiers))
-        self._max_chars = max(t.max_model_len for t in tiers.values()) * _CHARS_PER_TOKEN_BOUND
+        # Set when shutting down: requests still generating after this
+        # monotonic time end with UNAVAILABLE at their next token.
+        self.drain_deadline: float | None = None
 
     def classify(self, messages: tuple[ChatMessage, ...], threshold: float | None) -> tuple[Decision, float]:
-        check_messages(messages, self._max_chars)
+        check_messages(messages, self.limits)
         check_threshold(threshold)
         decision, classify_ms = self.policy.decide(messages, None, threshold)
         self.metrics.classify_seconds.observe(classify_ms / 1e3)
         return decision, classify_ms
 
+    # -- which tier can serve --------------------------------------------------
+
+    def _why_not(self, tier: str) -> str | None:
+        """None if the tier can take a request now, else why not."""
+        if not self.engines[tier].ready:
+            return "engine not ready"
+        if not self.breakers[tier].allow():
+            return "circuit open"
+        return None
+
+    def _other(self, tier: str) -> str:
+        return next(t for t in self.tiers if t != tier)
+
+    def _fall_back(self, decision: Decision, why: str) -> Decision:
+        """The other tier, marked degraded, or UNAVAILABLE if it cannot serve either."""
+        other = self._other(decision.tier)
+        other_why = self._why_not(other) if self.resilience.fallback else "fallback disabled"
+        if other_why is not None:
+            raise Unavailable(f"no tier can serve: {decision.tier}: {why}; {other}: {other_why}")
+        self.metrics.degraded.labels("tier_unavailable").inc()
+        log.warning("tier %s cannot serve (%s): falling back to %s", decision.tier, why, other)
+        return replace(decision, tier=other, model=self.tiers[other].model, reason="fallback", degraded=True)
+
+    def _choose(self, decision: Decision) -> Decision:
+        why = self._why_not(decision.tier)
+        return decision if why is None else self._fall_back(decision, why)
+
+    # -- one request -------------------------------------------------------------
+
     async def generate(self, req: GenerateInput, arrived: float | None = None) -> AsyncIterator[DecisionEvent | DeltaEvent | FinalEvent]:
         arrived = time.perf_counter() if arrived is None else arrived
-        check_messages(req.messages, self._max_chars)
+        if self.drain_deadline is not None:
+            raise Unavailable("the server is shutting down")
+        check_messages(req.messages, self.limits)
         check_sampling(req.sampling)
         check_threshold(req.threshold)
         if req.route is not None and req.route not in self.engines:
@@ -77,15 +117,16 @@ class Router:
         if not math.isnan(decision.p_complex):
             self.metrics.p_complex.observe(decision.p_complex)
         tier = self.tiers[decision.tier]
-        engine = self.engines[decision.tier]
-        sampling = effective_sampling(req.sampling, tier.sampling, tier.name)
+        sampling = effective_sampling(req.sampling, tier.sampling, tier.name)  # INVALID_ARGUMENT before anything else
         timings = Timings(classify_ms=classify_ms)
 
         hits: list = []
-        if self._wants_retrieval(req, tier.name):
+        retrieving = self._wants_retrieval(req, tier.name)
+        if retrieving:
             hits, timings.retrieve_ms = await self.retrieval.retrieve(question_text(req.messages), req.retrieval_top_k)
             self.metrics.retrieve_seconds.observe(timings.retrieve_ms / 1e3)
 
+        # A cached answer needs no engine: look it up before asking whether one can serve.
         lookup = Lookup(BYPASS)
         if self.cache is not None:
             keyed = with_sources(req.messages, hits, self.retrieval.max_chunk_chars) if hits else req.messages
@@ -97,28 +138,71 @@ class Router:
                 yield event
             return
 
-        if not engine.ready:
-            raise Unavailable(f"tier {decision.tier} is not ready")
-        prompt_ids, hits, dropped = self._render(req.messages, hits, engine, tier, sampling.max_tokens)
+        decision = self._choose(decision)
+        async with self.gates["all"].slot(), self.gates[decision.tier].slot():
+            if self.drain_deadline is not None:
+                raise Unavailable("the server is shutting down")
+            retried = False
+            while True:
+                try:
+                    async for event in self._run(req, decision, hits if retrieving else None, timings, arrived, lookup):
+                        yield event
+                    return
+                except EngineFailedEarly as failed:
+                    # Before the first token the other tier may still answer; never after.
+                    if retried or not self.resilience.fallback:
+                        raise Unavailable(f"tier {decision.tier} failed before answering") from failed
+                    retried = True
+                    decision = self._fall_back(decision, "engine failed")
+                    lookup = Lookup(BYPASS)  # not stored under the first tier's key
+
+    async def _run(self, req, decision, hits, timings, arrived, lookup):
+        """Generate on `decision.tier`. Raises EngineFailedEarly if the engine
+        fails before producing any text (the caller may fall back)."""
+        tier, engine, breaker = self.tiers[decision.tier], self.engines[decision.tier], self.breakers[decision.tier]
+        sampling = effective_sampling(req.sampling, tier.sampling, tier.name, clamp=decision.degraded)
+        retrieving = hits is not None
+        prompt_ids, hits, dropped = self._render(req.messages, hits or [], engine, tier, sampling.max_tokens)
         room = tier.max_model_len - len(prompt_ids)
         if sampling.max_tokens > room:
             sampling = replace(sampling, max_tokens=room)  # what the context holds; effective_sampling says so
-        retrieval = RetrievalResult(tuple(hits), dropped) if self._wants_retrieval(req, tier.name) else None
-
-        yield DecisionEvent(decision)
+        retrieval = RetrievalResult(tuple(hits), dropped) if retrieving else None
 
         first_token_at = last_token_at = None
         completion_tokens = 0
         finish_reason = "stop"
         parts: list[str] = []
+        announced = False
         m = self.metrics
         itl = m.itl_seconds.labels(tier.name)
         gauge = m.in_flight.labels(tier.name)
         gauge.inc()
         m.overhead_seconds.labels(tier.name).observe(time.perf_counter() - arrived)
         m.engine_requests.labels(tier.name).inc()
+        ceiling = time.monotonic() + tier.generation_timeout_s
+        stream = engine.generate(prompt_ids, sampling, req.request_id).__aiter__()
         try:
-            async for chunk in engine.generate(prompt_ids, sampling, req.request_id):
+            while True:
+                try:
+                    # The ceiling covers only the wait on the engine, so its
+                    # cancellation lands inside the engine call (which aborts
+                    # the request) and never inside the caller's write.
+                    async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(0.0, ceiling - time.monotonic())):
+                        chunk = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise DeadlineExceeded(f"tier {tier.name} stopped generating at its {tier.generation_timeout_s:g} s ceiling") from None
+                except (RouterError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:
+                    breaker.failure()
+                    log.error("request %s: tier %s engine failed: %s", req.request_id, tier.name, exc, exc_info=exc)
+                    if not parts:
+                        raise EngineFailedEarly(tier.name) from exc
+                    raise Unavailable(f"tier {tier.name} failed while answering") from None
+                if self.drain_deadline is not None and time.monotonic() > self.drain_deadline:
+                    raise Unavailable("the server shut down before this answer finished")
                 now = time.perf_counter()
                 new_tokens = chunk.completion_tokens - completion_tokens
                 completion_tokens = chunk.completion_tokens
@@ -133,12 +217,19 @@ class Router:
                             itl.observe(gap)
                     last_token_at = now
                 if chunk.delta:
+                    if not announced:  # the decision goes out with the first text, once the tier is sure
+                        announced = True
+                        yield DecisionEvent(decision)
                     parts.append(chunk.delta)
                     yield DeltaEvent(chunk.delta)
                 if chunk.finished:
                     finish_reason = chunk.finish_reason or "stop"
         finally:
             gauge.dec()
+            await stream.aclose()
+        breaker.success()
+        if not announced:
+            yield DecisionEvent(decision)
 
         done = time.perf_counter()
         first_token_at = first_token_at or done

@@ -17,7 +17,7 @@ import grpc
 from triage_proto import router_pb2 as pb
 from triage_proto import router_pb2_grpc
 
-from .errors import InvalidArgument, RouterError
+from .errors import InvalidArgument, ResourceExhausted, RouterError
 from .grpc_metrics import status_name
 from .router import Router
 from .types import ChatMessage, Decision, DecisionEvent, DeltaEvent, EffectiveSampling, FinalEvent, GenerateInput, SamplingRequest, Timings, Usage
@@ -136,6 +136,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             yield state
         except RouterError as exc:
             state["code"] = exc.status
+            if isinstance(exc, ResourceExhausted):
+                self.router.metrics.admission_rejections.labels(exc.scope or "router").inc()
+                # grpc-retry-pushback-ms is what grpc's own retry policy reads.
+                context.set_trailing_metadata((("grpc-retry-pushback-ms", str(exc.retry_after_ms)), ("retry-after-ms", str(exc.retry_after_ms))))
             await context.abort(getattr(grpc.StatusCode, exc.status), exc.message)
         except grpc.aio.AbortError:
             raise

@@ -20,19 +20,23 @@ def _finite(field: str, value: float) -> None:
         raise InvalidArgument(field, f"must be a finite number, got {value}")
 
 
-def check_messages(messages: tuple[ChatMessage, ...], max_chars: int) -> None:
+def check_messages(messages: tuple[ChatMessage, ...], limits) -> None:
+    """Shape and size, before any tokenisation work (limits: LimitsConfig)."""
     if not messages:
         raise InvalidArgument("messages", "at least one message is required")
+    if len(messages) > limits.max_messages:
+        raise InvalidArgument("messages", f"at most {limits.max_messages} messages, got {len(messages)}")
     total = 0
     for i, m in enumerate(messages):
         if m.role not in ROLES:
             raise InvalidArgument(f"messages[{i}].role", f"must be one of {', '.join(ROLES)}, got {m.role[:32]!r}")
+        if len(m.content) > limits.max_message_chars:
+            raise InvalidArgument(f"messages[{i}].content", f"at most {limits.max_message_chars} characters, got {len(m.content)}")
         if not m.content.strip():
             raise InvalidArgument(f"messages[{i}].content", "must not be empty")
         total += len(m.content)
-    # Cheap guard before any tokenisation: no tier can hold this many characters.
-    if total > max_chars:
-        raise InvalidArgument("messages", f"{total} characters is more than any tier's context can hold ({max_chars})")
+    if total > limits.max_total_chars:
+        raise InvalidArgument("messages", f"at most {limits.max_total_chars} characters in all, got {total}")
     if not any(m.role == "user" for m in messages):
         raise InvalidArgument("messages", "at least one message must have role 'user'")
 
@@ -68,10 +72,14 @@ def check_sampling(s: SamplingRequest) -> None:
             raise InvalidArgument(f"sampling.stop[{i}]", "must not be empty")
 
 
-def effective_sampling(s: SamplingRequest, defaults: SamplingDefaults, tier: str) -> EffectiveSampling:
+def effective_sampling(s: SamplingRequest, defaults: SamplingDefaults, tier: str, clamp: bool = False) -> EffectiveSampling:
     """The request's own values win; every unset value takes the tier's
-    default, never the model's generation_config.json."""
+    default, never the model's generation_config.json. `clamp` (a fallback
+    tier) caps max_tokens at the tier's cap instead of refusing: the request
+    was valid for the tier it was meant for."""
     max_tokens = defaults.max_tokens if s.max_tokens is None else s.max_tokens
+    if clamp:
+        max_tokens = min(max_tokens, defaults.max_tokens_cap)
     if max_tokens > defaults.max_tokens_cap:
         raise InvalidArgument("sampling.max_tokens", f"tier {tier} allows at most {defaults.max_tokens_cap}, got {max_tokens}")
     stops = tuple(dict.fromkeys((*s.stop, *defaults.stop)))  # request's first, no duplicates

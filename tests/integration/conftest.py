@@ -55,7 +55,7 @@ class Live:
         return self.log_path.read_text(errors="replace")
 
 
-def _test_config(tmp: Path) -> Path:
+def _test_config(tmp: Path, **overrides) -> Path:
     if not (PREPARED / "triage-prepared.json").is_file():
         pytest.fail(f"{PREPARED} is not prepared: run `make models` (make test does it)")
     model = tmp / "SmolLM2-135M-Instruct"
@@ -69,6 +69,12 @@ def _test_config(tmp: Path) -> Path:
         tier["model_path"] = str(model)
     cfg["server"]["grace_seconds"] = 10
     cfg["retrieval"] = {"index": str(_build_index(tmp)), "top_k": 10, "max_chunk_chars": 800}
+    for section, values in overrides.items():
+        if section == "tiers":
+            for name, tier_values in values.items():
+                cfg["tiers"][name].update(tier_values)
+        else:
+            cfg.setdefault(section, {}).update(values)
     path = tmp / "test.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -101,22 +107,20 @@ def _build_index(tmp: Path) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def live(tmp_path_factory) -> Live:
-    tmp = tmp_path_factory.mktemp("live")
-    config = _test_config(tmp)
+def start_server(config: Path, tmp: Path, client_factory=None, env: dict | None = None) -> Live:
+    """Start `python -m server` on free ports, wait until SERVING, return a handle."""
     log_path = tmp / "server.log"
     log_file = log_path.open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "server", "--config", str(config), "--port", "0", "--metrics-port", "0"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     line = proc.stdout.readline()
     m = re.search(r"gRPC on ([\d.]+:\d+), metrics on port (\d+)", line)
     if not m:
         proc.kill()
         pytest.fail(f"server did not announce its port: {line!r}\n{log_path.read_text()[-3000:]}")
-    client = TriageClient(m.group(1), timeout=120)
+    client = client_factory(m.group(1)) if client_factory else TriageClient(m.group(1), timeout=120)
     early = client.health()
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while client.health() != "SERVING":
@@ -124,15 +128,25 @@ def live(tmp_path_factory) -> Live:
             proc.kill()
             pytest.fail(f"server never became SERVING (exit {proc.poll()}):\n{log_path.read_text()[-5000:]}")
         time.sleep(1)
-    live = Live(m.group(1), int(m.group(2)), proc, log_path, early, client)
-    yield live
-    client.close()
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+    return Live(m.group(1), int(m.group(2)), proc, log_path, early, client)
+
+
+def stop_server(live: Live, grace_s: float = 60) -> int | None:
+    live.client.close()
+    code = live.process.poll()
+    if code is None:
+        live.process.send_signal(signal.SIGTERM)
         try:
-            code = proc.wait(60)
+            code = live.process.wait(grace_s)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            pytest.fail("server did not exit within 60 s of SIGTERM")
-        assert code == 0, f"server exited {code} on SIGTERM"
-    log_file.close()
+            live.process.kill()
+            pytest.fail(f"server did not exit within {grace_s} s of SIGTERM")
+    return code
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory) -> Live:
+    tmp = tmp_path_factory.mktemp("live")
+    server = start_server(_test_config(tmp), tmp)
+    yield server
+    assert stop_server(server) == 0, "server did not exit 0 on SIGTERM"

@@ -71,25 +71,43 @@ def served():
     thread.join(10)
 
 
-def test_unready_engine_is_unavailable(served):
+def test_unready_tier_falls_back_and_both_unready_is_unavailable(served):
     client, engines, _ = served
     engines["small"].ready = False
     try:
-        with pytest.raises(UnavailableError, match="small"):
-            client.generate("What is the capital of France?", route="small")
+        r = client.generate("What is the capital of Spain?", route="small", cache="off")
+        assert r.decision.tier == 2 and r.decision.degraded and r.decision.reason == "fallback"
+        engines["large"].ready = False
+        with pytest.raises(UnavailableError, match="no tier can serve"):
+            client.generate("What is the capital of Spain?", route="small", cache="off")
     finally:
-        engines["small"].ready = True
+        engines["small"].ready = engines["large"].ready = True
 
 
-def test_engine_crash_is_internal_with_request_id_and_no_details(served):
+def test_engine_crash_falls_back_before_the_first_token_without_leaking_details(served):
     client, engines, _ = served
     engines["large"].crash = True
     try:
-        with pytest.raises(InternalError) as err:
-            client.generate("hello", route="large", request_id="req-123")
+        r = client.generate("hello there", route="large", request_id="req-123", cache="off")
+        assert r.decision.tier == 1 and r.decision.degraded  # answered by small
+        engines["small"].crash = True
+        with pytest.raises(UnavailableError) as err:
+            client.generate("hello again", route="large", request_id="req-124", cache="off")
     finally:
-        engines["large"].crash = False
-    assert "req-123" in err.value.message
+        engines["large"].crash = engines["small"].crash = False
+    assert "passwd" not in err.value.message and "Traceback" not in err.value.message
+
+
+def test_unexpected_error_is_internal_with_request_id_and_no_details(served, monkeypatch):
+    client, engines, _ = served
+
+    def broken(messages):
+        raise RuntimeError("secret internal detail /etc/passwd")
+
+    monkeypatch.setattr(engines["small"], "render", broken)
+    with pytest.raises(InternalError) as err:
+        client.generate("hello", route="small", request_id="req-125", cache="off")
+    assert "req-125" in err.value.message
     assert "passwd" not in err.value.message and "Traceback" not in err.value.message
 
 

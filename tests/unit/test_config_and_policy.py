@@ -97,12 +97,16 @@ def test_bad_sampling_names_the_field(sampling, field):
         ((ChatMessage("user", "  "),), "messages[0].content"),
         ((ChatMessage("robot", "hi"),), "messages[0].role"),
         ((ChatMessage("system", "be brief"),), "messages"),
-        ((ChatMessage("user", "x" * 101),), "messages"),
+        ((ChatMessage("user", "x" * 101),), "messages[0].content"),
+        ((ChatMessage("user", "x" * 80), ChatMessage("assistant", "y" * 80)), "messages"),
+        (tuple(ChatMessage("user", "hi") for _ in range(5)), "messages"),
     ],
 )
 def test_bad_messages_name_the_field(messages, field):
+    from server.config import LimitsConfig
+
     with pytest.raises(InvalidArgument) as err:
-        check_messages(messages, max_chars=100)
+        check_messages(messages, LimitsConfig(max_messages=4, max_message_chars=100, max_total_chars=150))
     assert err.value.field == field
 
 
@@ -149,3 +153,55 @@ def test_policy_classifier_failure_degrades_to_large():
 def test_classifier_sees_the_last_user_message():
     msgs = (ChatMessage("system", "You are terse."), ChatMessage("user", "first"), ChatMessage("assistant", "a"), ChatMessage("user", "second"))
     assert question_text(msgs) == "second"
+
+
+def test_circuit_breaker_opens_cools_down_and_probes():
+    from server.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+
+    now = [0.0]
+    b = CircuitBreaker(threshold=2, cooldown_s=10, clock=lambda: now[0])
+    assert b.allow()
+    b.failure()
+    assert b.state == CLOSED and b.allow()
+    b.failure()
+    assert b.state == OPEN and not b.allow()
+    now[0] = 10.0
+    assert b.allow() and b.state == HALF_OPEN  # one probe
+    assert not b.allow()  # only one
+    b.failure()
+    assert b.state == OPEN and not b.allow()
+    now[0] = 20.0
+    assert b.allow()
+    b.success()
+    assert b.state == CLOSED and b.allow()
+
+
+def test_admission_gate_bounds_in_flight_and_queue():
+    import asyncio
+
+    from server.admission import Gate
+    from server.errors import ResourceExhausted
+
+    async def scenario():
+        gate = Gate("t", max_in_flight=1, max_queued=1, retry_after_ms=250)
+        release = asyncio.Event()
+
+        async def hold():
+            async with gate.slot():
+                await release.wait()
+
+        first = asyncio.create_task(hold())
+        await asyncio.sleep(0)
+        queued = asyncio.create_task(hold())
+        await asyncio.sleep(0)
+        assert gate.in_flight == 1 and gate.waiting == 1
+        try:
+            async with gate.slot():
+                raise AssertionError("a third request must be refused")
+        except ResourceExhausted as exc:
+            assert exc.retry_after_ms == 250 and "queued" in exc.message
+        release.set()
+        await asyncio.gather(first, queued)
+        assert gate.in_flight == 0 and gate.waiting == 0
+
+    asyncio.run(scenario())

@@ -1,0 +1,45 @@
+"""A per-tier circuit breaker: after `threshold` consecutive failures the
+circuit opens and the tier is skipped; after `cooldown` one probe request is
+let through (half-open); its success closes the circuit, its failure opens it
+again."""
+
+from __future__ import annotations
+
+import time
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+class CircuitBreaker:
+    def __init__(self, threshold: int, cooldown_s: float, clock=time.monotonic):
+        self.threshold, self.cooldown_s = threshold, cooldown_s
+        self._clock = clock
+        self.state = CLOSED
+        self.failures = 0
+        self._opened_at = 0.0
+        self._probing = False
+
+    def allow(self) -> bool:
+        """May a request go to this tier now? (Claims the probe when half-open.)"""
+        if self.state == OPEN and self._clock() - self._opened_at >= self.cooldown_s:
+            self.state = HALF_OPEN
+            self._probing = False
+        if self.state == CLOSED:
+            return True
+        if self.state == HALF_OPEN and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    def success(self) -> None:
+        self.state, self.failures, self._probing = CLOSED, 0, False
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.state == HALF_OPEN or self.failures >= self.threshold:
+            self.state, self._opened_at, self._probing = OPEN, self._clock(), False
+
+    def trip(self) -> None:
+        """Open now (the engine is known dead)."""
+        self.failures = max(self.failures, self.threshold)
+        self.state, self._opened_at, self._probing = OPEN, self._clock(), False
