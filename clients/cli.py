@@ -111,9 +111,25 @@ def cmd_health(client: TriageClient, args) -> int:
     return 0 if status == "SERVING" else 1
 
 
+def connect(args) -> TriageClient:
+    import grpc
+
+    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else ()
+    channel = None
+    if args.tls_ca:
+        read = lambda p: open(p, "rb").read() if p else None  # noqa: E731
+        creds = grpc.ssl_channel_credentials(read(args.tls_ca), read(args.tls_key), read(args.tls_cert))
+        channel = grpc.secure_channel(args.address, creds)
+    return TriageClient(args.address, channel=channel, metadata=metadata)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="triage", description="Client for the Triage LLM router")
     parser.add_argument("--address", default=DEFAULT_TARGET, help="host:port of the router (env TRIAGE_ADDRESS)")
+    parser.add_argument("--token", default=os.environ.get("TRIAGE_TOKEN"), help="bearer token (env TRIAGE_TOKEN)")
+    parser.add_argument("--tls-ca", default=os.environ.get("TRIAGE_TLS_CA"), help="CA certificate (PEM): use TLS")
+    parser.add_argument("--tls-cert", default=os.environ.get("TRIAGE_TLS_CERT"), help="client certificate (PEM), for mutual TLS")
+    parser.add_argument("--tls-key", default=os.environ.get("TRIAGE_TLS_KEY"), help="client key (PEM), for mutual TLS")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("ask", help="ask a question; prints the answer, then the decision and timings")
     p.add_argument("question")
@@ -159,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "local", None):  # commands that need no server
         return args.local(args)
     try:
-        with TriageClient(args.address) as client:
+        with connect(args) as client:
             return args.func(client, args)
     except TriageError as exc:
         print(f"triage: {exc.message}", file=sys.stderr)
