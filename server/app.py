@@ -196,9 +196,10 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
     ]
+    # Metrics first, so calls refused for their credentials are counted too.
     interceptors = [GrpcServerMetrics(registry)]
     if tokens:
-        interceptors.insert(0, BearerTokenAuth(tokens, open_services=(HEALTH_SERVICE,) if config.security.health_open else ()))
+        interceptors.append(BearerTokenAuth(tokens, open_services=(HEALTH_SERVICE,) if config.security.health_open else ()))
     server = grpc.aio.server(interceptors=interceptors, options=options)
     router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(router), server)
     health_servicer = health.aio.HealthServicer()

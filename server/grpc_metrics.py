@@ -10,6 +10,7 @@ go-grpc-prometheus / py-grpc-prometheus set), from a grpc.aio interceptor:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import grpc
@@ -71,42 +72,36 @@ class GrpcServerMetrics(grpc.aio.ServerInterceptor):
             )
         return handler  # no client-streaming RPCs here; leave them untouched
 
-    def _done(self, labels, context, started: float, code: str) -> None:
-        self.handled.labels(*labels, code).inc()
-        self.handling.labels(*labels).observe(time.perf_counter() - started)
+    @contextlib.contextmanager
+    def _observe(self, labels, context):
+        """Count the call's start and end (with the status the client sees) and time it."""
+        started = time.perf_counter()
+        self.started.labels(*labels).inc()
+        self.received.labels(*labels).inc()
+        error = None
+        try:
+            yield
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.handled.labels(*labels, status_name(context, error)).inc()
+            self.handling.labels(*labels).observe(time.perf_counter() - started)
 
     def _unary(self, behavior, labels):
         async def wrapper(request, context):
-            started = time.perf_counter()
-            self.started.labels(*labels).inc()
-            self.received.labels(*labels).inc()
-            error = None
-            try:
+            with self._observe(labels, context):
                 response = await behavior(request, context)
                 self.sent.labels(*labels).inc()
                 return response
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                self._done(labels, context, started, status_name(context, error))
 
         return wrapper
 
     def _server_stream(self, behavior, labels):
         async def wrapper(request, context):
-            started = time.perf_counter()
-            self.started.labels(*labels).inc()
-            self.received.labels(*labels).inc()
-            error = None
-            try:
+            with self._observe(labels, context):
                 async for response in behavior(request, context):
                     self.sent.labels(*labels).inc()
                     yield response
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                self._done(labels, context, started, status_name(context, error))
 
         return wrapper

@@ -111,6 +111,7 @@ def test_requests_need_a_valid_token_and_tls(guarded):
             with pytest.raises(UnauthenticatedError):
                 list(c.generate_stream("What is the capital of France?", max_tokens=8))
             assert c.health() == "SERVING"  # health checking stays open (configured)
+    assert 'grpc_code="UNAUTHENTICATED",grpc_method="Generate"' in guarded.metrics()
     # No client certificate (mutual TLS) or no TLS at all: the connection is refused.
     for channel in (grpc.secure_channel(address, _credentials(certs, with_client_cert=False)), grpc.insecure_channel(address)):
         with TriageClient(address, channel=channel, metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=5) as c:
