@@ -1,7 +1,9 @@
 """A per-tier circuit breaker: after `threshold` consecutive failures the
 circuit opens and the tier is skipped; after `cooldown` one probe request is
 let through (half-open); its success closes the circuit, its failure opens it
-again."""
+again. A probe that never reports back (its caller cancelled, a deadline)
+gives way to a new probe after another cool-down, so the circuit cannot
+stay half-open for ever."""
 
 from __future__ import annotations
 
@@ -18,16 +20,18 @@ class CircuitBreaker:
         self.failures = 0
         self._opened_at = 0.0
         self._probing = False
+        self._probe_at = 0.0
 
     def allow(self) -> bool:
         """May a request go to this tier now? (Claims the probe when half-open.)"""
-        if self.state == OPEN and self._clock() - self._opened_at >= self.cooldown_s:
+        now = self._clock()
+        if self.state == OPEN and now - self._opened_at >= self.cooldown_s:
             self.state = HALF_OPEN
             self._probing = False
         if self.state == CLOSED:
             return True
-        if self.state == HALF_OPEN and not self._probing:
-            self._probing = True
+        if self.state == HALF_OPEN and (not self._probing or now - self._probe_at >= self.cooldown_s):
+            self._probing, self._probe_at = True, now
             return True
         return False
 

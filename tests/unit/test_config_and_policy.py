@@ -176,6 +176,22 @@ def test_circuit_breaker_opens_cools_down_and_probes():
     assert b.state == CLOSED and b.allow()
 
 
+def test_circuit_breaker_probe_that_never_reports_back_gives_way():
+    from server.breaker import CLOSED, CircuitBreaker
+
+    now = [0.0]
+    b = CircuitBreaker(threshold=1, cooldown_s=10, clock=lambda: now[0])
+    b.failure()
+    now[0] = 10.0
+    assert b.allow()  # the probe is claimed, then its caller goes away: no success, no failure
+    now[0] = 15.0
+    assert not b.allow()  # still waiting for it
+    now[0] = 20.0
+    assert b.allow()  # a new probe, instead of half-open for ever
+    b.success()
+    assert b.state == CLOSED
+
+
 def test_admission_gate_bounds_in_flight_and_queue():
     import asyncio
 
