@@ -168,7 +168,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
 
         r = config.retrieval
         retrieval = RetrievalService(Retriever(r.index, embedder), embedder, r.top_k, r.max_chunk_chars, r.tiers)
-        log.info("retrieval index %s: %d chunks", r.index, len(retrieval._retriever))
+        log.info("retrieval index %s: %d chunks", r.index, len(retrieval))
     cache = ResponseCache(config.cache, embedder, metrics) if (config.cache.exact or config.cache.semantic) else None
     threshold = config.classifier.threshold if config.classifier.threshold is not None else classifier.threshold
     metrics.threshold.set(threshold)
@@ -234,7 +234,8 @@ async def serve(app: App, stop: asyncio.Event) -> None:
         stopper.cancel()
         await app.stop(grace=0)
         raise loader.exception()
-    print("triage: ready (both tiers warm)", flush=True)
+    if loader in done:  # not when a signal came while the engines were loading
+        print("triage: ready (both tiers warm)", flush=True)
     await stopper
     log.info("stopping: health NOT_SERVING, draining for up to %.0f s", app.config.server.grace_seconds)
     if not loader.done():

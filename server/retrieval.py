@@ -162,6 +162,9 @@ class RetrievalService:
         self._retriever, self._embedder = retriever, embedder
         self.top_k, self.max_chunk_chars, self.default_tiers = top_k, max_chunk_chars, default_tiers
 
+    def __len__(self) -> int:
+        return len(self._retriever)
+
     async def retrieve(self, question: str, top_k: int | None = None) -> tuple[list[Hit], float]:
         import asyncio
 

@@ -41,6 +41,7 @@ from .validation import check_messages, check_sampling, check_threshold, effecti
 
 log = logging.getLogger("triage.request")
 
+
 class EngineFailedEarly(Exception):
     """The engine failed before producing text: another tier may still answer."""
 
@@ -66,9 +67,13 @@ class Router:
         self.drain_deadline: float | None = None
 
     def classify(self, messages: tuple[ChatMessage, ...], threshold: float | None) -> tuple[Decision, float]:
+        return self._decide(messages, None, threshold)
+
+    def _decide(self, messages: tuple[ChatMessage, ...], route: str | None, threshold: float | None) -> tuple[Decision, float]:
+        """Check what the decision needs, make it on the user's own question, time it."""
         check_messages(messages, self.limits)
         check_threshold(threshold)
-        decision, classify_ms = self.policy.decide(messages, None, threshold)
+        decision, classify_ms = self.policy.decide(messages, route, threshold)
         self.metrics.classify_seconds.observe(classify_ms / 1e3)
         return decision, classify_ms
 
@@ -105,15 +110,12 @@ class Router:
         arrived = time.perf_counter() if arrived is None else arrived
         if self.drain_deadline is not None:
             raise Unavailable("the server is shutting down")
-        check_messages(req.messages, self.limits)
         check_sampling(req.sampling)
-        check_threshold(req.threshold)
         if req.route is not None and req.route not in self.engines:
             raise InvalidArgument("route", f"unknown tier {req.route!r}")
 
         # Classify the user's own question, before any retrieved context.
-        decision, classify_ms = self.policy.decide(req.messages, req.route, req.threshold)
-        self.metrics.classify_seconds.observe(classify_ms / 1e3)
+        decision, classify_ms = self._decide(req.messages, req.route, req.threshold)
         if not math.isnan(decision.p_complex):
             self.metrics.p_complex.observe(decision.p_complex)
         tier = self.tiers[decision.tier]
@@ -144,8 +146,11 @@ class Router:
                 raise Unavailable("the server is shutting down")
             retried = False
             while True:
+                if decision.tier != tier.name:  # a fallback tier: its own defaults, its cap (clamped, not refused)
+                    tier = self.tiers[decision.tier]
+                    sampling = effective_sampling(req.sampling, tier.sampling, tier.name, clamp=True)
                 try:
-                    async for event in self._run(req, decision, hits if retrieving else None, timings, arrived, lookup):
+                    async for event in self._run(req, decision, sampling, hits if retrieving else None, timings, arrived, lookup):
                         yield event
                     return
                 except EngineFailedEarly as failed:
@@ -156,11 +161,11 @@ class Router:
                     decision = self._fall_back(decision, "engine failed")
                     lookup = Lookup(BYPASS)  # not stored under the first tier's key
 
-    async def _run(self, req, decision, hits, timings, arrived, lookup):
-        """Generate on `decision.tier`. Raises EngineFailedEarly if the engine
-        fails before producing any text (the caller may fall back)."""
+    async def _run(self, req, decision, sampling, hits, timings, arrived, lookup):
+        """Generate on `decision.tier` with that tier's `sampling`. Raises
+        EngineFailedEarly if the engine fails before producing any text (the
+        caller may fall back)."""
         tier, engine, breaker = self.tiers[decision.tier], self.engines[decision.tier], self.breakers[decision.tier]
-        sampling = effective_sampling(req.sampling, tier.sampling, tier.name, clamp=decision.degraded)
         retrieving = hits is not None
         prompt_ids, hits, dropped = self._render(req.messages, hits or [], engine, tier, sampling.max_tokens)
         room = tier.max_model_len - len(prompt_ids)
