@@ -18,6 +18,7 @@ from .config import ConfigError, load
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m server", description="Triage: an adaptive LLM router over gRPC")
     parser.add_argument("--config", default=os.environ.get("TRIAGE_CONFIG", "config/cpu.yaml"), help="profile YAML (default: config/cpu.yaml)")
+    parser.add_argument("--host", default=None, help="address to listen on (default: the profile's server.host; 0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, default=None, help="gRPC port (0 picks a free one and prints it)")
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (0 = free port, -1 = off)")
     parser.add_argument("--log-level", default=os.environ.get("TRIAGE_LOG_LEVEL", "INFO"))
@@ -30,7 +31,7 @@ async def _main(args: argparse.Namespace) -> int:
     from .app import build_app, serve
 
     try:
-        config = load(args.config).with_ports(args.port, args.metrics_port)
+        config = load(args.config).with_ports(args.port, args.metrics_port, args.host)
     except ConfigError as exc:
         print(f"triage: bad config: {exc}", file=sys.stderr)
         return 2

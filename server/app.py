@@ -5,6 +5,7 @@ checking and reflection, and the /metrics endpoint. Nothing here runs at import.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from triage_proto import router_pb2, router_pb2_grpc
 
 from .cache import ResponseCache
-from .config import Config
+from .config import Config, ResilienceConfig, TierConfig
 from .engine import Engine, VllmEngine
 from .auth import HEALTH_SERVICE, BearerTokenAuth, tls_credentials
 from .grpc_metrics import GrpcServerMetrics
@@ -82,26 +83,41 @@ class App:
         watch them."""
         for name, engine in self.engines.items():
             await self._bring_up(name, engine)
+        # vLLM, torch and transformers leave millions of long-lived objects;
+        # without this every full collection walks them all, a pause of tens
+        # of milliseconds landing on whichever requests are in flight.
+        gc.freeze()
         self.started = True
         await self.update_health()
         log.info("all tiers warm; health is SERVING")
         self._watcher = asyncio.create_task(self._watch())
 
     async def _watch(self) -> None:
-        """Notice dead engines (vLLM marks them errored), take their tier out
-        of service, and start them again if configured."""
+        """Notice dead engines (vLLM marks them errored; a remote tier has no
+        healthy replica), take their tier out of service, and start in-process
+        ones again if configured. A remote tier comes back by itself when a
+        replica is healthy again."""
         r = self.config.resilience
         while not self.draining:
             await asyncio.sleep(r.health_interval_s)
             for name, engine in self.engines.items():
-                if self.tier_up.get(name) and not engine.ready and name not in self._restarts:
-                    log.error("tier %s: engine is dead; tier NOT_SERVING%s", name, ", restarting it" if r.restart_dead_engines else "")
+                if name in self._restarts:
+                    continue
+                restart = r.restart_dead_engines and getattr(engine, "restartable", True)
+                if self.tier_up.get(name) and not engine.ready:
+                    log.error("tier %s: engine is dead; tier NOT_SERVING%s", name, ", restarting it" if restart else "")
                     self.tier_up[name] = False
                     self.router.breakers[name].trip()
                     self.router.metrics.engine_ready.labels(name, engine.model).set(0)
                     await self.update_health()
-                    if r.restart_dead_engines:
+                    if restart:
                         self._restarts[name] = asyncio.create_task(self._restart(name, engine))
+                elif not self.tier_up.get(name) and engine.ready:
+                    log.warning("tier %s: engine is serving again; tier SERVING", name)
+                    self.tier_up[name] = True
+                    self.router.breakers[name].success()
+                    self.router.metrics.engine_ready.labels(name, engine.model).set(1)
+                    await self.update_health()
 
     async def _restart(self, name: str, engine: Engine) -> None:
         delay = 1.0
@@ -143,9 +159,17 @@ class App:
 async def warm_up(engine: Engine, prompt: str) -> None:
     """One tiny greedy generation, so the first user request pays no warm-up."""
     sampling = EffectiveSampling(0.0, 1.0, 0, 4, (), None, 1.0)
-    ids = engine.render([ChatMessage("user", prompt)])
+    ids = await engine.render([ChatMessage("user", prompt)])
     async for _ in engine.generate(ids, sampling, f"warmup-{engine.tier}"):
         pass
+
+
+def make_engine(tier: TierConfig, resilience: ResilienceConfig, metrics: RouterMetrics) -> Engine:
+    if tier.backend == "remote":
+        from .remote import RemoteEngine
+
+        return RemoteEngine(tier, resilience, metrics)
+    return VllmEngine(tier)
 
 
 def needs_embedder(config: Config) -> bool:
@@ -172,7 +196,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     cache = ResponseCache(config.cache, embedder, metrics) if (config.cache.exact or config.cache.semantic) else None
     threshold = config.classifier.threshold if config.classifier.threshold is not None else classifier.threshold
     metrics.threshold.set(threshold)
-    engines = engines or {name: VllmEngine(tier) for name, tier in config.tiers.items()}
+    engines = engines or {name: make_engine(tier, config.resilience, metrics) for name, tier in config.tiers.items()}
     for name, engine in engines.items():
         metrics.engine_ready.labels(name, engine.model).set(0)
         metrics.engine_unfinished.labels(name).set_function(engine.unfinished_requests)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,6 +17,7 @@ from typing import Any, Mapping
 import yaml
 
 TIERS = ("small", "large")
+BACKENDS = ("in_process", "remote")
 
 
 class ConfigError(ValueError):
@@ -50,7 +52,16 @@ class TierConfig:
     # Passed through to vllm.engine.arg_utils.AsyncEngineArgs unchanged
     # (quantization, enable_prefix_caching, speculative_config,
     # tensor_parallel_size, kv_cache_memory_bytes, gpu_memory_utilization, ...).
+    # In-process engines only: a remote server takes its options on its own
+    # command line.
     engine_args: Mapping[str, Any] = field(default_factory=dict)
+    # "in_process": a vLLM AsyncLLM in this process. "remote": `vllm serve`
+    # instances at `replicas` (base URLs), which scale across GPUs and nodes
+    # themselves; the router only balances between them.
+    backend: str = "in_process"
+    replicas: tuple[str, ...] = ()
+    # Name of an environment variable holding the servers' --api-key (never the key itself).
+    api_key_env: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,8 +151,8 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
 
-    def with_ports(self, port: int | None, metrics_port: int | None) -> "Config":
-        server = self.server
+    def with_ports(self, port: int | None, metrics_port: int | None, host: str | None = None) -> "Config":
+        server = self.server if host is None else dataclasses.replace(self.server, host=host)
         if port is not None:
             server = dataclasses.replace(server, port=port)
         if metrics_port is not None:
@@ -193,6 +204,8 @@ def _tier(name: str, raw: Any, base: Path) -> TierConfig:
     if "model_path" in raw:
         raw["model_path"] = _resolve_path(str(raw["model_path"]), base)
     raw["engine_args"] = dict(raw.get("engine_args") or {})
+    if "replicas" in raw:
+        raw["replicas"] = tuple(str(url).rstrip("/") for url in raw["replicas"] or ())
     tier = _build(TierConfig, raw, where, name=name, sampling=sampling)
     _check_tier(tier, where)
     return tier
@@ -213,6 +226,20 @@ def _check_tier(tier: TierConfig, where: str) -> None:
     for key in ("model", "max_model_len"):
         if key in tier.engine_args:
             raise ConfigError(f"{where}.engine_args.{key}: set it on the tier, not in engine_args")
+    if tier.backend not in BACKENDS:
+        raise ConfigError(f"{where}.backend must be one of {list(BACKENDS)}, got {tier.backend!r}")
+    if tier.backend == "remote":
+        if not tier.replicas:
+            raise ConfigError(f"{where}.replicas: a remote tier needs at least one `vllm serve` URL")
+        bad = [u for u in tier.replicas if not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", u)]
+        if bad:
+            raise ConfigError(f"{where}.replicas: not an http(s) base URL: {bad}")
+        if len(set(tier.replicas)) != len(tier.replicas):
+            raise ConfigError(f"{where}.replicas: listed twice: {sorted({u for u in tier.replicas if tier.replicas.count(u) > 1})}")
+        if tier.engine_args:
+            raise ConfigError(f"{where}.engine_args: a remote tier's engine options belong on its `vllm serve` command line")
+    elif tier.replicas:
+        raise ConfigError(f"{where}.replicas: only a remote tier has replicas (set backend: remote)")
 
 
 def load(path: str | os.PathLike[str]) -> Config:

@@ -69,3 +69,9 @@ class RouterMetrics:
         self.engine_restarts = Counter("router_engine_restarts_total", "Dead engines started again", ["tier"], registry=registry)
         self.admission_rejections = Counter("router_admission_rejected_total", "Requests refused at an admission limit", ["scope"], registry=registry)
         self.threshold = Gauge("router_threshold", "Configured p_complex threshold", registry=registry)
+        # Remote tiers: one series per configured `vllm serve` replica (the
+        # replica label is its base URL from the config, so it stays bounded).
+        self.replica_requests = Counter("router_replica_requests_total", "Generations sent to a remote replica", ["tier", "replica"], registry=registry)
+        self.replica_errors = Counter("router_replica_errors_total", "Remote replica failures (connection, HTTP 5xx, broken stream)", ["tier", "replica"], registry=registry)
+        self.replica_in_flight = Gauge("router_replica_in_flight", "Requests outstanding at a remote replica", ["tier", "replica"], registry=registry)
+        self.replica_healthy = Gauge("router_replica_healthy", "1 when the replica's /health answers and it serves the tier's model", ["tier", "replica"], registry=registry)

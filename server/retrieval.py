@@ -103,6 +103,9 @@ class Retriever:
     def __init__(self, folder: str | Path, embedder):
         import faiss
 
+        from .cache import single_threaded_faiss
+
+        single_threaded_faiss()
         folder = Path(folder)
         try:
             manifest = json.loads((folder / "manifest.json").read_text())

@@ -167,7 +167,7 @@ class Router:
         caller may fall back)."""
         tier, engine, breaker = self.tiers[decision.tier], self.engines[decision.tier], self.breakers[decision.tier]
         retrieving = hits is not None
-        prompt_ids, hits, dropped = self._render(req.messages, hits or [], engine, tier, sampling.max_tokens)
+        prompt_ids, hits, dropped = await self._render(req.messages, hits or [], engine, tier, sampling.max_tokens)
         room = tier.max_model_len - len(prompt_ids)
         if sampling.max_tokens > room:
             sampling = replace(sampling, max_tokens=room)  # what the context holds; effective_sampling says so
@@ -254,12 +254,12 @@ class Router:
             raise FailedPrecondition("retrieval: this server has no document index configured (retrieval.index)")
         return bool(wanted)
 
-    def _render(self, messages, hits: list, engine: Engine, tier: TierConfig, max_tokens: int) -> tuple[list[int], list, int]:
+    async def _render(self, messages, hits: list, engine: Engine, tier: TierConfig, max_tokens: int) -> tuple[list[int], list, int]:
         """Prompt tokens, with as many retrieved chunks as the tier's context
         holds next to the answer's budget; the lowest-ranked go first."""
         dropped = 0
         while True:
-            prompt_ids = engine.render(with_sources(messages, hits, self.retrieval.max_chunk_chars) if hits else messages)
+            prompt_ids = await engine.render(with_sources(messages, hits, self.retrieval.max_chunk_chars) if hits else messages)
             if not hits or len(prompt_ids) + max_tokens <= tier.max_model_len:
                 break
             hits = hits[:-1]
@@ -303,6 +303,8 @@ class Router:
     @staticmethod
     def _log(req: GenerateInput, decision: Decision, usage: Usage, t: Timings, cache_status: str) -> None:
         # One structured line per request: sizes and times, never the text.
+        if not log.isEnabledFor(logging.INFO):
+            return
         log.info(
             json.dumps(
                 {

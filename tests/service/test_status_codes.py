@@ -30,7 +30,7 @@ class FakeEngine:
         self.ready = True
         self.crash = False
 
-    def render(self, messages):
+    async def render(self, messages):
         return [1] * sum(len(m.content.split()) for m in messages)
 
     async def generate(self, prompt_ids, sampling, request_id):
@@ -101,7 +101,7 @@ def test_engine_crash_falls_back_before_the_first_token_without_leaking_details(
 def test_unexpected_error_is_internal_with_request_id_and_no_details(served, monkeypatch):
     client, engines, _ = served
 
-    def broken(messages):
+    async def broken(messages):
         raise RuntimeError("secret internal detail /etc/passwd")
 
     monkeypatch.setattr(engines["small"], "render", broken)

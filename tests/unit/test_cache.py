@@ -99,6 +99,21 @@ def test_semantic_cache_threshold_context_signature_and_ring():
     assert c.bytes > 3 * 8 * 4
 
 
+def test_semantic_scores_stay_within_float16_error_and_overwritten_rows_are_found():
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(50, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    c = SemanticCache(dim=384, max_entries=40, threshold=-1.0)
+    for i, v in enumerate(vectors):  # the last 10 overwrite rows 0..9 in place
+        c.add(v, "ctx", "same question", answer(f"a{i}"))
+    for i in (10, 39, 40, 49):
+        query = vectors[i] + 0.05 * rng.normal(size=384).astype(np.float32)
+        query /= np.linalg.norm(query)
+        hit, sim = c.search(query, "ctx", "same question", k=1)
+        assert hit.text == f"a{i}"
+        assert abs(sim - float(query @ vectors[i])) < 1e-3
+
+
 def test_replayed_deltas_concatenate_to_the_answer():
     text = "The capital of France is Paris.\\n\\nIt is  large."
     pieces = replay_deltas(text)

