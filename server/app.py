@@ -32,6 +32,10 @@ from .types import ChatMessage, EffectiveSampling
 log = logging.getLogger("triage.app")
 
 SERVICE_NAME = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name  # "router.v1.Router"
+# For liveness probes: SERVING whenever the event loop answers, also while
+# engines load and while draining (a probe that restarts the process must not
+# fire then). Readiness uses SERVICE_NAME.
+LIVENESS_NAME = f"{SERVICE_NAME}/live"
 
 
 @dataclass
@@ -64,6 +68,7 @@ class App:
         overall = self.started and any(self.tier_up.get(n, False) for n in self.engines) and not self.draining
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status(overall))
+        await self.health.set(LIVENESS_NAME, status(True))
 
     async def _bring_up(self, name: str, engine: Engine) -> None:
         m = self.router.metrics

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -221,3 +222,35 @@ def test_admission_gate_bounds_in_flight_and_queue():
         assert gate.in_flight == 0 and gate.waiting == 0
 
     asyncio.run(scenario())
+
+
+def _remote_profile(tmp_path, **large) -> Path:
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config/remote.yaml").read_text())
+    cfg["tiers"]["large"].update(large)
+    path = tmp_path / "remote.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_remote_profile_loads_with_replicas():
+    config = load(ROOT / "config/remote.yaml")
+    assert {t.backend for t in config.tiers.values()} == {"remote"}
+    assert config.tiers["large"].replicas == ("http://vllm-large:8000",)
+
+
+@pytest.mark.parametrize(
+    "large, problem",
+    [
+        ({"replicas": []}, "needs at least one"),
+        ({"replicas": ["vllm-large:8000"]}, "not an http(s) base URL"),
+        ({"replicas": ["http://a:1", "http://a:1/"]}, "listed twice"),
+        ({"engine_args": {"dtype": "float16"}}, "vllm serve"),
+        ({"backend": "cluster"}, "backend must be one of"),
+        ({"backend": "in_process"}, "only a remote tier has replicas"),
+    ],
+)
+def test_bad_remote_tiers_are_config_errors(tmp_path, large, problem):
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        load(_remote_profile(tmp_path, **large))

@@ -1,0 +1,197 @@
+"""The remote engine's own rules, against httpx's MockTransport: replica
+choice, the one retry before the first token (never after), health checks
+that verify the served model, and failures mapped to the router's errors.
+The feature itself is shown end to end against a real `vllm serve` in
+tests/integration/test_remote.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from server.config import ResilienceConfig, SamplingDefaults, TierConfig
+from server.errors import InvalidArgument
+from server.metrics import RouterMetrics
+from server.remote import RemoteEngine, ReplicaError, completion_body
+from server.types import EffectiveSampling
+
+A, B = "http://a:8000", "http://b:8000"
+GREEDY = EffectiveSampling(0.0, 1.0, 0, 8, ("\n\n",), None, 1.0)
+
+
+def tier(*replicas: str) -> TierConfig:
+    return TierConfig(name="large", model="M", model_path="M", max_model_len=4096, sampling=SamplingDefaults(),
+                      backend="remote", replicas=replicas)
+
+
+def sse(*texts: str, finish: str = "length") -> bytes:
+    events = []
+    for i, text in enumerate(texts):
+        last = i == len(texts) - 1
+        events.append({"choices": [{"text": text, "finish_reason": finish if last else None}], "usage": {"completion_tokens": i + 1}})
+    return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
+class Servers:
+    """Each replica's behaviour for /v1/completions; /health and /v1/models answer unless told."""
+
+    def __init__(self):
+        self.completions: dict[str, object] = {}
+        self.models: dict[str, list[str]] = {}
+        self.calls: list[str] = []
+        self.bodies: list[dict] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        base = f"{request.url.scheme}://{request.url.host}:{request.url.port}"
+        path = request.url.path
+        if path == "/health":
+            return httpx.Response(200)
+        if path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": m, "max_model_len": 4096} for m in self.models.get(base, ["M"])]})
+        self.calls.append(base)
+        self.bodies.append(json.loads(request.content))
+        behaviour = self.completions.get(base, sse("ok"))
+        if isinstance(behaviour, int):
+            return httpx.Response(behaviour, json={"error": {"message": f"status {behaviour}"}})
+        if callable(behaviour):
+            return httpx.Response(200, stream=behaviour())
+        return httpx.Response(200, content=behaviour)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def started(servers: Servers, *replicas: str, registry=None) -> RemoteEngine:
+    metrics = RouterMetrics(registry or CollectorRegistry())
+    engine = RemoteEngine(tier(*replicas), ResilienceConfig(health_interval_s=0.05), metrics, transport=httpx.MockTransport(servers))
+    await asyncio.wait_for(engine.start(), 5)
+    return engine
+
+
+async def collect(engine: RemoteEngine) -> list:
+    return [c async for c in engine.generate([1, 2, 3], GREEDY, "r1")]
+
+
+def test_every_sampling_value_is_sent_explicitly():
+    body = completion_body("M", [1, 2], GREEDY)
+    for key in ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed", "stop", "n"):
+        assert key in body, key
+    assert body["prompt"] == [1, 2] and body["add_special_tokens"] is False and body["stream"] is True
+
+
+def test_stream_becomes_engine_chunks_with_cumulative_tokens():
+    servers = Servers()
+    servers.completions[A] = sse("Par", "is", ".", finish="stop")
+
+    async def go():
+        engine = await started(servers, A)
+        try:
+            return await collect(engine)
+        finally:
+            await engine.shutdown()
+
+    chunks = run(go())
+    assert "".join(c.delta for c in chunks) == "Paris."
+    assert [c.completion_tokens for c in chunks] == [1, 2, 3]
+    assert chunks[-1].finished and chunks[-1].finish_reason == "stop"
+
+
+def test_a_replica_failing_before_the_first_token_is_retried_once_on_another():
+    servers = Servers()
+    servers.completions[A] = 503
+    servers.completions[B] = sse("fine")
+    registry = CollectorRegistry()
+
+    async def go():
+        engine = await started(servers, A, B, registry=registry)
+        engine.replicas[1].in_flight = 1  # A is preferred (fewer outstanding), and fails
+        try:
+            return await collect(engine), engine
+        finally:
+            await engine.shutdown()
+
+    chunks, engine = run(go())
+    assert "".join(c.delta for c in chunks) == "fine"
+    assert servers.calls == [A, B]
+    assert engine.replicas[0].breaker.failures == 1
+    assert registry.get_sample_value("router_replica_errors_total", {"tier": "large", "replica": A}) == 1
+
+
+def test_no_retry_after_the_first_token():
+    servers = Servers()
+
+    class BreaksAfterOneChunk(httpx.AsyncByteStream):
+        async def __aiter__(self):
+            yield b'data: {"choices": [{"text": "Hel", "finish_reason": null}], "usage": {"completion_tokens": 1}}\n\n'
+            raise httpx.ReadError("connection reset")
+
+    servers.completions[A] = BreaksAfterOneChunk
+    servers.completions[B] = sse("never")
+
+    async def go():
+        engine = await started(servers, A, B)
+        engine.replicas[1].in_flight = 1
+        got = []
+        try:
+            with pytest.raises(ReplicaError):
+                async for c in engine.generate([1], GREEDY, "r2"):
+                    got.append(c.delta)
+        finally:
+            await engine.shutdown()
+        return got
+
+    assert run(go()) == ["Hel"]
+    assert servers.calls == [A]
+
+
+def test_the_replica_with_fewest_outstanding_requests_is_chosen():
+    servers = Servers()
+
+    async def go():
+        engine = await started(servers, A, B)
+        engine.replicas[0].in_flight = 2
+        try:
+            await collect(engine)
+        finally:
+            await engine.shutdown()
+
+    run(go())
+    assert servers.calls == [B]
+
+
+def test_a_request_the_server_refuses_is_invalid_argument():
+    servers = Servers()
+    servers.completions[A] = 400
+
+    async def go():
+        engine = await started(servers, A)
+        try:
+            with pytest.raises(InvalidArgument, match="status 400"):
+                await collect(engine)
+        finally:
+            await engine.shutdown()
+
+    run(go())
+
+
+def test_a_replica_serving_another_model_is_not_healthy():
+    servers = Servers()
+    servers.models[A] = ["other-model"]
+
+    async def go():
+        engine = RemoteEngine(tier(A, B), ResilienceConfig(health_interval_s=0.05), None, transport=httpx.MockTransport(servers))
+        await asyncio.wait_for(engine.start(), 5)  # B is fine
+        await asyncio.sleep(0.2)
+        try:
+            return engine.replicas
+        finally:
+            await engine.shutdown()
+
+    a, b = run(go())
+    assert not a.healthy and "other-model" in a.problem
+    assert b.healthy
