@@ -6,6 +6,12 @@ safe to show a client. Anything else that escapes is INTERNAL.
 from __future__ import annotations
 
 
+class EngineFailure(Exception):
+    """An engine could not serve a request (a remote replica refused the
+    connection, say). Not a client error and not a status of its own: the
+    router counts it against the tier and falls back to the other tier."""
+
+
 class RouterError(Exception):
     status = "INTERNAL"
 

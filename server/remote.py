@@ -30,7 +30,7 @@ from typing import Any, AsyncIterator, Sequence
 
 from .breaker import OPEN, CircuitBreaker
 from .config import ResilienceConfig, TierConfig
-from .errors import InvalidArgument, Unavailable
+from .errors import EngineFailure, InvalidArgument, Unavailable
 from .types import ChatMessage, EffectiveSampling, EngineChunk
 
 log = logging.getLogger("triage.remote")
@@ -39,7 +39,7 @@ HEALTH_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 5.0
 
 
-class ReplicaError(Exception):
+class ReplicaError(EngineFailure):
     """A replica could not serve (connection, HTTP 5xx, broken stream)."""
 
 

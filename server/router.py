@@ -20,7 +20,7 @@ from .breaker import CircuitBreaker
 from .config import LimitsConfig, ResilienceConfig, TierConfig
 from .engine import Engine
 from .cache import BYPASS, EXACT, MISS, SEMANTIC, CachedAnswer, Lookup, ResponseCache, replay_deltas
-from .errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, RouterError, Unavailable
+from .errors import DeadlineExceeded, EngineFailure, FailedPrecondition, InvalidArgument, RouterError, Unavailable
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy, question_text
 from .retrieval import RetrievalService, with_sources
@@ -167,7 +167,12 @@ class Router:
         caller may fall back)."""
         tier, engine, breaker = self.tiers[decision.tier], self.engines[decision.tier], self.breakers[decision.tier]
         retrieving = hits is not None
-        prompt_ids, hits, dropped = await self._render(req.messages, hits or [], engine, tier, sampling.max_tokens)
+        try:
+            prompt_ids, hits, dropped = await self._render(req.messages, hits or [], engine, tier, sampling.max_tokens)
+        except EngineFailure as exc:  # e.g. a remote tier's replica went away between health checks
+            breaker.failure()
+            log.error("request %s: tier %s could not render the prompt: %s", req.request_id, tier.name, exc)
+            raise EngineFailedEarly(tier.name) from exc
         room = tier.max_model_len - len(prompt_ids)
         if sampling.max_tokens > room:
             sampling = replace(sampling, max_tokens=room)  # what the context holds; effective_sampling says so

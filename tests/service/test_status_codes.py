@@ -98,6 +98,22 @@ def test_engine_crash_falls_back_before_the_first_token_without_leaking_details(
     assert "passwd" not in err.value.message and "Traceback" not in err.value.message
 
 
+def test_an_engine_that_cannot_render_falls_back_to_the_other_tier(served, monkeypatch):
+    """A remote replica lost between two health checks fails at /tokenize:
+    that is the tier failing before its first token, not an internal error."""
+    from server.remote import ReplicaError
+
+    client, engines, _ = served
+
+    async def unreachable(messages):
+        raise ReplicaError("tier large: replica http://127.0.0.1:9: ConnectError")
+
+    monkeypatch.setattr(engines["large"], "render", unreachable)
+    r = client.generate("hello", route="large", cache="off")
+    assert r.text == "ok"
+    assert (r.decision.tier, r.decision.reason, r.decision.degraded) == (1, "fallback", True)  # TIER_SMALL
+
+
 def test_unexpected_error_is_internal_with_request_id_and_no_details(served, monkeypatch):
     client, engines, _ = served
 
