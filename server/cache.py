@@ -115,19 +115,25 @@ class SemanticCache:
     unit vectors), within the same context (system prompt, sampling, tier,
     model) and with the same signature.
 
-    The vectors are stored as float16 in a flat faiss index (exhaustive, so no
-    near neighbour is ever skipped): half the memory of float32 and half the
-    bytes scanned per query, which is what a flat search on this size is
-    bound by. A float16 component is off by at most 2^-11 of itself, so a
-    similarity of unit vectors is off by at most ~0.0005: far below the gap
-    between a paraphrase and a near miss (docs/caching-and-retrieval.md).
+    Search in two steps, both over every entry:
+    1. candidates: each vector's 384 signs as a 48-byte binary code in a faiss
+       IndexBinaryFlat; the `candidates` entries nearest in Hamming distance
+       (the angle between two vectors, estimated from their signs). A
+       paraphrase above 0.95 (under 18 degrees) differs in about 38 of 384
+       signs; unrelated questions in about 190.
+    2. rescoring: those candidates' float16 copies, dotted with the question
+       exactly. A float16 component is off by at most 2^-11 of itself, so a
+       similarity moves by at most ~0.0005.
+    Scanning 48 bytes instead of 1,536 per entry is what makes a lookup in a
+    full cache fast; the benchmark reports how often step 1 keeps the exact
+    nearest entry (docs/benchmarks.md). A miss there costs a generation,
+    never a wrong answer: the threshold and the guards apply to exact scores.
 
-    Entries live in a ring of `max_entries` rows: when full, the oldest row's
-    codes are overwritten in place in faiss's own storage (a flat index's
-    delete would shift every row after it).
+    Entries live in a ring of `max_entries` rows: when full, the oldest row
+    is overwritten in place (codes in faiss's own storage, vector in ours).
     """
 
-    def __init__(self, dim: int, max_entries: int, threshold: float):
+    def __init__(self, dim: int, max_entries: int, threshold: float, candidates: int = 256):
         import faiss
 
         single_threaded_faiss()
@@ -135,7 +141,9 @@ class SemanticCache:
         self.dim = dim
         self.threshold = threshold
         self.max_entries = max_entries
-        self._index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        self.candidates = candidates
+        self._codes = faiss.IndexBinaryFlat(dim)
+        self._vectors = np.zeros((min(max_entries, 1024), dim), dtype=np.float16)  # grows by doubling
         self._meta: list[tuple[str, tuple, CachedAnswer]] = []
         self._next = 0
         self._lock = threading.Lock()
@@ -146,40 +154,49 @@ class SemanticCache:
 
     @property
     def bytes(self) -> int:
-        return self._answer_bytes + self._index.ntotal * self._index.code_size
+        return self._answer_bytes + len(self._meta) * (self._codes.code_size + self.dim * 2)
 
     def search(self, vector: np.ndarray, context: str, text: str, k: int = 8) -> tuple[CachedAnswer | None, float]:
         """The best entry above the threshold with the same context and
         signature, and its similarity (or the best similarity seen)."""
+        query = vector.reshape(-1).astype(np.float32)
         with self._lock:
             if not self._meta:
                 return None, 0.0
-            scores, rows = self._index.search(vector.reshape(1, -1).astype(np.float32), min(k, len(self._meta)))
+            _, found = self._codes.search(np.packbits(query > 0)[None], min(self.candidates, len(self._meta)))
+            rows = found[0][found[0] >= 0]
+            scores = self._vectors[rows].astype(np.float32) @ query
+            order = np.argsort(-scores)[:k]
             sig = signature(text)
-            best = float(scores[0][0])
-            for score, row in zip(scores[0], rows[0]):
-                if score < self.threshold:
+            for i in order:
+                if scores[i] < self.threshold:
                     break
-                ctx, entry_sig, answer = self._meta[int(row)]
+                ctx, entry_sig, answer = self._meta[int(rows[i])]
                 if ctx == context and entry_sig == sig:
-                    return answer, float(score)
-            return None, best
+                    return answer, float(scores[i])
+            return None, float(scores[order[0]])
 
     def add(self, vector: np.ndarray, context: str, text: str, answer: CachedAnswer) -> None:
-        row = vector.reshape(1, -1).astype(np.float32)
+        row = vector.reshape(-1).astype(np.float32)
+        code = np.packbits(row > 0)
         entry = (context, signature(text), answer)
         with self._lock:
             slot = self._next % self.max_entries
             self._next += 1
             if slot == len(self._meta):
-                self._index.add(row)
+                if slot == len(self._vectors):
+                    grown = np.zeros((min(2 * len(self._vectors), self.max_entries), self.dim), dtype=np.float16)
+                    grown[:slot] = self._vectors
+                    self._vectors = grown
+                self._codes.add(code[None])
                 self._meta.append(entry)
             else:
-                size = self._index.code_size
-                codes = self._faiss.rev_swig_ptr(self._index.codes.data(), self._index.ntotal * size)
-                codes[slot * size : (slot + 1) * size] = self._index.sa_encode(row)[0]
+                size = self._codes.code_size
+                stored = self._faiss.rev_swig_ptr(self._codes.xb.data(), self._codes.ntotal * size)
+                stored[slot * size : (slot + 1) * size] = code
                 self._answer_bytes -= self._meta[slot][2].nbytes
                 self._meta[slot] = entry
+            self._vectors[slot] = row
             self._answer_bytes += answer.nbytes
 
 

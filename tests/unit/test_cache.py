@@ -118,3 +118,23 @@ def test_replayed_deltas_concatenate_to_the_answer():
     text = "The capital of France is Paris.\\n\\nIt is  large."
     pieces = replay_deltas(text)
     assert "".join(pieces) == text and len(pieces) >= 3
+
+
+def test_binary_candidates_keep_the_nearest_entry_in_a_cache_larger_than_them():
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(3000, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    c = SemanticCache(dim=384, max_entries=3000, threshold=0.95, candidates=32)
+    for i, v in enumerate(vectors):
+        c.add(v, "ctx", "same question", answer(f"a{i}"))
+    eligible = found = 0
+    for i in rng.choice(3000, 100, replace=False):
+        query = vectors[i] + 0.0165 * rng.normal(size=384).astype(np.float32)  # cosine ~0.95-0.96 to its source
+        query /= np.linalg.norm(query)
+        hit, sim = c.search(query, "ctx", "same question")
+        if float(query @ vectors[i]) >= 0.951:  # clear of float16 rounding at the threshold
+            eligible += 1
+            found += hit is not None and hit.text == f"a{i}"
+        elif float(query @ vectors[i]) < 0.949:
+            assert hit is None
+    assert eligible >= 20 and found == eligible  # every one above the threshold, from 32 candidates of 3,000
