@@ -106,7 +106,12 @@ class RemoteEngine:
         # The read timeout is per chunk; the tier's generation ceiling and the
         # caller's deadline bound the whole answer in the router.
         timeout = httpx.Timeout(connect=CONNECT_TIMEOUT_S, read=self._config.generation_timeout_s, write=10.0, pool=CONNECT_TIMEOUT_S)
-        self._client = httpx.AsyncClient(timeout=timeout, headers=headers, transport=self._transport)
+        # No pool limit: every streamed answer holds a connection, and with
+        # httpx's default of 100 the health checks would queue behind busy
+        # streams and time out, taking a healthy replica out under load. The
+        # router's admission limits already bound how many requests are out.
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=32)
+        self._client = httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers, transport=self._transport)
         if self._metrics is not None:
             for r in self.replicas:
                 self._metrics.replica_healthy.labels(self.tier, r.url).set(0)
