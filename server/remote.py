@@ -28,7 +28,7 @@ import os
 import time
 from typing import Any, AsyncIterator, Sequence
 
-from .breaker import OPEN, CircuitBreaker
+from .breaker import CircuitBreaker
 from .config import ResilienceConfig, TierConfig
 from .errors import EngineFailure, InvalidArgument, Unavailable
 from .types import ChatMessage, EffectiveSampling, EngineChunk
@@ -51,10 +51,6 @@ class Replica:
         self.in_flight = 0
         self.problem = "not checked yet"  # why it is not healthy, for the log
 
-    @property
-    def usable(self) -> bool:
-        return self.healthy and self.breaker.state != OPEN
-
 
 class RemoteEngine:
     """One tier served by `vllm serve` replicas."""
@@ -71,6 +67,12 @@ class RemoteEngine:
         self._config = tier
         self._interval = resilience.health_interval_s
         self.replicas = [Replica(url, CircuitBreaker(resilience.failure_threshold, resilience.cooldown_s)) for url in tier.replicas]
+        if metrics is None:  # tests: a registry of its own
+            from prometheus_client import CollectorRegistry
+
+            from .metrics import RouterMetrics
+
+            metrics = RouterMetrics(CollectorRegistry())
         self._metrics = metrics
         self._transport = transport  # tests may pass an httpx transport
         self._client: Any = None
@@ -85,9 +87,6 @@ class RemoteEngine:
 
     def unfinished_requests(self) -> int:
         return sum(r.in_flight for r in self.replicas)
-
-    def _gauge(self, replica: Replica):
-        return None if self._metrics is None else self._metrics.replica_in_flight.labels(self.tier, replica.url)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -112,12 +111,12 @@ class RemoteEngine:
         # router's admission limits already bound how many requests are out.
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=32)
         self._client = httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers, transport=self._transport)
-        if self._metrics is not None:
-            for r in self.replicas:
-                self._metrics.replica_healthy.labels(self.tier, r.url).set(0)
-                self._metrics.replica_requests.labels(self.tier, r.url)
-                self._metrics.replica_errors.labels(self.tier, r.url)
-                self._gauge(r).set(0)
+        m = self._metrics
+        for r in self.replicas:  # every series present from the start
+            m.replica_healthy.labels(self.tier, r.url).set(0)
+            m.replica_requests.labels(self.tier, r.url)
+            m.replica_errors.labels(self.tier, r.url)
+            m.replica_in_flight.labels(self.tier, r.url).set(0)
         self._started = True
         self._checker = asyncio.create_task(self._check_forever())
         log.info("tier %s: waiting for a healthy replica among %s", self.tier, [r.url for r in self.replicas])
@@ -172,8 +171,7 @@ class RemoteEngine:
             log.info("tier %s: replica %s is healthy", self.tier, replica.url)
         elif was and not replica.healthy:
             log.error("tier %s: replica %s is unhealthy: %s", self.tier, replica.url, problem)
-        if self._metrics is not None:
-            self._metrics.replica_healthy.labels(self.tier, replica.url).set(1 if replica.healthy else 0)
+        self._metrics.replica_healthy.labels(self.tier, replica.url).set(1 if replica.healthy else 0)
 
     # -- choosing a replica ------------------------------------------------------
 
@@ -188,8 +186,7 @@ class RemoteEngine:
 
     def _failed(self, replica: Replica, exc: BaseException) -> None:
         replica.breaker.failure()
-        if self._metrics is not None:
-            self._metrics.replica_errors.labels(self.tier, replica.url).inc()
+        self._metrics.replica_errors.labels(self.tier, replica.url).inc()
         log.warning("tier %s: replica %s failed: %s", self.tier, replica.url, exc)
 
     def _may_retry(self, tried: list[Replica], produced: bool) -> bool:
@@ -227,11 +224,10 @@ class RemoteEngine:
             replica = self._pick(tried)
             tried.append(replica)
             produced = False
-            gauge = self._gauge(replica)
+            gauge = self._metrics.replica_in_flight.labels(self.tier, replica.url)
             replica.in_flight += 1
-            if gauge is not None:
-                gauge.inc()
-                self._metrics.replica_requests.labels(self.tier, replica.url).inc()
+            gauge.inc()
+            self._metrics.replica_requests.labels(self.tier, replica.url).inc()
             try:
                 async with self._client.stream("POST", f"{replica.url}/v1/completions", json=body, headers={"X-Request-Id": request_id}) as resp:
                     if resp.status_code >= 500:
@@ -251,8 +247,7 @@ class RemoteEngine:
                 log.warning("request %s: retrying on another %s replica before the first token", request_id, self.tier)
             finally:
                 replica.in_flight -= 1
-                if gauge is not None:
-                    gauge.dec()
+                gauge.dec()
 
 
 def completion_body(model: str, prompt_ids: list[int], s: EffectiveSampling) -> dict:
