@@ -97,23 +97,31 @@ class Embedder:
 
 # ---- export, once, by `make models` --------------------------------------------
 
+def pytorch_model():
+    """The package's tokenizer and float32 PyTorch model (for the export, and
+    as the reference the benchmark compares with)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    source = model_path()
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    return tokenizer, AutoModel.from_pretrained(source, local_files_only=True, dtype=torch.float32).eval()
+
+
 def export(out_dir: Path = ONNX_DIR) -> Path:
     """PyTorch weights -> ONNX, checked against PyTorch on CHECK_SENTENCES;
     a second run with the same weights does nothing."""
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
     from .prepare_models import sha256
 
-    source = model_path()
-    weights_sha = sha256(source / "model.safetensors")
+    weights_sha = sha256(model_path() / "model.safetensors")
     target, stamp = out_dir / ONNX_FILE, out_dir / STAMP
     if target.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("weights_sha256") == weights_sha:
         print(f"{target} is up to date")
         return target
 
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-    model = AutoModel.from_pretrained(source, local_files_only=True, dtype=torch.float32).eval()
+    tokenizer, model = pytorch_model()
 
     class LastHiddenState(torch.nn.Module):  # keyword arguments: transformers 5's forward takes more positionals
         def __init__(self, bert):
