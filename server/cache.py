@@ -203,8 +203,8 @@ class SemanticCache:
 def single_threaded_faiss() -> None:
     """One query at a time is searched on one thread: on these 2-core
     machines faiss's OpenMP threads only contend with each other and with the
-    engines (flat search of 100,000 rows measured p50 11.5 ms on one thread,
-    15.3 ms on two)."""
+    engines (a one-off measurement, not in the benchmark: a flat search of
+    100,000 rows took p50 11.5 ms on one thread, 15.3 ms on two)."""
     import faiss
 
     faiss.omp_set_num_threads(1)

@@ -7,11 +7,12 @@ model's modules.json prescribes. Loaded from site-packages, never a hub.
 
 The network runs in ONNX Runtime, exported once from the package's PyTorch
 weights by `make models` (`python -m server.embedding --export`), which checks
-the exported model against PyTorch before stamping it. For one short question
-on one core of these AVX2 machines ONNX Runtime measured p50 7.2 ms against
-16.7 ms for PyTorch eager, interleaved in one run, with vectors equal to
-1e-6 in cosine; int8 quantisation was faster still but moved similarities by
-0.02-0.05, which would change what the semantic threshold means.
+the exported model against PyTorch before stamping it (cosine >= 0.99999).
+On one core of these AVX2 machines it takes about half PyTorch eager's time
+for the same question; `python -m clients.benchmarks --only caches` measures
+both side by side (docs/benchmarks.md, section 5). int8 quantisation was
+faster still but moved similarities by 0.02-0.05 in a one-off experiment,
+which would change what the semantic threshold means.
 
     python -m server.embedding --export [--out DIR]
 """
