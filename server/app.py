@@ -190,7 +190,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     if embedder is None and needs_embedder(config):
         from .embedding import Embedder
 
-        embedder = Embedder()
+        embedder = Embedder(threads=config.embedding.threads)
     retrieval = None
     if config.retrieval.index is not None:
         from .retrieval import RetrievalService, Retriever

@@ -136,7 +136,6 @@ class SemanticCache:
     def __init__(self, dim: int, max_entries: int, threshold: float, candidates: int = 256):
         import faiss
 
-        single_threaded_faiss()
         self._faiss = faiss
         self.dim = dim
         self.threshold = threshold
@@ -163,6 +162,7 @@ class SemanticCache:
         with self._lock:
             if not self._meta:
                 return None, 0.0
+            single_threaded_faiss()
             _, found = self._codes.search(np.packbits(query > 0)[None], min(self.candidates, len(self._meta)))
             rows = found[0][found[0] >= 0]
             scores = self._vectors[rows].astype(np.float32) @ query
@@ -201,10 +201,14 @@ class SemanticCache:
 
 
 def single_threaded_faiss() -> None:
-    """One query at a time is searched on one thread: on these 2-core
-    machines faiss's OpenMP threads only contend with each other and with the
-    engines (a one-off measurement, not in the benchmark: a flat search of
-    100,000 rows took p50 11.5 ms on one thread, 15.3 ms on two)."""
+    """Search one query on one OpenMP thread. OpenMP keeps this setting per
+    calling thread (threads started later get the default, one per core), so
+    it is called before every search, in whichever worker thread runs it.
+    Without it, a search run from an asyncio worker thread in the router took
+    p50 ~30 ms instead of ~1.5 ms for 100,000 entries: waking faiss's second
+    thread on these VMs, with the engines on the other core, costs far more
+    than the search (`python -m clients.benchmarks --only caches`, in-router
+    lookup)."""
     import faiss
 
     faiss.omp_set_num_threads(1)
@@ -259,6 +263,10 @@ class ResponseCache:
         question = normalise_content(users[0].content)
         return question if len(question) <= self.config.semantic_max_chars else None
 
+    def _embed_and_search(self, question: str, context: str) -> tuple[np.ndarray, tuple[CachedAnswer | None, float]]:
+        vector = self._embedder.embed([question])[0]
+        return vector, self.semantic.search(vector, context, question)
+
     async def lookup(self, mode: str, messages, sampling: EffectiveSampling, tier: str, model: str, allow_semantic: bool = True) -> Lookup:
         import asyncio
 
@@ -278,8 +286,8 @@ class ResponseCache:
         if found.answer is None and self.semantic is not None and question is not None:
             found.question = question
             found.context = request_key(tuple(m for m in messages if m.role == "system"), sampling, tier, model)
-            found.vector = (await asyncio.to_thread(self._embedder.embed, [question]))[0]
-            answer, similarity = self.semantic.search(found.vector, found.context, question)
+            # Both off the event loop: the search scans every entry's code (~1 ms at 100k).
+            found.vector, (answer, similarity) = await asyncio.to_thread(self._embed_and_search, question, found.context)
             self._count("semantic", answer is not None)
             found.similarity = similarity
             if answer is not None:

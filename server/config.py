@@ -132,6 +132,12 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class EmbeddingConfig:
+    """The sentence-embedding model (semantic cache, retrieval)."""
+    threads: int = 1  # ONNX Runtime threads for one embedding
+
+
+@dataclass(frozen=True)
 class RetrievalConfig:
     index: str | None = None  # folder written by `triage index`; None: retrieval off
     top_k: int = 10
@@ -147,6 +153,7 @@ class Config:
     tiers: Mapping[str, TierConfig]
     cache: CacheConfig = field(default_factory=CacheConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
@@ -252,7 +259,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    unknown = set(raw) - {"profile", "server", "classifier", "tiers", "cache", "retrieval", "limits", "security", "resilience"}
+    unknown = set(raw) - {"profile", "server", "classifier", "tiers", "cache", "embedding", "retrieval", "limits", "security", "resilience"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
     base = path.parent.resolve()
@@ -277,6 +284,9 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"retrieval.tiers: unknown tier(s) {sorted(set(retrieval.tiers) - set(TIERS))}")
     if retrieval.top_k < 1 or retrieval.max_chunk_chars < 50:
         raise ConfigError("retrieval.top_k must be >= 1 and retrieval.max_chunk_chars >= 50")
+    embedding = _build(EmbeddingConfig, raw.get("embedding"), "embedding")
+    if embedding.threads < 1:
+        raise ConfigError("embedding.threads must be >= 1")
     security = _build(SecurityConfig, raw.get("security"), "security")
     files = ("token_file", "tls_cert", "tls_key", "tls_client_ca")
     security = dataclasses.replace(security, **{k: _resolve_path(getattr(security, k), base) for k in files if getattr(security, k)})
@@ -290,6 +300,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         resilience=_build(ResilienceConfig, raw.get("resilience"), "resilience"),
         cache=cache,
         retrieval=retrieval,
+        embedding=embedding,
         profile=str(raw.get("profile") or path.stem),
         server=_build(ServerConfig, raw.get("server"), "server"),
         classifier=classifier,

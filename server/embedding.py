@@ -59,40 +59,55 @@ def _mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 class Embedder:
-    """Thread-safe; call from a worker thread (asyncio.to_thread)."""
+    """Thread-safe; call from a worker thread (asyncio.to_thread).
+
+    One ONNX Runtime thread by default (`embedding.threads`): on the CPU
+    profile vLLM pins both engines to core 0 and leaves core 1 to this
+    process, and a second thread made lookups slower inside the running
+    router (`python -m clients.benchmarks --only caches` measures both).
+    """
 
     name = NAME
     dim = DIM
 
     def __init__(self, onnx_path: str | Path | None = None, threads: int = 1):
         import onnxruntime as ort
-        from transformers import AutoTokenizer
+        from tokenizers import Tokenizer
 
         path = Path(onnx_path) if onnx_path else ONNX_DIR / ONNX_FILE
         if not path.is_file():
             raise RuntimeError(f"the embedding model is not exported to {path}: run `make models`")
-        self._tokenizer = AutoTokenizer.from_pretrained(model_path(), local_files_only=True)
+        # The `tokenizers` library directly: transformers' wrapper costs
+        # ~0.4 ms per call for the same ids. The file pads and cuts at 128
+        # tokens; the model reads up to MAX_TOKENS, padded per batch only.
+        self._tokenizer = Tokenizer.from_file(str(model_path() / "tokenizer.json"))
+        self._tokenizer.enable_truncation(MAX_TOKENS)
+        self._tokenizer.no_padding()
         options = ort.SessionOptions()
-        # One thread by default: the vLLM engines need the cores.
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.threads = threads
         self._lock = threading.Lock()  # one embedding at a time: a bounded share of the CPU
 
     def count_tokens(self, text: str) -> int:
-        return len(self._tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"])
+        return len(self._tokenizer.encode(text).ids)
 
     def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Unit-length float32 vectors, one row per text."""
         out = np.zeros((len(texts), DIM), dtype=np.float32)
         with self._lock:
             for start in range(0, len(texts), batch_size):
-                batch = texts[start : start + batch_size]
-                enc = self._tokenizer(batch, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="np")
-                ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+                encodings = self._tokenizer.encode_batch(texts[start : start + batch_size])
+                width = max(len(e.ids) for e in encodings)
+                ids = np.zeros((len(encodings), width), dtype=np.int64)  # 0 is [PAD]
+                mask = np.zeros_like(ids)
+                for row, e in enumerate(encodings):
+                    ids[row, : len(e.ids)] = e.ids
+                    mask[row, : len(e.ids)] = 1
                 hidden = self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-                out[start : start + len(batch)] = _mean_pool(hidden, mask)
+                out[start : start + len(encodings)] = _mean_pool(hidden, mask)
         return out
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import single_threaded_faiss
+
 DOC_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 FORMAT_VERSION = 1
 
@@ -103,9 +105,6 @@ class Retriever:
     def __init__(self, folder: str | Path, embedder):
         import faiss
 
-        from .cache import single_threaded_faiss
-
-        single_threaded_faiss()
         folder = Path(folder)
         try:
             manifest = json.loads((folder / "manifest.json").read_text())
@@ -133,6 +132,7 @@ class Retriever:
         return len(self._chunks)
 
     def search(self, vector: np.ndarray, k: int) -> list[Hit]:
+        single_threaded_faiss()
         scores, rows = self._index.search(vector.reshape(1, -1).astype(np.float32), min(k, len(self._chunks)))
         return [Hit(self._chunks[int(r)], float(s)) for s, r in zip(scores[0], rows[0]) if r >= 0]
 

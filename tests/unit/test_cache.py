@@ -138,3 +138,29 @@ def test_binary_candidates_keep_the_nearest_entry_in_a_cache_larger_than_them():
         elif float(query @ vectors[i]) < 0.949:
             assert hit is None
     assert eligible >= 20 and found == eligible  # every one above the threshold, from 32 candidates of 3,000
+
+
+def test_a_search_from_any_thread_runs_faiss_on_one_thread():
+    """OpenMP's thread count is per calling thread: set once at start-up, it
+    did not reach the asyncio worker threads that search, where waking
+    faiss's second thread made a lookup ~20x slower in the router."""
+    import threading
+
+    import faiss
+
+    c = SemanticCache(dim=8, max_entries=4, threshold=0.95)
+    v = np.ones(8, dtype=np.float32) / np.sqrt(8)
+    c.add(v, "ctx", "question", answer())
+    seen = {}
+
+    def worker():
+        seen["before"] = faiss.omp_get_max_threads()
+        c.search(v, "ctx", "question")
+        seen["after"] = faiss.omp_get_max_threads()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen["after"] == 1
+    if seen["before"] == 1:
+        pytest.skip("this machine has one core: a new thread already searches on one thread")

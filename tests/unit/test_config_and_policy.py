@@ -254,3 +254,13 @@ def test_remote_profile_loads_with_replicas():
 def test_bad_remote_tiers_are_config_errors(tmp_path, large, problem):
     with pytest.raises(ConfigError, match=re.escape(problem)):
         load(_remote_profile(tmp_path, **large))
+
+
+@pytest.mark.parametrize("threads", [0, -1])
+def test_embedding_threads_must_be_positive(tmp_path, threads):
+    text = (ROOT / "config/cpu.yaml").read_text().replace("  threads: 1 ", f"  threads: {threads} ", 1)
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="embedding.threads"):
+        load(path)
+    assert load(ROOT / "config/cpu.yaml").embedding.threads == 1
