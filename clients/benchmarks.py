@@ -241,6 +241,50 @@ async def exact_hit_bench(address: str, n: int = 1000) -> dict:
     return result
 
 
+async def in_router_lookup_bench(app, address: str, entries: int = 100_000, rounds: int = 4, per_block: int = 12) -> dict:
+    """The semantic lookup as a request sees it (`timings.cache_ms`: the
+    exact key, the hop to the embedding thread, embedding and search) with
+    the router's semantic cache holding `entries` entries, for one and two
+    ONNX Runtime threads per embedding in alternating blocks. One caller,
+    unique questions (all misses), one new token each, a pause between
+    requests: the engines are idle whenever a lookup runs, which is when a
+    second thread has the most to gain."""
+    from server.cache import CachedAnswer
+    from server.embedding import Embedder
+    from triage_proto import router_pb2 as pb
+
+    from .client import AsyncTriageClient
+
+    cache = app.router.cache
+    rng = np.random.default_rng(1)
+    filler = CachedAnswer("x" * 400, "stop", 20, 100)
+    for start in range(0, entries, 10_000):  # another context: never a hit for the questions below
+        block = rng.normal(size=(min(10_000, entries - start), cache.semantic.dim)).astype(np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        for row in block:
+            cache.semantic.add(row, "bench filler", "", filler)
+    embedders = {1: cache._embedder, 2: Embedder(threads=2)}
+    ms = {t: {"lookup": [], "ttft": []} for t in embedders}
+    n = 0
+    async with AsyncTriageClient(address, timeout=300) as client:
+        for i in range(rounds):
+            for threads in ((1, 2) if i % 2 == 0 else (2, 1)):
+                cache._embedder = embedders[threads]
+                for q in BUILTIN_MIX[:per_block]:
+                    n += 1
+                    r = await client.generate(f"{q} (request {n})", route="small", max_tokens=1)
+                    if r.cache.status != pb.CACHE_MISS:
+                        raise SystemExit(f"expected a cache miss, got status {r.cache.status}")
+                    ms[threads]["lookup"].append(r.timings.cache_ms)
+                    ms[threads]["ttft"].append(r.timings.ttft_ms)
+                    await asyncio.sleep(0.1)
+    cache._embedder = embedders[1]
+    pct = lambda xs, q: float(np.percentile(xs, q))
+    return {"entries": len(cache.semantic), "requests_per_setting": rounds * per_block,
+            **{f"threads_{t}": {"lookup_p50_ms": pct(v["lookup"], 50), "lookup_p99_ms": pct(v["lookup"], 99),
+                                "ttft_p50_ms": pct(v["ttft"], 50), "ttft_p99_ms": pct(v["ttft"], 99)} for t, v in ms.items()}}
+
+
 def _rss_bytes() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -303,6 +347,39 @@ def _by_length(questions: list[str], seconds: list[float], embedder, split: int 
             "embed_short_p50_ms": float(np.median(short)) if len(short) else float("nan"),
             "embed_long_p50_ms": float(np.median(long_)) if len(long_) else float("nan"),
             "long_max_tokens": int(tokens.max())}
+
+
+def _matmul_share(questions: list[str]) -> dict:
+    """Where an embedding's time goes, from ONNX Runtime's own profiler: the
+    share of its kernels' time in matrix products, and the rate those run at
+    (the 36 dense layers' FLOPs over the MatMul kernels' time, one thread)."""
+    import json as _json
+
+    import onnxruntime as ort
+
+    from server.embedding import DIM, ONNX_DIR, ONNX_FILE, Embedder
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    options.enable_profiling = True
+    options.profile_file_prefix = "/tmp/triage-embedding-profile"
+    session = ort.InferenceSession(str(ONNX_DIR / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+    tokens = Embedder()._tokenizer
+    dense_params = 6 * (4 * DIM * DIM + 2 * DIM * 4 * DIM)  # per token: Q, K, V, output, and the two feed-forward layers
+    flops = 0
+    for _ in range(2):  # the first pass warms up; both are profiled, both counted
+        for q in questions:
+            ids = np.array([tokens.encode(q).ids], dtype=np.int64)
+            session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+            flops += 2 * dense_params * ids.shape[1]
+    trace = Path(session.end_profiling())
+    by_op: dict[str, float] = {}
+    for event in _json.loads(trace.read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            by_op[event["args"]["op_name"]] = by_op.get(event["args"]["op_name"], 0.0) + event["dur"] * 1e-6
+    trace.unlink()
+    matmul = sum(t for op, t in by_op.items() if "MatMul" in op)
+    return {"matmul_share": matmul / sum(by_op.values()), "matmul_gflops": flops / matmul / 1e9}
 
 
 def semantic_bench(entries: int = 100_000, queries: int = 200, answer_chars: int = 400) -> dict:
@@ -372,6 +449,7 @@ def semantic_bench(entries: int = 100_000, queries: int = 200, answer_chars: int
         **_semantic_recall(cache, vectors_real, rng),
         "flat32_search_p50_ms": ms(flat_s, 50), "flat32_search_p99_ms": ms(flat_s, 99), "fp16_max_similarity_error": max(errors),
         "rss_bytes_per_entry": per_entry, "accounted_bytes_per_entry": cache.bytes / len(cache),
+        **_matmul_share(questions),
     }
 
 
@@ -395,6 +473,15 @@ def _sections_note(results: dict) -> str:
         return "all in one run"
     return (f"sections 1-4 in one run on {dates['1-4']}, section 5 re-measured alone on {dates['5']} "
             f"(`python -m clients.benchmarks --only caches`; each section's comparisons are side by side within its run)")
+
+
+def _in_router_line(r: dict) -> str:
+    one, two = r["threads_1"], r["threads_2"]
+    return (f"- Inside the running router ({r['entries']:,} entries, one caller, idle engines, {r['requests_per_setting']} misses per setting, "
+            f"alternating blocks), `timings.cache_ms` with one embedding thread: p50 **{one['lookup_p50_ms']:.1f} ms**, p99 "
+            f"**{one['lookup_p99_ms']:.1f} ms** (TTFT p50 {one['ttft_p50_ms']:.0f} ms); with two: p50 {two['lookup_p50_ms']:.1f} ms, "
+            f"p99 {two['lookup_p99_ms']:.1f} ms (TTFT p50 {two['ttft_p50_ms']:.0f} ms). This adds the hop to the embedding thread "
+            "and shares the process with gRPC and the engines' clients; vLLM pins both CPU engines to core 0 and leaves core 1 to the router.")
 
 
 def write_markdown(results: dict, path: Path) -> None:
@@ -449,7 +536,10 @@ def write_markdown(results: dict, path: Path) -> None:
         f"{results['cache_semantic']['embed_long_p50_ms']:.1f} ms for the {results['cache_semantic']['long_questions']} longer ones, up to "
         f"{results['cache_semantic']['long_max_tokens']} tokens, so the p99 is the long questions; the same questions through PyTorch eager, "
         f"in alternating blocks: p50 {results['cache_semantic']['pytorch_embed_p50_ms']:.1f} / p99 {results['cache_semantic']['pytorch_embed_p99_ms']:.1f} ms) and search p50 {results['cache_semantic']['search_p50_ms']:.1f} / p99 "
-        f"{results['cache_semantic']['search_p99_ms']:.1f} ms.",
+        f"{results['cache_semantic']['search_p99_ms']:.1f} ms. Measured in one thread of a process with the engines stopped: the lookup itself. "
+        f"ONNX Runtime's profiler, same questions: {results['cache_semantic']['matmul_share']:.0%} of the embedding's kernel time is matrix "
+        f"products, which run at {results['cache_semantic']['matmul_gflops']:.0f} GFLOP/s on one core.",
+        _in_router_line(results["cache_in_router"]),
         f"- Memory per semantic entry ({results['cache_semantic']['answer_chars']}-character answers): "
         f"{results['cache_semantic']['rss_bytes_per_entry']:.0f} bytes of resident memory measured while filling "
         f"(the cache's own accounting says {results['cache_semantic']['accounted_bytes_per_entry']:.0f}: 768 for the float16 vector, 48 for its sign code, "
@@ -493,6 +583,9 @@ async def main_async(args) -> dict:
         print("5. caches", flush=True)
         results["cache_exact"] = await exact_hit_bench(address)
         print(f"  exact hit p99 {results['cache_exact']['hit']['p99_ms']:.2f} ms", flush=True)
+        results["cache_in_router"] = await in_router_lookup_bench(app, address)
+        r = results["cache_in_router"]
+        print(f"  in the router: lookup p99 {r['threads_1']['lookup_p99_ms']:.1f} ms (1 thread), {r['threads_2']['lookup_p99_ms']:.1f} ms (2)", flush=True)
     finally:
         await app.stop(grace=5)
     # In process, engines stopped, so the machine is as quiet as it gets.
@@ -526,7 +619,7 @@ def main(argv=None) -> int:
         dates = previous.setdefault("section_dates", {})
         dates.setdefault("1-4", previous["date"])
         dates["5"] = results["date"]
-        previous.update({k: results[k] for k in ("cache_exact", "cache_semantic")})
+        previous.update({k: results[k] for k in ("cache_exact", "cache_in_router", "cache_semantic")})
         results = previous
     (out / "benchmarks.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, out / "benchmarks.md")
