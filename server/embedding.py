@@ -88,10 +88,10 @@ class Embedder:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.threads = threads
         self._lock = threading.Lock()  # one embedding at a time: a bounded share of the CPU
 
     def count_tokens(self, text: str) -> int:
+        """Tokens the model reads for `text` (at most MAX_TOKENS)."""
         return len(self._tokenizer.encode(text).ids)
 
     def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
