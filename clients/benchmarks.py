@@ -349,6 +349,26 @@ def _by_length(questions: list[str], seconds: list[float], embedder, split: int 
             "long_max_tokens": int(tokens.max())}
 
 
+def _tokenizer_cost(embedder, questions: list[str], rounds: int = 5) -> dict:
+    """Tokenising a question: the `tokenizers` library as the embedder calls
+    it, against transformers' wrapper around the same tokenizer.json (what
+    the embedder used before), in alternating rounds."""
+    from transformers import AutoTokenizer
+
+    from server.embedding import MAX_TOKENS, model_path
+
+    wrapper = AutoTokenizer.from_pretrained(model_path(), local_files_only=True)
+    direct_s, wrapper_s = [], []
+    for _ in range(rounds):
+        for q in questions:
+            t0 = time.perf_counter()
+            embedder._tokenizer.encode_batch([q])
+            t1 = time.perf_counter()
+            wrapper([q], padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="np")
+            direct_s.append(t1 - t0), wrapper_s.append(time.perf_counter() - t1)
+    return {"tokenize_p50_ms": float(np.median(direct_s) * 1e3), "transformers_tokenize_p50_ms": float(np.median(wrapper_s) * 1e3)}
+
+
 def _matmul_share(questions: list[str]) -> dict:
     """Where an embedding's time goes, from ONNX Runtime's own profiler: the
     share of its kernels' time in matrix products, and the rate those run at
@@ -449,7 +469,7 @@ def semantic_bench(entries: int = 100_000, queries: int = 200, answer_chars: int
         **_semantic_recall(cache, vectors_real, rng),
         "flat32_search_p50_ms": ms(flat_s, 50), "flat32_search_p99_ms": ms(flat_s, 99), "fp16_max_similarity_error": max(errors),
         "rss_bytes_per_entry": per_entry, "accounted_bytes_per_entry": cache.bytes / len(cache),
-        **_matmul_share(questions),
+        **_matmul_share(questions), **_tokenizer_cost(embedder, questions),
     }
 
 
@@ -538,7 +558,9 @@ def write_markdown(results: dict, path: Path) -> None:
         f"in alternating blocks: p50 {results['cache_semantic']['pytorch_embed_p50_ms']:.1f} / p99 {results['cache_semantic']['pytorch_embed_p99_ms']:.1f} ms) and search p50 {results['cache_semantic']['search_p50_ms']:.1f} / p99 "
         f"{results['cache_semantic']['search_p99_ms']:.1f} ms. Measured in one thread of a process with the engines stopped: the lookup itself. "
         f"ONNX Runtime's profiler, same questions: {results['cache_semantic']['matmul_share']:.0%} of the embedding's kernel time is matrix "
-        f"products, which run at {results['cache_semantic']['matmul_gflops']:.0f} GFLOP/s on one core.",
+        f"products, which run at {results['cache_semantic']['matmul_gflops']:.0f} GFLOP/s on one core. Tokenising a question takes p50 "
+        f"{results['cache_semantic']['tokenize_p50_ms']:.2f} ms with the `tokenizers` library, {results['cache_semantic']['transformers_tokenize_p50_ms']:.2f} ms "
+        "through transformers' wrapper (what the embedder used before 2026-11-23).",
         _in_router_line(results["cache_in_router"]),
         f"- Memory per semantic entry ({results['cache_semantic']['answer_chars']}-character answers): "
         f"{results['cache_semantic']['rss_bytes_per_entry']:.0f} bytes of resident memory measured while filling "

@@ -77,9 +77,10 @@ class Embedder:
         path = Path(onnx_path) if onnx_path else ONNX_DIR / ONNX_FILE
         if not path.is_file():
             raise RuntimeError(f"the embedding model is not exported to {path}: run `make models`")
-        # The `tokenizers` library directly: transformers' wrapper costs
-        # ~0.4 ms per call for the same ids. The file pads and cuts at 128
-        # tokens; the model reads up to MAX_TOKENS, padded per batch only.
+        # The `tokenizers` library directly: the same ids as transformers'
+        # wrapper, in a third of its time (docs/benchmarks.md, section 5).
+        # The file pads and cuts at 128 tokens; the model reads up to
+        # MAX_TOKENS, padded per batch only.
         self._tokenizer = Tokenizer.from_file(str(model_path() / "tokenizer.json"))
         self._tokenizer.enable_truncation(MAX_TOKENS)
         self._tokenizer.no_padding()
