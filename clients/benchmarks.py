@@ -206,6 +206,8 @@ async def _exact_load(address: str, n: int) -> dict:
     """Child process: `n` exact-cache hits through Generate, interleaved with
     `n` Health/Check calls on the same channel (the floor any unary RPC pays
     here), one caller."""
+    from triage_proto import router_pb2 as pb
+
     from .client import AsyncTriageClient
 
     lat = {"hit": [], "health": []}
@@ -217,7 +219,7 @@ async def _exact_load(address: str, n: int) -> dict:
             started = time.perf_counter()
             r = await client.generate(EXACT_QUESTION, route="small", max_tokens=24)
             lat["hit"].append(time.perf_counter() - started)
-            if r.cache.status != 2:  # CACHE_EXACT
+            if r.cache.status != pb.CACHE_EXACT:
                 raise SystemExit(f"expected an exact cache hit, got status {r.cache.status}")
             started = time.perf_counter()
             await client.health()
@@ -369,32 +371,31 @@ def _tokenizer_cost(embedder, questions: list[str], rounds: int = 5) -> dict:
     return {"tokenize_p50_ms": float(np.median(direct_s) * 1e3), "transformers_tokenize_p50_ms": float(np.median(wrapper_s) * 1e3)}
 
 
-def _matmul_share(questions: list[str]) -> dict:
+def _matmul_share(embedder, questions: list[str]) -> dict:
     """Where an embedding's time goes, from ONNX Runtime's own profiler: the
     share of its kernels' time in matrix products, and the rate those run at
     (the 36 dense layers' FLOPs over the MatMul kernels' time, one thread)."""
-    import json as _json
+    import tempfile
 
     import onnxruntime as ort
 
-    from server.embedding import DIM, ONNX_DIR, ONNX_FILE, Embedder
+    from server.embedding import DIM, ONNX_DIR, ONNX_FILE
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
     options.enable_profiling = True
-    options.profile_file_prefix = "/tmp/triage-embedding-profile"
+    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "triage-embedding-profile")
     session = ort.InferenceSession(str(ONNX_DIR / ONNX_FILE), options, providers=["CPUExecutionProvider"])
-    tokens = Embedder()._tokenizer
     dense_params = 6 * (4 * DIM * DIM + 2 * DIM * 4 * DIM)  # per token: Q, K, V, output, and the two feed-forward layers
     flops = 0
     for _ in range(2):  # the first pass warms up; both are profiled, both counted
         for q in questions:
-            ids = np.array([tokens.encode(q).ids], dtype=np.int64)
+            ids = np.array([embedder._tokenizer.encode(q).ids], dtype=np.int64)
             session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
             flops += 2 * dense_params * ids.shape[1]
     trace = Path(session.end_profiling())
     by_op: dict[str, float] = {}
-    for event in _json.loads(trace.read_text()):
+    for event in json.loads(trace.read_text()):
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             by_op[event["args"]["op_name"]] = by_op.get(event["args"]["op_name"], 0.0) + event["dur"] * 1e-6
     trace.unlink()
@@ -469,7 +470,7 @@ def semantic_bench(entries: int = 100_000, queries: int = 200, answer_chars: int
         **_semantic_recall(cache, vectors_real, rng),
         "flat32_search_p50_ms": ms(flat_s, 50), "flat32_search_p99_ms": ms(flat_s, 99), "fp16_max_similarity_error": max(errors),
         "rss_bytes_per_entry": per_entry, "accounted_bytes_per_entry": cache.bytes / len(cache),
-        **_matmul_share(questions), **_tokenizer_cost(embedder, questions),
+        **_matmul_share(embedder, questions), **_tokenizer_cost(embedder, questions),
     }
 
 

@@ -172,6 +172,8 @@ class RetrievalService:
         import asyncio
 
         started = time.perf_counter()
-        vector = (await asyncio.to_thread(self._embedder.embed, [question]))[0]
-        hits = self._retriever.search(vector, top_k or self.top_k)
+        hits = await asyncio.to_thread(self._embed_and_search, question, top_k or self.top_k)  # both off the event loop
         return hits, (time.perf_counter() - started) * 1e3
+
+    def _embed_and_search(self, question: str, k: int) -> list[Hit]:
+        return self._retriever.search(self._embedder.embed([question])[0], k)
