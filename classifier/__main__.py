@@ -1,7 +1,7 @@
 """Command line for the complexity classifier.
 
-    python -m classifier train [--data PATH] [--out DIR]
-    python -m classifier evaluate [--data PATH] [--threshold T]
+    python -m classifier train [--data PATH] [--out DIR] [--no-extra] [--no-cross-source]
+    python -m classifier evaluate [--data PATH] [--threshold T] [--no-extra] [--cross-source]
     python -m classifier score < prompts.jsonl > scores.jsonl
     python -m classifier calibrate --target-large-share 0.3 --sample prompts.jsonl
     python -m classifier bench
@@ -43,7 +43,7 @@ def cmd_train(args) -> int:
     from .model_card import write_model_card
     from .train import train
 
-    metadata = train(args.data, args.out)
+    metadata = train(args.data, args.out, extra=not args.no_extra, with_cross_source=not args.no_cross_source)
     print(format_report(metadata["evaluation"]))
     write_model_card(args.out)
     return 0
@@ -52,9 +52,15 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from . import load
     from .data import load_rows
-    from .evaluate import evaluate, format_report
+    from .evaluate import format_report
+    from .sources import load_sources
+    from .train import full_evaluation
 
-    report = evaluate(load(args.model), load_rows(args.data), args.threshold)
+    clf = load(args.model)
+    if args.threshold is not None:
+        clf.threshold = args.threshold
+    rows = load_rows(args.data, [] if args.no_extra else load_sources()[0])
+    report = full_evaluation(clf, rows, args.data, with_cross_source=args.cross_source)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -158,10 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train and write the artifact, metadata and model card")
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--out", default=str(ARTIFACT_DIR))
+    p.add_argument("--no-extra", action="store_true", help="only shared/data/questions, not the pinned public sources (sources.py)")
+    p.add_argument("--no-cross-source", action="store_true", help="skip the leave-one-source-out check (one fit per source)")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("evaluate", help="accuracy per source, macro average, length baseline, calibration")
+    p = sub.add_parser(
+        "evaluate", help="accuracy per held-out source, ranking by GSM8K steps and by outcomes, each next to prompt length"
+    )
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--no-extra", action="store_true", help="only shared/data/questions, not the pinned public sources")
+    p.add_argument("--cross-source", action="store_true", help="also train without each source in turn and score it (about a minute)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("score", help="JSON lines with text/prompt on stdin -> p_complex and label")

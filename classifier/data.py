@@ -1,15 +1,24 @@
-"""Reading the labeled questions (shared/data/questions/labeled.jsonl).
+"""Reading the labeled questions: shared/data/questions (labeled.jsonl and
+GSM8K's reference solutions) and the pinned public sources in sources.py.
 
 The rows stay outside the repository (some sources are share-alike); only
 their sha256 is recorded with the artifact.
+
+Every row carries a training `target` in [0, 1], the probability that the
+large tier is needed: 0 for simple, 1 for complex, and for a GSM8K problem a
+value that grows with its number of calculation steps (see `steps_target`),
+so the score orders word problems by how much work they are instead of
+saturating at 1 for all of them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
+from typing import Iterable
 
 _RELATIVE = Path("shared/data/questions/labeled.jsonl")
 
@@ -27,11 +36,39 @@ def _default_data() -> Path:
 
 
 DEFAULT_DATA = _default_data()
+SOLUTIONS_FILE = "gsm8k_solutions.jsonl"
+# Sources never trained on: they check that the model generalises beyond the
+# style of its training sources.
 DEV_CROSS = ("nq_open", "mt_bench", "vicuna_bench")
 
+# A GSM8K problem with s calculation steps is complex with probability
+# sigmoid(STEPS_OFFSET + STEPS_SLOPE * s): 0.38 for one step (a one-step
+# problem is something a small model does), 0.73 for two, 0.92 for three,
+# 0.98 for four. Linear in log-odds, which is what the score orders by, so
+# every extra step moves it as much and nothing saturates.
+STEPS_OFFSET = -2.0
+STEPS_SLOPE = 1.5
 
-def load_rows(path: str | Path = DEFAULT_DATA) -> list[dict]:
-    """All rows with a usable label (ambiguous rows are left out)."""
+
+def steps_target(steps: int) -> float:
+    return 1.0 / (1.0 + math.exp(-(STEPS_OFFSET + STEPS_SLOPE * max(steps, 0))))
+
+
+def load_solutions(data_path: str | Path = DEFAULT_DATA) -> list[dict]:
+    """GSM8K's reference solutions (question, calc_steps, split), or [] when
+    the file is not beside labeled.jsonl."""
+    path = Path(data_path).parent / SOLUTIONS_FILE
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_rows(path: str | Path = DEFAULT_DATA, extra_rows: Iterable[dict] = ()) -> list[dict]:
+    """All rows with a usable label (ambiguous rows are left out) and the
+    `extra_rows` (from sources.load_sources), each with its `target`; GSM8K
+    rows also carry `calc_steps`."""
+    steps = {r["question"].strip(): r["calc_steps"] for r in load_solutions(path)}
     rows = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -39,6 +76,12 @@ def load_rows(path: str | Path = DEFAULT_DATA) -> list[dict]:
                 row = json.loads(line)
                 if row["label"] in ("simple", "complex"):
                     rows.append(row)
+    rows += extra_rows
+    for row in rows:
+        row["target"] = 1.0 if row["label"] == "complex" else 0.0
+        if row["source"] == "gsm8k" and row["text"].strip() in steps:
+            row["calc_steps"] = steps[row["text"].strip()]
+            row["target"] = steps_target(row["calc_steps"])
     return rows
 
 

@@ -77,35 +77,92 @@ _CUES = {
 _CUE_RE = re.compile("|".join(f"(?P<{name}>{pattern})" for name, pattern in _CUES.items()), re.MULTILINE)
 
 
+# Structure of a question that asks for several facts to be found and
+# combined, however short it is. Counted, not flagged, so two of them score
+# above one, and kept narrow: "the largest city" or "how many novels" alone
+# is a one-hop factoid (TREC is full of them), "the three largest cities" or
+# "how many of the members" is not.
+_NUMBER_WORD = r"(?:two|three|four|five|six|seven|eight|nine|ten|twelve|twenty|\d+)"
+_FAN_OUT = re.compile(
+    # aggregation over a set
+    r"\b(?:combined|in total|total (?:number|amount|population|of)|sum of|altogether|on average|average (?:of|number|age|height|population)|"
+    # a set to fan out over
+    r"each of the|all of the|every one of|members of|how many of (?:the|these|those)|which of the|"
+    rf"{_NUMBER_WORD} (?:largest|biggest|smallest|most|least|longest|highest|lowest|oldest|youngest|tallest|"
+    r"first|last|top|best|main|major|largest|richest|busiest|most \w+|\w+est)|"
+    rf"top {_NUMBER_WORD}|"
+    # both / either of two named things
+    r"both .{1,60} and|either .{1,60} or|"
+    # a comparison of two or more things
+    r"(?:older|younger|larger|smaller|bigger|taller|longer|shorter|earlier|later|more \w+|less \w+|higher|lower),? .{0,60}\bor\b|"
+    r"(?:more|fewer|less|greater|higher|lower|older|younger|larger|bigger) than|difference (?:between|in))\b"
+)
+_BRIDGE = re.compile(r"(?<=\w) (?:who|whom|whose|that|which|where|when) (?!is\b|are\b)|\bof the \w+ (?:of|who|that|which)\b")
+# Words that chain steps in a word problem: graded with the number of steps.
+_STEP_WORDS = re.compile(r"\b(?:then|after|before|each|per|every|twice|half|times|more than|less than|remaining|left|total|if|and)\b")
+_MATH = re.compile(r"[=+*/^<>]|\b(?:sqrt|log|sin|cos|integral|derivative|probability|equation|solve|prove)\b")
+
 DENSE_FEATURE_NAMES = (
     "log_words",  # log1p(word count): longer requests ask for more work
     "log_chars",  # log1p(characters of the *untruncated* text)
-    "sentences",  # several sentences usually means instructions + a task
-    "newlines",  # lists, pasted passages, code
+    "log_sentences",  # log1p(sentence ends): instructions + a task, a longer problem
+    "log_newlines",  # lists, pasted passages, code
     "has_code",  # code fences or typical code punctuation
-    "many_numbers",  # capped: 3+ numbers (a word problem), not the value
-    "questions",  # several question marks: a multi-part request
+    "log_numbers",  # log1p(how many numbers): a word problem's quantities, not their values
+    "log_questions",  # log1p(question marks): a multi-part request
+    "log_fan_out",  # log1p(aggregation over a set, a set of n, comparisons)
+    "log_bridges",  # log1p(relative clauses and "of the X of" chains): multi-hop
+    "log_step_words",  # log1p(words that chain the steps of a problem)
+    "log_math",  # log1p(operators and maths vocabulary)
     *(f"cue_{name}" for name in _CUES),
+    # The same measures again, but only for quantitative text (two or more
+    # numbers): inside word problems they grade the amount of work, and
+    # having their own weights keeps that grading from being traded off
+    # against the measures' weights across kinds of question.
+    "quant",
+    "quant_log_words",
+    "quant_log_numbers",
+    "quant_log_sentences",
+    "quant_log_step_words",
 )
+
+# Every count is log1p'd, never capped: a question with eight steps must
+# score above one with two, and a 2,000-word request above a 200-word one.
 
 
 def dense_row(raw: str) -> tuple[float, ...]:
     """The dense features of one text, in DENSE_FEATURE_NAMES order."""
     text = raw[:MAX_CHARS]
-    fired = {m.lastgroup for m in _CUE_RE.finditer(text.lower())}
+    lower = text.lower()
+    fired = {m.lastgroup for m in _CUE_RE.finditer(lower)}
+    log1p = math.log1p
+    numbers = len(_NUMBER.findall(text))
+    words = log1p(len(_WORD.findall(text)))
+    sentences = log1p(len(_SENTENCE_END.findall(text)))
+    step_words = log1p(len(_STEP_WORDS.findall(lower)))
+    quant = 1.0 if numbers >= 2 else 0.0
     return (
-        math.log1p(len(_WORD.findall(text))),
-        math.log1p(len(raw)),
-        min(len(_SENTENCE_END.findall(text)), 5),
-        min(text.count("\n"), 5),
+        words,
+        log1p(len(raw)),
+        sentences,
+        log1p(text.count("\n")),
         1.0 if ("```" in text or "def " in text or "();" in text or "{" in text) else 0.0,
-        1.0 if len(_NUMBER.findall(text)) >= 3 else 0.0,
-        min(text.count("?"), 3),
+        log1p(numbers),
+        log1p(text.count("?")),
+        log1p(len(_FAN_OUT.findall(lower))),
+        log1p(len(_BRIDGE.findall(lower))),
+        step_words,
+        log1p(len(_MATH.findall(lower))),
         *(1.0 if name in fired else 0.0 for name in _CUES),
+        quant,
+        quant * words,
+        quant * log1p(numbers),
+        quant * sentences,
+        quant * step_words,
     )
 
 
 def dense_features(texts) -> np.ndarray:
-    """Length and shape features, all bounded, for a batch of raw texts."""
+    """Length, shape and structure features for a batch of raw texts."""
     rows = [dense_row(raw) for raw in texts]
     return np.array(rows, dtype=np.float64).reshape(len(rows), len(DENSE_FEATURE_NAMES))

@@ -55,14 +55,18 @@ class _FastLinear:
         n_word = len(word.vocabulary_)
         self._analyzer = word.build_analyzer()
         self._sublinear = word.sublinear_tf
+        # The union multiplies each block by its transformer weight.
+        weights = union.transformer_weights or {}
+        word_coef = coef[:n_word] * weights.get("word", 1.0)
+        dense_coef = coef[n_word:] * weights.get("dense", 1.0)
         # token -> (idf, weight): one lookup per token at scoring time.
-        self._vocab = {tok: (word.idf_[j], coef[j]) for tok, j in word.vocabulary_.items()}
+        self._vocab = {tok: (word.idf_[j], word_coef[j]) for tok, j in word.vocabulary_.items()}
         scaler = dense.steps[-1][1]
         self._dense = dense_row
-        # Plain floats: for one text, a Python dot product of 11 numbers is
+        # Plain floats: for one text, a Python dot product of 20 numbers is
         # several times cheaper than building numpy arrays.
-        self._dense_w = [float(w) for w in coef[n_word:] / scaler.scale_]
-        self._dense_b = float(-(scaler.mean_ / scaler.scale_) @ coef[n_word:])
+        self._dense_w = [float(w) for w in dense_coef / scaler.scale_]
+        self._dense_b = float(-(scaler.mean_ / scaler.scale_) @ dense_coef)
         self._intercept = float(lr.intercept_[0])
 
     def score(self, text: str) -> float:

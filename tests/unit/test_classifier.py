@@ -14,8 +14,11 @@ import pytest
 
 import classifier
 from classifier.calibrate import threshold_for_share
-from classifier.data import DEFAULT_DATA
+from classifier.data import DEFAULT_DATA, steps_target
+from classifier.evaluate import apgr
 from classifier.model import ARTIFACT_DIR, MODEL_FILE, TRUSTED_TYPES
+from classifier.outcomes import _parse
+from classifier.sources import Source, load_sources, split_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,6 +59,101 @@ def test_obvious_cases_land_on_the_right_side(clf):
     assert p["Write a short story about a lighthouse keeper who finds a message in a bottle."] >= t
     assert p[SAMPLES[4]] >= t
     assert p[SAMPLES[6]] >= t
+
+
+# Written for these tests (not from any data set): a question that needs
+# several facts found and combined, next to a one-hop lookup on the same
+# subject. The artifact before the graded score put every multi-part one
+# below its threshold (0.06-0.30 against 0.5).
+MULTI_PART_VS_ONE_HOP = [
+    ("What is the total population of the five largest cities in Germany?", "What is the population of Berlin?"),
+    ("Which is longer, the Nile or the Amazon?", "How long is the Nile?"),
+    ("Who directed the film that won Best Picture in the year the Berlin Wall fell?", "Who directed Titanic?"),
+    ("How many goals did Messi and Ronaldo score in 2012 combined?", "Who won the 2010 World Cup?"),
+]
+
+
+def test_multi_part_questions_go_large_and_outscore_one_hop_lookups(clf):
+    for multi, single in MULTI_PART_VS_ONE_HOP:
+        p_multi, p_single = clf.score([multi, single])
+        assert p_multi >= clf.threshold, multi
+        assert p_single < clf.threshold, single
+        assert p_multi > p_single, (multi, single)
+
+
+# The same purchase with more and more steps to work out. The artifact
+# before the graded score gave 0.62, 0.992, 0.997, 0.997: no order among
+# word problems once they had two numbers.
+MORE_STEPS = [
+    "A book costs $12. How much do 3 books cost?",
+    "A book costs $12 and a pen costs $3. Sam buys 3 books and 4 pens. How much does he spend?",
+    "A book costs $12 and a pen costs $3. Sam buys 3 books and 4 pens, pays with a $100 bill and then gives half"
+    " of his change to his sister. How much money does Sam have left?",
+    "A book costs $12 and a pen costs $3. Sam buys 3 books and 4 pens with a 10% discount on the books, pays with a"
+    " $100 bill, gives half of his change to his sister and spends a third of the rest on lunch. How much money does"
+    " Sam have left?",
+]
+
+
+def test_word_problems_with_more_steps_score_higher_without_saturating(clf):
+    p = clf.score(MORE_STEPS)
+    assert np.all(np.diff(p) > 0), p
+    assert p[-1] < 0.99 and p[-1] - p[1] > 0.1, p
+
+
+def test_steps_target_grows_in_log_odds_and_never_reaches_one():
+    t = np.array([steps_target(s) for s in range(12)])
+    assert np.all(np.diff(t) > 0) and t[-1] < 1.0
+    logit = np.log(t / (1 - t))
+    np.testing.assert_allclose(np.diff(logit), np.diff(logit)[0])
+
+
+def test_apgr_is_half_for_a_constant_score_and_orders_routers():
+    rng = np.random.default_rng(0)
+    weak = (rng.random(400) < 0.5).astype(float)
+    strong = np.maximum(weak, (rng.random(400) < 0.8).astype(float))
+    gain = strong - weak
+    assert apgr(np.zeros(400), weak, strong) == pytest.approx(0.5)
+    best = apgr(gain, weak, strong)  # the questions that gain first
+    worst = apgr(-gain, weak, strong)
+    assert best > 0.5 > worst and best + worst == pytest.approx(1.0)
+    # By hand: two questions, only the second gains; routing it first
+    # recovers the whole gap after half the calls: area 0.75.
+    assert apgr(np.array([0.1, 0.9]), np.array([1.0, 0.0]), np.array([1.0, 1.0])) == pytest.approx(0.75)
+    assert np.isnan(apgr(np.zeros(3), np.ones(3), np.ones(3)))  # no gap to recover
+
+
+def test_outcome_logs_are_parsed_per_question():
+    log = (
+        "*****\n1st data\nQ: Tom has 3 apples and eats 1. How many are left?\nA: The answer is 2\n"
+        "pred_before : 2\npred_after : 2\npred_list : ['2']\npred_mode : 2\nGT : 2\n*****\n"
+        "*****\n2st data\nQ: Which is heavier? Answer Choices: (A) a kilo (B) a pound\nA: (B)\n"
+        "pred_mode : B\nGT : A\n*****\n"
+    )
+    assert _parse(log, "auto") == {"Tom has 3 apples and eats 1. How many are left?": True, "Which is heavier? Answer Choices: (A) a kilo (B) a pound": False}
+
+
+def test_sources_are_read_at_their_pinned_commit(tmp_path, monkeypatch):
+    repo = tmp_path / "someone+qa" / "repo"
+    run = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True, text=True).stdout.strip()
+    repo.mkdir(parents=True)
+    run("init", "-q")
+    run("config", "user.email", "t@example.com")
+    run("config", "user.name", "t")
+    (repo / "q.json").write_text(json.dumps(["Who wrote Hamlet?", "Who wrote Hamlet?", "What is 2+2?"]))
+    run("add", "q.json")
+    run("commit", "-qm", "one")
+    pinned = run("rev-parse", "HEAD")
+    (repo / "q.json").write_text(json.dumps(["changed later"]))
+    run("commit", "-qam", "two")
+    source = Source("qa", "someone/qa", pinned, "q.json", "MIT", "test", "all simple", json.loads, label="simple")
+    monkeypatch.setattr("classifier.sources.SOURCES", (source,))
+    rows, used = load_sources(tmp_path)
+    assert [r["text"] for r in rows] == ["Who wrote Hamlet?", "What is 2+2?"]  # the pinned commit, de-duplicated
+    assert all(r["label"] == "simple" and r["split"] == split_of(r["text"]) for r in rows)
+    assert used["qa"]["rows"] == 2 and len(used["qa"]["sha256"]) == 64
+    rows, used = load_sources(tmp_path / "nowhere")
+    assert rows == [] and used["qa"]["rows"] == 0  # a missing snapshot is skipped, and said so
 
 
 def test_fast_path_matches_the_pipeline(clf):
@@ -163,7 +261,7 @@ def test_cli_calibrate_writes_threshold_to_a_copy(tmp_path):
 
 @pytest.mark.skipif(not Path(DEFAULT_DATA).is_file(), reason=f"labeled data not at {DEFAULT_DATA}")
 def test_cli_evaluate_meets_the_dev_cross_targets():
-    out = run_cli("evaluate", "--json")
+    out = run_cli("evaluate", "--json", "--no-extra")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["dev_cross_macro_accuracy"] >= 0.92
@@ -172,3 +270,12 @@ def test_cli_evaluate_meets_the_dev_cross_targets():
     for source in ("mt_bench", "vicuna_bench", "dolly", "gsm8k"):
         m = report["per_source"][source]
         assert m["accuracy"] > m["length_baseline"], source
+
+
+@pytest.mark.skipif(not Path(DEFAULT_DATA).is_file(), reason=f"labeled data not at {DEFAULT_DATA}")
+def test_gsm8k_test_problems_are_ordered_by_steps_better_than_by_length():
+    out = run_cli("evaluate", "--json", "--no-extra")
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)["steps_ranking"]
+    assert s["spearman_steps"] > s["spearman_steps_length"] + 0.05
+    assert s["apgr_steps_above_median"] > s["apgr_steps_above_median_length"]
