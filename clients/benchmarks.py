@@ -137,7 +137,7 @@ async def overhead_bench(app, address: str, rounds: int = 4, per_round: int = 8,
                 async with sem:
                     if kind == "router":
                         return await _router_stream(client, prompt, max_tokens)
-                    return await _direct_stream(app.engines[tiers[prompt]], prompt, max_tokens, f"direct-{time.monotonic_ns()}-{i}")
+                    return await _direct_stream(app.tiers[tiers[prompt]].engine, prompt, max_tokens, f"direct-{time.monotonic_ns()}-{i}")
 
             started = time.perf_counter()
             out = await asyncio.gather(*(one(i) for i in range(n)))

@@ -1,6 +1,6 @@
 """triage: command line for the Triage router.
 
-    triage ask "What is the capital of France?" [--stream] [--route small|large] [--json]
+    triage ask "What is the capital of France?" [--stream] [--route TIER] [--json]
     triage models
     triage stats [--json]
     triage health
@@ -17,6 +17,8 @@ import sys
 
 from google.protobuf.json_format import MessageToDict
 
+from triage_proto import router_pb2 as pb
+
 from .client import TriageClient
 from .errors import TriageError
 
@@ -24,10 +26,13 @@ DEFAULT_TARGET = os.environ.get("TRIAGE_ADDRESS", "127.0.0.1:50051")
 
 
 def _summary(decision, timings, usage, finish_reason, cache=None) -> str:
-    tier = {1: "small", 2: "large"}.get(decision.tier, "?")
-    hit = {2: " · cache EXACT", 3: f" · cache SEMANTIC ({cache.similarity:.3f})" if cache else ""}.get(cache.status if cache else 0, "")
+    hit = ""
+    if cache is not None and cache.status == pb.CACHE_EXACT:
+        hit = " · cache EXACT"
+    elif cache is not None and cache.status == pb.CACHE_SEMANTIC:
+        hit = f" · cache SEMANTIC ({cache.similarity:.3f})"
     return (
-        f"[{tier} · {decision.model} · p_complex={decision.p_complex:.3f} (threshold {decision.threshold:.3f}, "
+        f"[{decision.tier_name} · {decision.model} · p_complex={decision.p_complex:.3f} (threshold {decision.threshold:.3f}, "
         f"{decision.reason}{', degraded' if decision.degraded else ''}) · "
         f"{usage.prompt_tokens}+{usage.completion_tokens} tokens · {finish_reason} · "
         f"classify {timings.classify_ms:.2f} ms · ttft {timings.ttft_ms:.0f} ms · total {timings.total_ms:.0f} ms{hit}]"
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("ask", help="ask a question; prints the answer, then the decision and timings")
     p.add_argument("question")
     p.add_argument("--stream", action="store_true", help="print tokens as they arrive")
-    p.add_argument("--route", choices=["small", "large"], default=None, help="force a tier")
+    p.add_argument("--route", default=None, metavar="TIER", help="force a tier by name (small, large, or any the server's profile names)")
     p.add_argument("--threshold", type=float, default=None, help="per-request p_complex threshold")
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None)

@@ -24,8 +24,8 @@ from .errors import from_rpc_error
 # CPU generation of a few hundred tokens takes tens of seconds; a default
 # shorter than that makes a healthy server look broken.
 DEFAULT_TIMEOUT = 300.0
-_ROUTES = {None: pb.TIER_UNSPECIFIED, "small": pb.TIER_SMALL, "large": pb.TIER_LARGE}
-_CACHE_MODES = {"default": pb.CACHE_MODE_DEFAULT, "exact_only": pb.CACHE_MODE_EXACT_ONLY, "off": pb.CACHE_MODE_OFF}
+# From the proto's own enum: CACHE_MODE_EXACT_ONLY -> "exact_only".
+_CACHE_MODES = {name.removeprefix("CACHE_MODE_").lower(): value for name, value in pb.CacheMode.items()}
 
 Messages = str | Sequence[tuple[str, str]] | Sequence[pb.Message]
 
@@ -49,18 +49,20 @@ def build_request(
 ) -> pb.GenerateRequest:
     """A GenerateRequest from a question string or (role, content) pairs.
 
+    route: a tier's name ("small", "large", or any tier the server's profile
+    names), or None for the classifier; an unknown name is NOT_FOUND.
     cache: "default" (exact and semantic), "exact_only" or "off".
     retrieval: True/False to ask for document retrieval or not; None for the tier's default.
     """
-    if route not in _ROUTES:
-        raise ValueError(f"route must be one of small, large or None, got {route!r}")
+    if route is not None and (not isinstance(route, str) or not route):
+        raise ValueError(f"route must be a tier name or None, got {route!r}")
     if cache not in _CACHE_MODES:
         raise ValueError(f"cache must be one of {', '.join(_CACHE_MODES)}, got {cache!r}")
     sampling = pb.SamplingParams(stop=list(stop))
     for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("max_tokens", max_tokens), ("seed", seed), ("repetition_penalty", repetition_penalty)):
         if value is not None:
             setattr(sampling, name, value)
-    req = pb.GenerateRequest(request_id=request_id, messages=_messages(messages), sampling=sampling, route=_ROUTES[route],
+    req = pb.GenerateRequest(request_id=request_id, messages=_messages(messages), sampling=sampling, route_name=route or "",
                              cache_mode=_CACHE_MODES[cache])
     if threshold is not None:
         req.threshold = threshold

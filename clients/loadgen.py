@@ -76,14 +76,14 @@ async def _one(client: AsyncTriageClient, prompt: dict, stream: bool, max_tokens
     try:
         if not stream:
             r = await client.generate(prompt["text"], **kwargs)
-            tier = "large" if r.decision.tier == 2 else "small"
+            tier = r.decision.tier_name
             return Sample(tier, "OK", time.perf_counter() - started, r.timings.ttft_ms / 1e3, [], r.usage.completion_tokens)
         tier, ttft, last, gaps, tokens = "?", None, None, [], 0
         async for event in client.generate_stream(prompt["text"], **kwargs):
             kind = event.WhichOneof("event")
             now = time.perf_counter()
             if kind == "decision":
-                tier = "large" if event.decision.tier == 2 else "small"
+                tier = event.decision.tier_name
             elif kind == "delta":
                 if ttft is None:
                     ttft = now - started
@@ -169,7 +169,7 @@ def plot(levels: dict[int, dict], samples: dict[int, list[Sample]], out: Path) -
     files = []
     fig, ax = plt.subplots(figsize=(7, 4))
     top = max(levels)
-    for tier in ("small", "large"):
+    for tier in sorted({s.tier for s in samples[top]}):
         values = [s.e2e_s * 1e3 for s in samples[top] if s.code == "OK" and s.tier == tier]
         if values:
             ax.hist(values, bins=30, alpha=0.6, label=f"{tier} (n={len(values)})")

@@ -5,9 +5,7 @@ checking and reflection, and the /metrics endpoint. Nothing here runs at import.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -27,7 +25,7 @@ from .metrics import RouterMetrics
 from .policy import RoutingPolicy
 from .router import Router
 from .servicer import RouterServicer
-from .types import ChatMessage, EffectiveSampling
+from .tiers import Tier, Tiers
 
 log = logging.getLogger("triage.app")
 
@@ -42,18 +40,12 @@ LIVENESS_NAME = f"{SERVICE_NAME}/live"
 class App:
     config: Config
     router: Router
-    engines: Mapping[str, Engine]
+    tiers: Tiers
     server: grpc.aio.Server
     health: health.aio.HealthServicer
     port: int
     metrics_port: int | None
     _metrics_http: object = field(default=None, repr=False)
-
-    tier_up: dict = field(default_factory=dict)
-    started: bool = False  # every engine has been warm once
-    draining: bool = False
-    _watcher: asyncio.Task | None = field(default=None, repr=False)
-    _restarts: dict = field(default_factory=dict, repr=False)
 
     async def update_health(self) -> None:
         """Per tier: `router.v1.Router/<tier>` is SERVING while its engine is
@@ -63,110 +55,29 @@ class App:
         def status(up: bool):
             return health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
 
-        for name in self.engines:
-            await self.health.set(f"{SERVICE_NAME}/{name}", status(self.tier_up.get(name, False) and not self.draining))
-        overall = self.started and any(self.tier_up.get(n, False) for n in self.engines) and not self.draining
+        tiers = self.tiers
+        for tier in tiers:
+            await self.health.set(f"{SERVICE_NAME}/{tier.name}", status(tier.up and not tiers.draining))
+        overall = tiers.started and tiers.any_up() and not tiers.draining
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status(overall))
         await self.health.set(LIVENESS_NAME, status(True))
 
-    async def _bring_up(self, name: str, engine: Engine) -> None:
-        m = self.router.metrics
-        await engine.start()
-        m.engine_load_seconds.labels(name, engine.model).set(engine.load_seconds)
-        await warm_up(engine, self.config.server.warmup_prompt)
-        if hasattr(engine, "mark_ready"):
-            engine.mark_ready()
-        m.engine_ready.labels(name, engine.model).set(1)
-        self.router.breakers[name].success()
-        self.tier_up[name] = True
-        await self.update_health()
-
     async def start_engines(self) -> None:
-        """Start engines one after the other (each reserves its KV cache),
-        warm each up; overall health is SERVING once all are warm. Then
-        watch them."""
-        for name, engine in self.engines.items():
-            await self._bring_up(name, engine)
-        # vLLM, torch and transformers leave millions of long-lived objects;
-        # without this every full collection walks them all, a pause of tens
-        # of milliseconds landing on whichever requests are in flight.
-        gc.freeze()
-        self.started = True
-        await self.update_health()
+        await self.tiers.start()
         log.info("all tiers warm; health is SERVING")
-        self._watcher = asyncio.create_task(self._watch())
-
-    async def _watch(self) -> None:
-        """Notice dead engines (vLLM marks them errored; a remote tier has no
-        healthy replica), take their tier out of service, and start in-process
-        ones again if configured. A remote tier comes back by itself when a
-        replica is healthy again."""
-        r = self.config.resilience
-        while not self.draining:
-            await asyncio.sleep(r.health_interval_s)
-            for name, engine in self.engines.items():
-                if name in self._restarts:
-                    continue
-                restart = r.restart_dead_engines and getattr(engine, "restartable", True)
-                if self.tier_up.get(name) and not engine.ready:
-                    log.error("tier %s: engine is dead; tier NOT_SERVING%s", name, ", restarting it" if restart else "")
-                    self.tier_up[name] = False
-                    self.router.breakers[name].trip()
-                    self.router.metrics.engine_ready.labels(name, engine.model).set(0)
-                    await self.update_health()
-                    if restart:
-                        self._restarts[name] = asyncio.create_task(self._restart(name, engine))
-                elif not self.tier_up.get(name) and engine.ready:
-                    log.warning("tier %s: engine is serving again; tier SERVING", name)
-                    self.tier_up[name] = True
-                    self.router.breakers[name].success()
-                    self.router.metrics.engine_ready.labels(name, engine.model).set(1)
-                    await self.update_health()
-
-    async def _restart(self, name: str, engine: Engine) -> None:
-        delay = 1.0
-        try:
-            while not self.draining:
-                try:
-                    await engine.shutdown()
-                    await self._bring_up(name, engine)
-                    self.router.metrics.engine_restarts.labels(name).inc()
-                    log.warning("tier %s: engine restarted in %.1f s; tier SERVING", name, engine.load_seconds)
-                    return
-                except Exception:
-                    log.exception("tier %s: engine restart failed; retrying in %.0f s", name, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 60.0)
-        finally:
-            self._restarts.pop(name, None)
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING first; no new requests; in-flight ones get
         `grace` seconds, then end with UNAVAILABLE; engines shut down."""
         grace = self.config.server.grace_seconds if grace is None else grace
-        self.draining = True
-        await self.update_health()
-        for task in (self._watcher, *self._restarts.values()):
-            if task is not None:
-                task.cancel()
         # Requests still generating just before grpc's grace runs out end at
         # their next token with UNAVAILABLE rather than grpc's CANCELLED.
-        self.router.drain_deadline = time.monotonic() + max(0.0, grace - 1.0)
+        await self.tiers.begin_drain(grace - 1.0)
         await self.server.stop(grace)
-        for name, engine in self.engines.items():
-            await engine.shutdown()
-            self.router.metrics.engine_ready.labels(name, engine.model).set(0)
+        await self.tiers.shutdown()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
-
-
-async def warm_up(engine: Engine, prompt: str) -> None:
-    """One tiny greedy generation, so the first user request pays no warm-up."""
-    sampling = EffectiveSampling(0.0, 1.0, 0, 4, (), None, 1.0)
-    ids = await engine.render([ChatMessage("user", prompt)])
-    async for _ in engine.generate(ids, sampling, f"warmup-{engine.tier}"):
-        pass
 
 
 def make_engine(tier: TierConfig, resilience: ResilienceConfig, metrics: RouterMetrics) -> Engine:
@@ -199,18 +110,18 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
         retrieval = RetrievalService(Retriever(r.index, embedder), embedder, r.top_k, r.max_chunk_chars, r.tiers)
         log.info("retrieval index %s: %d chunks", r.index, len(retrieval))
     cache = ResponseCache(config.cache, embedder, metrics) if (config.cache.exact or config.cache.semantic) else None
-    threshold = config.classifier.threshold if config.classifier.threshold is not None else classifier.threshold
-    metrics.threshold.set(threshold)
+    cut_points = config.classifier.cut_points or (
+        config.classifier.threshold if config.classifier.threshold is not None else classifier.threshold,
+    )
+    metrics.threshold.set(cut_points[-1])
     engines = engines or {name: make_engine(tier, config.resilience, metrics) for name, tier in config.tiers.items()}
-    for name, engine in engines.items():
-        metrics.engine_ready.labels(name, engine.model).set(0)
-        metrics.engine_unfinished.labels(name).set_function(engine.unfinished_requests)
+    tiers = Tiers([Tier(t, engines[name], config.resilience, metrics) for name, t in config.tiers.items()],
+                  config.limits, config.resilience, metrics, config.server.warmup_prompt)
     policy = RoutingPolicy(
-        classifier.score, threshold, {n: t.model for n, t in config.tiers.items()},
+        classifier.score, cut_points, [(n, t.model) for n, t in config.tiers.items()],
         on_degraded=lambda: metrics.degraded.labels("classifier_error").inc(),
     )
-    router = Router(policy, engines, config.tiers, metrics, cache=cache, retrieval=retrieval,
-                    limits=config.limits, resilience=config.resilience)
+    router = Router(policy, tiers, metrics, cache=cache, retrieval=retrieval, limits=config.limits, resilience=config.resilience)
 
     lim = config.limits
     options = [
@@ -245,7 +156,9 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     if config.server.metrics_port >= 0:
         metrics_http, _ = start_http_server(config.server.metrics_port, addr=config.server.host, registry=registry)
         metrics_port = metrics_http.server_port
-    return App(config, router, engines, server, health_servicer, port, metrics_port, metrics_http)
+    app = App(config, router, tiers, server, health_servicer, port, metrics_port, metrics_http)
+    tiers.on_change = app.update_health
+    return app
 
 
 async def serve(app: App, stop: asyncio.Event) -> None:
@@ -264,7 +177,7 @@ async def serve(app: App, stop: asyncio.Event) -> None:
         await app.stop(grace=0)
         raise loader.exception()
     if loader in done:  # not when a signal came while the engines were loading
-        print("triage: ready (both tiers warm)", flush=True)
+        print(f"triage: ready (all {len(app.tiers)} tiers warm)", flush=True)
     await stopper
     log.info("stopping: health NOT_SERVING, draining for up to %.0f s", app.config.server.grace_seconds)
     if not loader.done():

@@ -216,8 +216,8 @@ def single_threaded_faiss() -> None:
 
 # ---- the facade the router uses ---------------------------------------------
 
-MISS, EXACT, SEMANTIC, BYPASS = "MISS", "EXACT", "SEMANTIC", "BYPASS"
-MODE_DEFAULT, MODE_EXACT_ONLY, MODE_OFF = "default", "exact_only", "off"
+MISS, EXACT, SEMANTIC, BYPASS = CACHE_STATUSES = "MISS", "EXACT", "SEMANTIC", "BYPASS"
+MODE_DEFAULT, MODE_EXACT_ONLY, MODE_OFF = CACHE_MODES = "default", "exact_only", "off"
 
 
 @dataclass

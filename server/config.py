@@ -16,7 +16,6 @@ from typing import Any, Mapping
 
 import yaml
 
-TIERS = ("small", "large")
 BACKENDS = ("in_process", "remote")
 
 
@@ -39,7 +38,7 @@ class SamplingDefaults:
 
 @dataclass(frozen=True)
 class TierConfig:
-    name: str  # "small" or "large"
+    name: str  # as written in the profile: "small", "large", "medium", ...
     model: str  # name reported to clients
     model_path: str  # local folder or hub id handed to vLLM
     max_model_len: int  # prompt + completion tokens
@@ -113,7 +112,11 @@ class ResilienceConfig:
 @dataclass(frozen=True)
 class ClassifierConfig:
     path: str | None = None  # None: the artifact committed in classifier/artifacts
-    threshold: float | None = None  # None: the artifact's calibrated threshold
+    # Two tiers: one threshold; None: the artifact's calibrated threshold.
+    threshold: float | None = None
+    # More tiers: ascending p_complex cut points, one fewer than the tiers;
+    # a score at or above cut_points[i] goes to tier i + 1 or beyond.
+    cut_points: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,7 @@ class Config:
     profile: str
     server: ServerConfig
     classifier: ClassifierConfig
-    tiers: Mapping[str, TierConfig]
+    tiers: Mapping[str, TierConfig]  # in the profile's order: cheapest first
     cache: CacheConfig = field(default_factory=CacheConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
@@ -249,6 +252,28 @@ def _check_tier(tier: TierConfig, where: str) -> None:
         raise ConfigError(f"{where}.replicas: only a remote tier has replicas (set backend: remote)")
 
 
+def _classifier(raw: Any, n_tiers: int, base: Path) -> ClassifierConfig:
+    raw = dict(raw or {})
+    if raw.get("cut_points") is not None:
+        raw["cut_points"] = tuple(float(c) for c in raw["cut_points"])
+    classifier = _build(ClassifierConfig, raw, "classifier")
+    if classifier.path:
+        classifier = dataclasses.replace(classifier, path=_resolve_path(classifier.path, base))
+    if classifier.threshold is not None and not 0.0 <= classifier.threshold <= 1.0:
+        raise ConfigError("classifier.threshold must be in [0, 1]")
+    cuts = classifier.cut_points
+    if cuts is not None:
+        if classifier.threshold is not None:
+            raise ConfigError("classifier: set threshold (two tiers) or cut_points, not both")
+        if len(cuts) != n_tiers - 1:
+            raise ConfigError(f"classifier.cut_points: {n_tiers} tiers need {n_tiers - 1} cut points, got {len(cuts)}")
+        if not all(0.0 <= c <= 1.0 for c in cuts) or any(a >= b for a, b in zip(cuts, cuts[1:])):
+            raise ConfigError(f"classifier.cut_points must ascend strictly within [0, 1], got {list(cuts)}")
+    elif n_tiers > 2:
+        raise ConfigError(f"classifier.cut_points: {n_tiers} tiers need {n_tiers - 1} ascending cut points")
+    return classifier
+
+
 def load(path: str | os.PathLike[str]) -> Config:
     path = Path(path)
     try:
@@ -264,13 +289,12 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
     base = path.parent.resolve()
     tiers_raw = raw.get("tiers") or {}
-    if set(tiers_raw) != set(TIERS):
-        raise ConfigError(f"{path}: tiers must be exactly {list(TIERS)}, got {sorted(tiers_raw)}")
-    classifier = _build(ClassifierConfig, raw.get("classifier"), "classifier")
-    if classifier.path:
-        classifier = dataclasses.replace(classifier, path=_resolve_path(classifier.path, base))
-    if classifier.threshold is not None and not 0.0 <= classifier.threshold <= 1.0:
-        raise ConfigError("classifier.threshold must be in [0, 1]")
+    if not isinstance(tiers_raw, dict) or len(tiers_raw) < 2:
+        raise ConfigError(f"{path}: tiers: at least two, as a mapping from name to tier, cheapest first")
+    bad_names = [n for n in tiers_raw if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", str(n))]
+    if bad_names:
+        raise ConfigError(f"tiers: names are lowercase letters, digits and _ (they are metric labels), got {bad_names}")
+    classifier = _classifier(raw.get("classifier"), len(tiers_raw), base)
     cache = _build(CacheConfig, raw.get("cache"), "cache")
     if not 0.0 < cache.semantic_threshold <= 1.0:
         raise ConfigError("cache.semantic_threshold must be in (0, 1]")
@@ -280,8 +304,8 @@ def load(path: str | os.PathLike[str]) -> Config:
     retrieval = _build(RetrievalConfig, retrieval_raw, "retrieval")
     if retrieval.index:
         retrieval = dataclasses.replace(retrieval, index=_resolve_path(retrieval.index, base))
-    if set(retrieval.tiers) - set(TIERS):
-        raise ConfigError(f"retrieval.tiers: unknown tier(s) {sorted(set(retrieval.tiers) - set(TIERS))}")
+    if set(retrieval.tiers) - set(tiers_raw):
+        raise ConfigError(f"retrieval.tiers: unknown tier(s) {sorted(set(retrieval.tiers) - set(tiers_raw))}")
     if retrieval.top_k < 1 or retrieval.max_chunk_chars < 50:
         raise ConfigError("retrieval.top_k must be >= 1 and retrieval.max_chunk_chars >= 50")
     embedding = _build(EmbeddingConfig, raw.get("embedding"), "embedding")
@@ -304,5 +328,5 @@ def load(path: str | os.PathLike[str]) -> Config:
         profile=str(raw.get("profile") or path.stem),
         server=_build(ServerConfig, raw.get("server"), "server"),
         classifier=classifier,
-        tiers={name: _tier(name, tiers_raw[name], base) for name in TIERS},
+        tiers={name: _tier(name, tier, base) for name, tier in tiers_raw.items()},
     )

@@ -24,6 +24,10 @@ class Engine(Protocol):
     model: str
     max_model_len: int
     load_seconds: float
+    restartable: bool  # a dead one may be started again in this process
+
+    def mark_ready(self) -> None:
+        """Warm-up is done: `ready` may now say so."""
 
     @property
     def ready(self) -> bool: ...
@@ -77,6 +81,8 @@ def to_vllm_sampling(sampling: EffectiveSampling):
 
 class VllmEngine:
     """One vLLM AsyncLLM in this process, serving one tier."""
+
+    restartable = True
 
     def __init__(self, tier: TierConfig):
         self.tier = tier.name

@@ -1,15 +1,18 @@
 """The routing policy: which tier answers, and why. Pure: no grpc, no vllm.
 
-Like RouteLLM's routers, everything reduces to one number, p_complex, compared
-with a threshold; the classifier behind it can change without touching this.
+Like RouteLLM's routers, everything reduces to one number, p_complex. Tiers
+are ordered cheapest first; ascending cut points split [0, 1] between them
+(two tiers: one threshold). The classifier behind the number can change
+without touching this.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 from .types import ChatMessage, Decision
 
@@ -28,32 +31,56 @@ def question_text(messages: Sequence[ChatMessage]) -> str:
 
 
 class RoutingPolicy:
-    def __init__(self, score: Scorer, threshold: float, models: Mapping[str, str], on_degraded: Callable[[], None] | None = None):
+    def __init__(self, score: Scorer, cut_points: Sequence[float], models: Sequence[tuple[str, str]],
+                 on_degraded: Callable[[], None] | None = None):
+        """`models`: (tier, model) pairs, cheapest first; `cut_points`: one
+        fewer, ascending."""
+        if len(cut_points) != len(models) - 1:
+            raise ValueError(f"{len(models)} tiers need {len(models) - 1} cut points, got {len(cut_points)}")
         self._score = score
-        self.threshold = threshold
-        self._models = models
+        self.cut_points = tuple(cut_points)
+        self.tiers = tuple(name for name, _ in models)
+        self._models = dict(models)
         self._on_degraded = on_degraded or (lambda: None)
+
+    @property
+    def threshold(self) -> float:
+        """The cut into the most capable tier (with two tiers, the threshold)."""
+        return self.cut_points[-1]
+
+    def cuts_for(self, threshold: float | None) -> tuple[float, ...]:
+        """A request's own threshold replaces the top cut; lower cuts never
+        rise above it."""
+        if threshold is None:
+            return self.cut_points
+        return (*(min(c, threshold) for c in self.cut_points[:-1]), threshold)
 
     def decide(self, messages: Sequence[ChatMessage], route: str | None = None, threshold: float | None = None) -> tuple[Decision, float]:
         """Return the decision and the classification time in milliseconds.
+        `route` must name a tier (the caller checks).
 
         A classifier failure is not a request failure: the request goes to
-        the large tier, marked degraded (the safe side for answer quality).
+        the most capable tier, marked degraded (the safe side for quality).
         """
-        threshold = self.threshold if threshold is None else threshold
+        cuts = self.cuts_for(threshold)
         started = time.perf_counter()
         try:
             p = float(self._score([question_text(messages)])[0])
             if not math.isfinite(p):
                 raise ValueError(f"classifier returned {p}")
         except Exception:
-            log.exception("classifier failed; routing to the large tier")
+            log.exception("classifier failed; routing to the most capable tier")
             self._on_degraded()
             classify_ms = (time.perf_counter() - started) * 1e3
-            tier = route or "large"
-            return Decision(tier, self._models[tier], float("nan"), threshold, "fallback", degraded=True), classify_ms
+            tier = route or self.tiers[-1]
+            return Decision(tier, self._models[tier], float("nan"), cuts[-1], "fallback", degraded=True), classify_ms
         classify_ms = (time.perf_counter() - started) * 1e3
         if route is not None:
-            return Decision(route, self._models[route], p, threshold, "override"), classify_ms
-        tier = "large" if p >= threshold else "small"
-        return Decision(tier, self._models[tier], p, threshold, "classifier"), classify_ms
+            return Decision(route, self._models[route], p, self._cut(cuts, route), "override"), classify_ms
+        tier = self.tiers[bisect.bisect_right(cuts, p)]
+        return Decision(tier, self._models[tier], p, self._cut(cuts, tier), "classifier"), classify_ms
+
+    def _cut(self, cuts: tuple[float, ...], tier: str) -> float:
+        """The cut point that bounds `tier` from below (the lowest tier: the
+        one above it), so a decision says which line its score was held to."""
+        return cuts[max(self.tiers.index(tier) - 1, 0)]

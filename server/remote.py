@@ -85,6 +85,9 @@ class RemoteEngine:
     def ready(self) -> bool:
         return self._started and any(r.healthy for r in self.replicas)
 
+    def mark_ready(self) -> None:
+        """Readiness is the replicas' health, checked in the background."""
+
     def unfinished_requests(self) -> int:
         return sum(r.in_flight for r in self.replicas)
 

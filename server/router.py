@@ -1,8 +1,11 @@
-"""The router core: validate -> classify -> pick tier -> generate.
+"""The router core: decide -> retrieve -> look up -> admit -> stream -> finish.
 
-Pure Python over the `Engine` protocol: no grpc here. `generate` yields one
-DecisionEvent, DeltaEvents as text arrives, then one FinalEvent; the servicer
-turns these into a unary answer or a stream, so both RPCs share one path.
+Pure Python over the tiers (tiers.py) and their engines: no grpc here.
+`generate` yields one DecisionEvent, DeltaEvents as text arrives, then one
+FinalEvent; the servicer turns these into a unary answer or a stream, so
+both RPCs share one path. One `RequestContext` carries a request through the
+stages, so each stage reads and writes named fields instead of passing the
+same values along in different orders.
 """
 
 from __future__ import annotations
@@ -12,32 +15,31 @@ import json
 import logging
 import math
 import time
-from dataclasses import replace
-from typing import AsyncIterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import AsyncIterator
 
-from .admission import Gate
-from .breaker import CircuitBreaker
-from .config import LimitsConfig, ResilienceConfig, TierConfig
-from .engine import Engine
 from .cache import BYPASS, EXACT, MISS, SEMANTIC, CachedAnswer, Lookup, ResponseCache, replay_deltas
+from .config import LimitsConfig, ResilienceConfig
 from .errors import DeadlineExceeded, EngineFailure, FailedPrecondition, InvalidArgument, RouterError, Unavailable
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy, question_text
 from .retrieval import RetrievalService, with_sources
 from .stats import Stats
+from .tiers import Tier, Tiers
 from .types import (
     CacheResult,
     ChatMessage,
     Decision,
     DecisionEvent,
     DeltaEvent,
+    EffectiveSampling,
     FinalEvent,
     GenerateInput,
     RetrievalResult,
     Timings,
     Usage,
 )
-from .validation import check_messages, check_sampling, check_threshold, effective_sampling
+from .validation import check_messages, check_request, check_threshold, effective_sampling
 
 log = logging.getLogger("triage.request")
 
@@ -46,151 +48,167 @@ class EngineFailedEarly(Exception):
     """The engine failed before producing text: another tier may still answer."""
 
 
+@dataclass
+class RequestContext:
+    """One request on its way through the router."""
+
+    req: GenerateInput
+    arrived: float  # perf_counter() when the RPC arrived
+    decision: Decision | None = None
+    tier: Tier | None = None  # the tier answering (another one after a fallback)
+    sampling: EffectiveSampling | None = None  # the answering tier's values
+    timings: Timings = field(default_factory=Timings)
+    retrieving: bool = False
+    retrieved: list = field(default_factory=list)  # chunks found, best first
+    hits: list = field(default_factory=list)  # those placed in the prompt (fewer if the context is short)
+    dropped: int = 0  # retrieved chunks left out to fit the context
+    lookup: Lookup = field(default_factory=lambda: Lookup(BYPASS))
+    fell_back: bool = False
+    announced: bool = False  # the DecisionEvent has gone out
+    first_token_at: float | None = None
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def retrieval(self) -> RetrievalResult | None:
+        return RetrievalResult(tuple(self.hits), self.dropped) if self.retrieving else None
+
+
 class Router:
-    def __init__(self, policy: RoutingPolicy, engines: Mapping[str, Engine], tiers: Mapping[str, TierConfig], metrics: RouterMetrics,
+    def __init__(self, policy: RoutingPolicy, tiers: Tiers, metrics: RouterMetrics,
                  cache: ResponseCache | None = None, retrieval: RetrievalService | None = None,
                  limits: LimitsConfig | None = None, resilience: ResilienceConfig | None = None):
         self.policy = policy
-        self.engines = engines
         self.tiers = tiers
         self.metrics = metrics
         self.cache = cache
         self.retrieval = retrieval
         self.limits = limits or LimitsConfig()
         self.resilience = resilience or ResilienceConfig()
-        self.breakers = {n: CircuitBreaker(self.resilience.failure_threshold, self.resilience.cooldown_s) for n in tiers}
-        self.gates = {"all": Gate("router", self.limits.max_in_flight, self.limits.max_queued)}
-        self.gates.update({n: Gate(f"tier {n}", t.max_in_flight, t.max_queued) for n, t in tiers.items()})
-        self.stats = Stats(tuple(tiers))
-        # Set when shutting down: requests still generating after this
-        # monotonic time end with UNAVAILABLE at their next token.
-        self.drain_deadline: float | None = None
+        self.stats = Stats(tiers.names)
 
     def classify(self, messages: tuple[ChatMessage, ...], threshold: float | None) -> tuple[Decision, float]:
-        return self._decide(messages, None, threshold)
-
-    def _decide(self, messages: tuple[ChatMessage, ...], route: str | None, threshold: float | None) -> tuple[Decision, float]:
-        """Check what the decision needs, make it on the user's own question, time it."""
         check_messages(messages, self.limits)
         check_threshold(threshold)
+        return self._classify(messages, None, threshold)
+
+    def _classify(self, messages: tuple[ChatMessage, ...], route: str | None, threshold: float | None) -> tuple[Decision, float]:
+        """The decision on the user's own question (before any retrieved
+        context), timed."""
         decision, classify_ms = self.policy.decide(messages, route, threshold)
         self.metrics.classify_seconds.observe(classify_ms / 1e3)
         return decision, classify_ms
 
-    # -- which tier can serve --------------------------------------------------
-
-    def _why_not(self, tier: str) -> str | None:
-        """None if the tier can take a request now, else why not."""
-        if not self.engines[tier].ready:
-            return "engine not ready"
-        if not self.breakers[tier].allow():
-            return "circuit open"
-        return None
-
-    def _other(self, tier: str) -> str:
-        return next(t for t in self.tiers if t != tier)
-
-    def _fall_back(self, decision: Decision, why: str) -> Decision:
-        """The other tier, marked degraded, or UNAVAILABLE if it cannot serve either."""
-        other = self._other(decision.tier)
-        other_why = self._why_not(other) if self.resilience.fallback else "fallback disabled"
-        if other_why is not None:
-            raise Unavailable(f"no tier can serve: {decision.tier}: {why}; {other}: {other_why}")
-        self.metrics.degraded.labels("tier_unavailable").inc()
-        log.warning("tier %s cannot serve (%s): falling back to %s", decision.tier, why, other)
-        return replace(decision, tier=other, model=self.tiers[other].model, reason="fallback", degraded=True)
-
-    def _choose(self, decision: Decision) -> Decision:
-        why = self._why_not(decision.tier)
-        return decision if why is None else self._fall_back(decision, why)
-
     # -- one request -------------------------------------------------------------
 
     async def generate(self, req: GenerateInput, arrived: float | None = None) -> AsyncIterator[DecisionEvent | DeltaEvent | FinalEvent]:
-        arrived = time.perf_counter() if arrived is None else arrived
-        if self.drain_deadline is not None:
-            raise Unavailable("the server is shutting down")
-        check_sampling(req.sampling)
-        if req.route is not None and req.route not in self.engines:
-            raise InvalidArgument("route", f"unknown tier {req.route!r}")
-
-        # Classify the user's own question, before any retrieved context.
-        decision, classify_ms = self._decide(req.messages, req.route, req.threshold)
-        if not math.isnan(decision.p_complex):
-            self.metrics.p_complex.observe(decision.p_complex)
-        tier = self.tiers[decision.tier]
-        sampling = effective_sampling(req.sampling, tier.sampling, tier.name)  # INVALID_ARGUMENT before anything else
-        timings = Timings(classify_ms=classify_ms)
-
-        hits: list = []
-        retrieving = self._wants_retrieval(req, tier.name)
-        if retrieving:
-            hits, timings.retrieve_ms = await self.retrieval.retrieve(question_text(req.messages), req.retrieval_top_k)
-            self.metrics.retrieve_seconds.observe(timings.retrieve_ms / 1e3)
-
-        # A cached answer needs no engine: look it up before asking whether one can serve.
-        lookup = Lookup(BYPASS)
-        if self.cache is not None:
-            keyed = with_sources(req.messages, hits, self.retrieval.max_chunk_chars) if hits else req.messages
-            lookup = await self.cache.lookup(req.cache_mode, keyed, sampling, tier.name, tier.model, allow_semantic=not hits)
-            timings.cache_ms = lookup.ms
-        self.stats.record_cache(lookup.status)
-        if lookup.answer is not None:
-            async for event in self._replay(req, decision, lookup, sampling, timings, hits, arrived):
+        ctx = RequestContext(req, time.perf_counter() if arrived is None else arrived)
+        self._check_accepting()
+        check_request(req, self.limits, self.tiers.names)
+        self._decide(ctx)
+        await self._retrieve(ctx)
+        await self._look_up(ctx)
+        if ctx.lookup.answer is not None:  # a cached answer needs no engine
+            async for event in self._replay(ctx):
                 yield event
             return
-
-        decision = self._choose(decision)
-        async with self.gates["all"].slot(), self.gates[decision.tier].slot():
-            if self.drain_deadline is not None:
-                raise Unavailable("the server is shutting down")
-            retried = False
+        self._choose(ctx)
+        async with self.tiers.admit(ctx.tier):
+            self._check_accepting()
             while True:
-                if decision.tier != tier.name:  # a fallback tier: its own defaults, its cap (clamped, not refused)
-                    tier = self.tiers[decision.tier]
-                    sampling = effective_sampling(req.sampling, tier.sampling, tier.name, clamp=True)
                 try:
-                    async for event in self._run(req, decision, sampling, hits if retrieving else None, timings, arrived, lookup):
+                    async for event in self._stream(ctx):
                         yield event
                     return
                 except EngineFailedEarly as failed:
-                    # Before the first token the other tier may still answer; never after.
-                    if retried or not self.resilience.fallback:
-                        raise Unavailable(f"tier {decision.tier} failed before answering") from failed
-                    retried = True
-                    decision = self._fall_back(decision, "engine failed")
-                    lookup = Lookup(BYPASS)  # not stored under the first tier's key
+                    # Before the first token another tier may still answer; never after.
+                    if ctx.fell_back or not self.resilience.fallback:
+                        raise Unavailable(f"tier {ctx.tier.name} failed before answering") from failed
+                    self._fall_back(ctx, "engine failed")
+                    ctx.lookup = Lookup(BYPASS)  # not stored under the first tier's key
 
-    async def _run(self, req, decision, sampling, hits, timings, arrived, lookup):
-        """Generate on `decision.tier` with that tier's `sampling`. Raises
-        EngineFailedEarly if the engine fails before producing any text (the
-        caller may fall back)."""
-        tier, engine, breaker = self.tiers[decision.tier], self.engines[decision.tier], self.breakers[decision.tier]
-        retrieving = hits is not None
+    def _check_accepting(self) -> None:
+        if self.tiers.draining:
+            raise Unavailable("the server is shutting down")
+
+    # -- stages ------------------------------------------------------------------
+
+    def _decide(self, ctx: RequestContext) -> None:
+        """Classify, then the tier's sampling values: the tier-dependent
+        checks (max_tokens cap) fail here, before any other work."""
+        req = ctx.req
+        ctx.decision, ctx.timings.classify_ms = self._classify(req.messages, req.route, req.threshold)
+        if not math.isnan(ctx.decision.p_complex):
+            self.metrics.p_complex.observe(ctx.decision.p_complex)
+        ctx.tier = self.tiers[ctx.decision.tier]
+        ctx.sampling = effective_sampling(req.sampling, ctx.tier.config.sampling, ctx.tier.name)
+        ctx.retrieving = self._wants_retrieval(req, ctx.tier.name)
+
+    async def _retrieve(self, ctx: RequestContext) -> None:
+        if ctx.retrieving:
+            ctx.retrieved, ctx.timings.retrieve_ms = await self.retrieval.retrieve(question_text(ctx.req.messages), ctx.req.retrieval_top_k)
+            ctx.hits = list(ctx.retrieved)
+            self.metrics.retrieve_seconds.observe(ctx.timings.retrieve_ms / 1e3)
+
+    async def _look_up(self, ctx: RequestContext) -> None:
+        """Before asking whether any engine can serve: a hit needs none."""
+        if self.cache is not None:
+            keyed = with_sources(ctx.req.messages, ctx.hits, self.retrieval.max_chunk_chars) if ctx.hits else ctx.req.messages
+            ctx.lookup = await self.cache.lookup(ctx.req.cache_mode, keyed, ctx.sampling, ctx.tier.name, ctx.tier.model,
+                                                 allow_semantic=not ctx.hits)
+            ctx.timings.cache_ms = ctx.lookup.ms
+        self.stats.record_cache(ctx.lookup.status)
+
+    def _choose(self, ctx: RequestContext) -> None:
+        why = ctx.tier.why_not()
+        if why is not None:
+            self._fall_back(ctx, why)
+
+    def _fall_back(self, ctx: RequestContext, why: str) -> None:
+        """The nearest tier that can serve, marked degraded, with its own
+        defaults and cap (clamped, not refused: the request was valid for the
+        tier it was meant for); UNAVAILABLE if none can."""
+        failed = ctx.tier
+        reasons = [f"{failed.name}: {why}"]
+        for other in self.tiers.fallbacks(failed.name):
+            other_why = other.why_not() if self.resilience.fallback else "fallback disabled"
+            if other_why is None:
+                break
+            reasons.append(f"{other.name}: {other_why}")
+        else:
+            raise Unavailable("no tier can serve: " + "; ".join(reasons))
+        self.metrics.degraded.labels("tier_unavailable").inc()
+        log.warning("tier %s cannot serve (%s): falling back to %s", failed.name, why, other.name)
+        ctx.decision = replace(ctx.decision, tier=other.name, model=other.model, reason="fallback", degraded=True)
+        ctx.tier = other
+        ctx.sampling = effective_sampling(ctx.req.sampling, other.config.sampling, other.name, clamp=True)
+        ctx.fell_back = True
+
+    async def _stream(self, ctx: RequestContext) -> AsyncIterator[DecisionEvent | DeltaEvent | FinalEvent]:
+        """Generate on `ctx.tier`. Raises EngineFailedEarly if the engine fails
+        before producing any text (the caller may fall back)."""
+        tier, engine = ctx.tier, ctx.tier.engine
         try:
-            prompt_ids, hits, dropped = await self._render(req.messages, hits or [], engine, tier, sampling.max_tokens)
+            prompt_ids = await self._render(ctx)
         except EngineFailure as exc:  # e.g. a remote tier's replica went away between health checks
-            breaker.failure()
-            log.error("request %s: tier %s could not render the prompt: %s", req.request_id, tier.name, exc)
+            tier.failed()
+            log.error("request %s: tier %s could not render the prompt: %s", ctx.req.request_id, tier.name, exc)
             raise EngineFailedEarly(tier.name) from exc
-        room = tier.max_model_len - len(prompt_ids)
-        if sampling.max_tokens > room:
-            sampling = replace(sampling, max_tokens=room)  # what the context holds; effective_sampling says so
-        retrieval = RetrievalResult(tuple(hits), dropped) if retrieving else None
+        room = tier.config.max_model_len - len(prompt_ids)
+        if ctx.sampling.max_tokens > room:
+            ctx.sampling = replace(ctx.sampling, max_tokens=room)  # what the context holds; effective_sampling says so
 
-        first_token_at = last_token_at = None
         completion_tokens = 0
+        last_token_at = None
         finish_reason = "stop"
-        parts: list[str] = []
-        announced = False
         m = self.metrics
         itl = m.itl_seconds.labels(tier.name)
         gauge = m.in_flight.labels(tier.name)
         gauge.inc()
-        m.overhead_seconds.labels(tier.name).observe(time.perf_counter() - arrived)
+        m.overhead_seconds.labels(tier.name).observe(time.perf_counter() - ctx.arrived)
         m.engine_requests.labels(tier.name).inc()
-        ceiling = time.monotonic() + tier.generation_timeout_s
-        stream = engine.generate(prompt_ids, sampling, req.request_id).__aiter__()
+        timeout_s = tier.config.generation_timeout_s
+        ceiling = time.monotonic() + timeout_s
+        stream = engine.generate(prompt_ids, ctx.sampling, ctx.req.request_id).__aiter__()
         try:
             while True:
                 try:
@@ -202,56 +220,90 @@ class Router:
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    raise DeadlineExceeded(f"tier {tier.name} stopped generating at its {tier.generation_timeout_s:g} s ceiling") from None
+                    raise DeadlineExceeded(f"tier {tier.name} stopped generating at its {timeout_s:g} s ceiling") from None
                 except (RouterError, asyncio.CancelledError):
                     raise
                 except Exception as exc:
-                    breaker.failure()
-                    log.error("request %s: tier %s engine failed: %s", req.request_id, tier.name, exc, exc_info=exc)
-                    if not parts:
+                    tier.failed()
+                    log.error("request %s: tier %s engine failed: %s", ctx.req.request_id, tier.name, exc, exc_info=exc)
+                    if not ctx.parts:
                         raise EngineFailedEarly(tier.name) from exc
                     raise Unavailable(f"tier {tier.name} failed while answering") from None
-                if self.drain_deadline is not None and time.monotonic() > self.drain_deadline:
+                if self.tiers.past_drain_deadline():
                     raise Unavailable("the server shut down before this answer finished")
                 now = time.perf_counter()
                 new_tokens = chunk.completion_tokens - completion_tokens
                 completion_tokens = chunk.completion_tokens
                 if chunk.queue_s is not None:
-                    timings.queue_ms = chunk.queue_s * 1e3
+                    ctx.timings.queue_ms = chunk.queue_s * 1e3
                 if new_tokens > 0:
-                    if first_token_at is None:
-                        first_token_at = now
+                    if ctx.first_token_at is None:
+                        ctx.first_token_at = now
                     elif last_token_at is not None:
                         gap = (now - last_token_at) / new_tokens
                         for _ in range(new_tokens):
                             itl.observe(gap)
                     last_token_at = now
                 if chunk.delta:
-                    if not announced:  # the decision goes out with the first text, once the tier is sure
-                        announced = True
-                        yield DecisionEvent(decision)
-                    parts.append(chunk.delta)
+                    # The decision goes out with the first text, once the tier is sure.
+                    for event in self._announce(ctx):
+                        yield event
+                    ctx.parts.append(chunk.delta)
                     yield DeltaEvent(chunk.delta)
                 if chunk.finished:
                     finish_reason = chunk.finish_reason or "stop"
         finally:
             gauge.dec()
             await stream.aclose()
-        breaker.success()
-        if not announced:
-            yield DecisionEvent(decision)
-
-        done = time.perf_counter()
-        first_token_at = first_token_at or done
-        timings.ttft_ms = (first_token_at - arrived) * 1e3
-        timings.generate_ms = (done - first_token_at) * 1e3
-        timings.total_ms = (done - arrived) * 1e3
+        tier.succeeded()
+        for event in self._announce(ctx):
+            yield event
         usage = Usage(len(prompt_ids), completion_tokens)
-        if self.cache is not None and lookup.status == MISS:
+        if self.cache is not None and ctx.lookup.status == MISS:
             # Only here, after a normal end: a cancelled stream never gets this far.
-            self.cache.store(lookup, CachedAnswer("".join(parts), finish_reason, usage.prompt_tokens, usage.completion_tokens))
-        self._record(req, decision, usage, timings, lookup.status)
-        yield FinalEvent(finish_reason, usage, timings, sampling, CacheResult(lookup.status, lookup.similarity), retrieval)
+            self.cache.store(ctx.lookup, CachedAnswer("".join(ctx.parts), finish_reason, usage.prompt_tokens, usage.completion_tokens))
+        yield self._finish(ctx, finish_reason, usage, ctx.first_token_at)
+
+    def _announce(self, ctx: RequestContext) -> list[DecisionEvent]:
+        if ctx.announced:
+            return []
+        ctx.announced = True
+        return [DecisionEvent(ctx.decision)]
+
+    async def _replay(self, ctx: RequestContext) -> AsyncIterator[DecisionEvent | DeltaEvent | FinalEvent]:
+        """A cached answer, through the same events as a generated one."""
+        answer = ctx.lookup.answer
+        yield DecisionEvent(ctx.decision)
+        first = time.perf_counter()
+        for piece in replay_deltas(answer.text):
+            yield DeltaEvent(piece)
+        ctx.retrieving = bool(ctx.hits)  # sources are reported when the cached answer was keyed on some
+        yield self._finish(ctx, answer.finish_reason, Usage(answer.prompt_tokens, answer.completion_tokens), first)
+
+    def _finish(self, ctx: RequestContext, finish_reason: str, usage: Usage, first_token_at: float | None) -> FinalEvent:
+        """Timings, metrics, stats and the request's log line, once, for a
+        generated and a replayed answer alike."""
+        done = time.perf_counter()
+        first = first_token_at or done
+        t = ctx.timings
+        t.ttft_ms = (first - ctx.arrived) * 1e3
+        t.generate_ms = (done - first) * 1e3
+        t.total_ms = (done - ctx.arrived) * 1e3
+        status = ctx.lookup.status
+        if status not in (EXACT, SEMANTIC):  # a replayed answer's timings are not the engine's: log only
+            tier, m = ctx.decision.tier, self.metrics
+            m.ttft_seconds.labels(tier).observe(t.ttft_ms / 1e3)
+            m.queue_seconds.labels(tier).observe(t.queue_ms / 1e3)
+            m.generate_seconds.labels(tier).observe(t.generate_ms / 1e3)
+            m.prompt_tokens.labels(tier).inc(usage.prompt_tokens)
+            m.completion_tokens.labels(tier).inc(usage.completion_tokens)
+            m.prompt_tokens_per_request.labels(tier).observe(usage.prompt_tokens)
+            m.completion_tokens_per_request.labels(tier).observe(usage.completion_tokens)
+            self.stats.record_generation(tier, t.total_ms, t.ttft_ms, t.generate_ms, usage.completion_tokens)
+        self._log(ctx, usage)
+        return FinalEvent(finish_reason, usage, t, ctx.sampling, CacheResult(status, ctx.lookup.similarity), ctx.retrieval)
+
+    # -- helpers -----------------------------------------------------------------
 
     def _wants_retrieval(self, req: GenerateInput, tier: str) -> bool:
         wanted = req.retrieval if req.retrieval is not None else (self.retrieval is not None and tier in self.retrieval.default_tiers)
@@ -259,68 +311,38 @@ class Router:
             raise FailedPrecondition("retrieval: this server has no document index configured (retrieval.index)")
         return bool(wanted)
 
-    async def _render(self, messages, hits: list, engine: Engine, tier: TierConfig, max_tokens: int) -> tuple[list[int], list, int]:
+    async def _render(self, ctx: RequestContext) -> list[int]:
         """Prompt tokens, with as many retrieved chunks as the tier's context
         holds next to the answer's budget; the lowest-ranked go first."""
-        dropped = 0
+        tier, messages = ctx.tier.config, ctx.req.messages
+        ctx.hits, ctx.dropped = list(ctx.retrieved), 0  # a fallback tier may hold more
         while True:
-            prompt_ids = await engine.render(with_sources(messages, hits, self.retrieval.max_chunk_chars) if hits else messages)
-            if not hits or len(prompt_ids) + max_tokens <= tier.max_model_len:
+            prompt_ids = await ctx.tier.engine.render(with_sources(messages, ctx.hits, self.retrieval.max_chunk_chars) if ctx.hits else messages)
+            if not ctx.hits or len(prompt_ids) + ctx.sampling.max_tokens <= tier.max_model_len:
                 break
-            hits = hits[:-1]
-            dropped += 1
+            ctx.hits = ctx.hits[:-1]
+            ctx.dropped += 1
         if len(prompt_ids) >= tier.max_model_len:
             raise InvalidArgument("messages", f"the prompt is {len(prompt_ids)} tokens; tier {tier.name} holds at most {tier.max_model_len - 1}")
-        return prompt_ids, hits, dropped
-
-    async def _replay(self, req, decision, lookup, sampling, timings, hits, arrived):
-        """A cached answer, through the same events as a generated one."""
-        answer = lookup.answer
-        yield DecisionEvent(decision)
-        first = time.perf_counter()
-        for piece in replay_deltas(answer.text):
-            yield DeltaEvent(piece)
-        done = time.perf_counter()
-        timings.ttft_ms = (first - arrived) * 1e3
-        timings.generate_ms = (done - first) * 1e3
-        timings.total_ms = (done - arrived) * 1e3
-        usage = Usage(answer.prompt_tokens, answer.completion_tokens)
-        self._record(req, decision, usage, timings, lookup.status)
-        retrieval = RetrievalResult(tuple(hits), 0) if hits else None
-        yield FinalEvent(answer.finish_reason, usage, timings, sampling, CacheResult(lookup.status, lookup.similarity), retrieval)
-
-    def _record(self, req: GenerateInput, decision: Decision, usage: Usage, t: Timings, cache_status: str) -> None:
-        m, tier = self.metrics, decision.tier
-        if cache_status in (EXACT, SEMANTIC):
-            # A replayed answer: its timings are not the engine's. Log it only.
-            self._log(req, decision, usage, t, cache_status)
-            return
-        m.ttft_seconds.labels(tier).observe(t.ttft_ms / 1e3)
-        m.queue_seconds.labels(tier).observe(t.queue_ms / 1e3)
-        m.generate_seconds.labels(tier).observe(t.generate_ms / 1e3)
-        m.prompt_tokens.labels(tier).inc(usage.prompt_tokens)
-        m.completion_tokens.labels(tier).inc(usage.completion_tokens)
-        m.prompt_tokens_per_request.labels(tier).observe(usage.prompt_tokens)
-        m.completion_tokens_per_request.labels(tier).observe(usage.completion_tokens)
-        self.stats.record_generation(tier, t.total_ms, t.ttft_ms, t.generate_ms, usage.completion_tokens)
-        self._log(req, decision, usage, t, cache_status)
+        return prompt_ids
 
     @staticmethod
-    def _log(req: GenerateInput, decision: Decision, usage: Usage, t: Timings, cache_status: str) -> None:
+    def _log(ctx: RequestContext, usage: Usage) -> None:
         # One structured line per request: sizes and times, never the text.
         if not log.isEnabledFor(logging.INFO):
             return
+        d = ctx.decision
         log.info(
             json.dumps(
                 {
-                    "request_id": req.request_id,
-                    "tier": decision.tier,
-                    "reason": decision.reason,
-                    "cache": cache_status,
-                    "p_complex": None if math.isnan(decision.p_complex) else round(decision.p_complex, 4),
+                    "request_id": ctx.req.request_id,
+                    "tier": d.tier,
+                    "reason": d.reason,
+                    "cache": ctx.lookup.status,
+                    "p_complex": None if math.isnan(d.p_complex) else round(d.p_complex, 4),
                     "prompt_tokens": usage.prompt_tokens,
                     "completion_tokens": usage.completion_tokens,
-                    **{k: round(v, 2) for k, v in vars(t).items()},
+                    **{k: round(v, 2) for k, v in vars(ctx.timings).items()},
                 }
             )
         )

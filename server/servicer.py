@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import time
@@ -17,18 +18,23 @@ import grpc
 from triage_proto import router_pb2 as pb
 from triage_proto import router_pb2_grpc
 
+from .cache import CACHE_MODES, CACHE_STATUSES
 from .errors import InvalidArgument, ResourceExhausted, RouterError
 from .grpc_metrics import status_name
 from .router import Router
 from .types import ChatMessage, Decision, DecisionEvent, DeltaEvent, EffectiveSampling, FinalEvent, GenerateInput, SamplingRequest, Timings, Usage
+from .validation import check_request_id
 
 log = logging.getLogger("triage.servicer")
 
-_TIER_FROM_PB = {pb.TIER_UNSPECIFIED: None, pb.TIER_SMALL: "small", pb.TIER_LARGE: "large"}
-_TIER_TO_PB = {"small": pb.TIER_SMALL, "large": pb.TIER_LARGE}
-_MAX_REQUEST_ID = 128
-_CACHE_MODE_FROM_PB = {pb.CACHE_MODE_DEFAULT: "default", pb.CACHE_MODE_EXACT_ONLY: "exact_only", pb.CACHE_MODE_OFF: "off"}
-_CACHE_STATUS_TO_PB = {"MISS": pb.CACHE_MISS, "EXACT": pb.CACHE_EXACT, "SEMANTIC": pb.CACHE_SEMANTIC, "BYPASS": pb.CACHE_BYPASS}
+# The request being served, set once when the RPC starts (the client's id,
+# or one made here): the error mapper, the log and the router see the same.
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+# Each enum is defined once, in the proto; the plain names are derived from
+# its value names (CACHE_MODE_EXACT_ONLY <-> "exact_only", CACHE_SEMANTIC <-> "SEMANTIC").
+_CACHE_MODE_FROM_PB = {pb.CacheMode.Value(f"CACHE_MODE_{m.upper()}"): m for m in CACHE_MODES}
+_CACHE_STATUS_TO_PB = {s: pb.CacheStatus.Value(f"CACHE_{s}") for s in CACHE_STATUSES}
 
 
 # ---- proto -> plain -------------------------------------------------------
@@ -52,22 +58,19 @@ def _sampling(s: pb.SamplingParams) -> SamplingRequest:
     )
 
 
-def _request(req: pb.GenerateRequest) -> GenerateInput:
-    if req.route not in _TIER_FROM_PB:
+def _request(req: pb.GenerateRequest, tiers: tuple[str, ...]) -> GenerateInput:
+    """Decode only; every check on the values is validation.check_request's."""
+    if req.route not in (pb.TIER_UNSPECIFIED, pb.TIER_SMALL, pb.TIER_LARGE):
         raise InvalidArgument("route", f"unknown tier value {req.route}")
     if req.cache_mode not in _CACHE_MODE_FROM_PB:
         raise InvalidArgument("cache_mode", f"unknown cache mode value {req.cache_mode}")
+    route = req.route_name or {pb.TIER_UNSPECIFIED: None, pb.TIER_SMALL: tiers[0], pb.TIER_LARGE: tiers[-1]}[req.route]
     retrieval = req.retrieval
-    if retrieval.HasField("top_k") and not 1 <= retrieval.top_k <= 100:
-        raise InvalidArgument("retrieval.top_k", f"must be in [1, 100], got {retrieval.top_k}")
-    request_id = req.request_id or uuid.uuid4().hex
-    if len(request_id) > _MAX_REQUEST_ID or not request_id.isprintable():
-        raise InvalidArgument("request_id", f"must be printable and at most {_MAX_REQUEST_ID} characters")
     return GenerateInput(
-        request_id=request_id,
+        request_id=REQUEST_ID.get(),
         messages=_messages(req.messages),
         sampling=_sampling(req.sampling),
-        route=_TIER_FROM_PB[req.route],
+        route=route,
         threshold=req.threshold if req.HasField("threshold") else None,
         cache_mode=_CACHE_MODE_FROM_PB[req.cache_mode],
         retrieval=retrieval.enabled if retrieval.HasField("enabled") else None,
@@ -75,11 +78,16 @@ def _request(req: pb.GenerateRequest) -> GenerateInput:
     )
 
 
+def tier_enum(name: str, tiers: tuple[str, ...]) -> int:
+    """The proto's two ends; a tier in between is TIER_UNSPECIFIED (read tier_name)."""
+    return pb.TIER_SMALL if name == tiers[0] else pb.TIER_LARGE if name == tiers[-1] else pb.TIER_UNSPECIFIED
+
+
 # ---- plain -> proto -------------------------------------------------------
 
-def _decision(d: Decision) -> pb.RoutingDecision:
+def _decision(d: Decision, tiers: tuple[str, ...]) -> pb.RoutingDecision:
     return pb.RoutingDecision(
-        tier=_TIER_TO_PB[d.tier], model=d.model, p_complex=0.0 if math.isnan(d.p_complex) else d.p_complex,
+        tier=tier_enum(d.tier, tiers), tier_name=d.tier, model=d.model, p_complex=0.0 if math.isnan(d.p_complex) else d.p_complex,
         threshold=d.threshold, reason=d.reason, degraded=d.degraded,
     )
 
@@ -118,13 +126,15 @@ def _effective(s: EffectiveSampling) -> pb.EffectiveSampling:
 class RouterServicer(router_pb2_grpc.RouterServicer):
     def __init__(self, router: Router):
         self.router = router
+        self.tiers = router.tiers.names
 
     @contextlib.asynccontextmanager
     async def _rpc(self, rpc: str, context: grpc.aio.ServicerContext, request_id: str = ""):
         """Map every outcome of an RPC to a deliberate status and count it.
 
-        RouterError -> its status; anything unexpected -> INTERNAL with the
-        request id (details in the log only). AbortError and CancelledError
+        First the request id: the client's, or a new one, in REQUEST_ID for
+        everything below. RouterError -> its status; anything unexpected ->
+        INTERNAL with the request id (details in the log only). AbortError and CancelledError
         pass through untouched: when the caller's deadline passes or it goes
         away, grpc cancels this task, and the cancellation must reach the
         engine so it aborts the request (the client sees DEADLINE_EXCEEDED or
@@ -132,7 +142,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         """
         started = time.perf_counter()
         state = {"tier": "", "reason": "", "code": "OK"}
+        request_id = request_id or uuid.uuid4().hex
+        REQUEST_ID.set(request_id)
         try:
+            check_request_id(request_id)
             yield state
         except RouterError as exc:
             state["code"] = exc.status
@@ -148,8 +161,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             raise
         except Exception:
             state["code"] = "INTERNAL"
-            log.exception("request %s failed", request_id)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {request_id})")
+            shown = request_id if request_id.isprintable() and len(request_id) <= 128 else "(invalid id)"
+            log.exception("request %s failed", shown)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {shown})")
         finally:
             m, code = self.router.metrics, state["code"]
             m.requests.labels(rpc, state["tier"], state["reason"], code).inc()
@@ -162,7 +176,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         arrived = time.perf_counter()
         response = pb.GenerateResponse(request_id=request.request_id)
         async with self._rpc("Generate", context, request.request_id) as state:
-            req = _request(request)
+            req = _request(request, self.tiers)
             response.request_id = req.request_id
             parts: list[str] = []
             async for event in self.router.generate(req, arrived):
@@ -170,7 +184,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     parts.append(event.text)
                 elif isinstance(event, DecisionEvent):
                     state["tier"], state["reason"] = event.decision.tier, event.decision.reason
-                    response.decision.CopyFrom(_decision(event.decision))
+                    response.decision.CopyFrom(_decision(event.decision, self.tiers))
                 elif isinstance(event, FinalEvent):
                     response.finish_reason = event.finish_reason
                     response.usage.CopyFrom(_usage(event.usage))
@@ -185,14 +199,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateStreamResponse]:
         arrived = time.perf_counter()
         async with self._rpc("GenerateStream", context, request.request_id) as state:
-            req = _request(request)
+            req = _request(request, self.tiers)
             rid = req.request_id
             async for event in self.router.generate(req, arrived):
                 if isinstance(event, DeltaEvent):
                     yield pb.GenerateStreamResponse(request_id=rid, delta=event.text)
                 elif isinstance(event, DecisionEvent):
                     state["tier"], state["reason"] = event.decision.tier, event.decision.reason
-                    yield pb.GenerateStreamResponse(request_id=rid, decision=_decision(event.decision))
+                    yield pb.GenerateStreamResponse(request_id=rid, decision=_decision(event.decision, self.tiers))
                 elif isinstance(event, FinalEvent):
                     final = pb.StreamFinal(
                         finish_reason=event.finish_reason, usage=_usage(event.usage), timings=_timings(event.timings),
@@ -205,58 +219,62 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             threshold = request.threshold if request.HasField("threshold") else None
             decision, classify_ms = self.router.classify(_messages(request.messages), threshold)
             state["tier"], state["reason"] = decision.tier, decision.reason
-            return pb.ClassifyResponse(decision=_decision(decision), classify_ms=classify_ms)
+            return pb.ClassifyResponse(decision=_decision(decision, self.tiers), classify_ms=classify_ms)
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        tiers = []
-        for name, tier in self.router.tiers.items():
-            engine = self.router.engines[name]
-            tiers.append(
-                pb.TierInfo(
-                    tier=_TIER_TO_PB[name], model=tier.model, max_model_len=tier.max_model_len,
-                    default_max_tokens=tier.sampling.max_tokens, max_tokens_cap=tier.sampling.max_tokens_cap,
-                    ready=engine.ready, load_seconds=engine.load_seconds,
+        async with self._rpc("ListModels", context):
+            tiers = []
+            for tier in self.router.tiers:
+                c, engine = tier.config, tier.engine
+                tiers.append(
+                    pb.TierInfo(
+                        tier=tier_enum(tier.name, self.tiers), tier_name=tier.name, model=c.model, max_model_len=c.max_model_len,
+                        default_max_tokens=c.sampling.max_tokens, max_tokens_cap=c.sampling.max_tokens_cap,
+                        ready=engine.ready, load_seconds=engine.load_seconds,
+                    )
                 )
-            )
-        return pb.ListModelsResponse(tiers=tiers, threshold=self.router.policy.threshold)
+            policy = self.router.policy
+            return pb.ListModelsResponse(tiers=tiers, threshold=policy.threshold, cut_points=policy.cut_points)
 
     async def GetStats(self, request: pb.GetStatsRequest, context) -> pb.GetStatsResponse:
-        stats, completed = self.router.stats, self.router.stats.completed()
-        tiers = []
-        for name, t in stats.tiers.items():
-            engine = self.router.engines[name]
-            tiers.append(
-                pb.TierStats(
-                    tier=_TIER_TO_PB[name], model=self.router.tiers[name].model, requests=t.requests,
-                    share=t.requests / completed if completed else 0.0,
-                    mean_latency_ms=t.latency_ms_sum / t.requests if t.requests else 0.0,
-                    p95_latency_ms=t.p95_ms(), mean_ttft_ms=t.ttft_ms_sum / t.requests if t.requests else 0.0,
-                    completion_tokens=t.completion_tokens,
-                    tokens_per_second=t.completion_tokens / t.generate_s if t.generate_s > 0 else 0.0,
-                    engine_load_seconds=engine.load_seconds, ready=engine.ready,
+        async with self._rpc("GetStats", context):
+            stats, completed = self.router.stats, self.router.stats.completed()
+            tiers = []
+            for tier in self.router.tiers:
+                t, engine = stats.tiers[tier.name], tier.engine
+                tiers.append(
+                    pb.TierStats(
+                        tier=tier_enum(tier.name, self.tiers), tier_name=tier.name, model=tier.model, requests=t.requests,
+                        share=t.requests / completed if completed else 0.0,
+                        mean_latency_ms=t.latency_ms_sum / t.requests if t.requests else 0.0,
+                        p95_latency_ms=t.p95_ms(), mean_ttft_ms=t.ttft_ms_sum / t.requests if t.requests else 0.0,
+                        completion_tokens=t.completion_tokens,
+                        tokens_per_second=t.completion_tokens / t.generate_s if t.generate_s > 0 else 0.0,
+                        engine_load_seconds=engine.load_seconds, ready=engine.ready,
+                    )
                 )
+            above_cheapest = completed - stats.tiers[self.tiers[0]].requests
+            response = pb.GetStatsResponse(
+                uptime_seconds=stats.uptime(), total_requests=sum(stats.by_code.values()), completed_generations=completed,
+                large_share=above_cheapest / completed if completed else 0.0,
+                tiers=tiers, requests_by_code=dict(stats.by_code), cache_lookups=stats.cache_lookups(),
+                exact_hit_rate=stats.hit_rate("EXACT"), semantic_hit_rate=stats.hit_rate("SEMANTIC"),
             )
-        response = pb.GetStatsResponse(
-            uptime_seconds=stats.uptime(), total_requests=sum(stats.by_code.values()), completed_generations=completed,
-            large_share=stats.tiers["large"].requests / completed if completed else 0.0,
-            tiers=tiers, requests_by_code=dict(stats.by_code), cache_lookups=stats.cache_lookups(),
-            exact_hit_rate=stats.hit_rate("EXACT"), semantic_hit_rate=stats.hit_rate("SEMANTIC"),
-        )
-        response.summary = format_stats(response)
-        return response
+            response.summary = format_stats(response)
+            return response
 
 
 def format_stats(r: pb.GetStatsResponse) -> str:
     lines = [
         f"uptime {r.uptime_seconds:.0f} s · {r.total_requests} requests · {r.completed_generations} generations · "
-        f"{r.large_share:.0%} routed large",
+        f"{r.large_share:.0%} above the cheapest tier",
         "status codes: " + (", ".join(f"{k} {v}" for k, v in sorted(r.requests_by_code.items())) or "none yet"),
         f"cache: {r.cache_lookups} lookups · exact hits {r.exact_hit_rate:.0%} · semantic hits {r.semantic_hit_rate:.0%}",
     ]
+    width = max((len(t.tier_name) for t in r.tiers), default=5)
     for t in r.tiers:
-        name = pb.Tier.Name(t.tier).removeprefix("TIER_").lower()
         lines.append(
-            f"{name:<5} {t.model}: {t.requests} ({t.share:.0%}) · mean {t.mean_latency_ms:.0f} ms · p95 {t.p95_latency_ms:.0f} ms · "
+            f"{t.tier_name:<{width}} {t.model}: {t.requests} ({t.share:.0%}) · mean {t.mean_latency_ms:.0f} ms · p95 {t.p95_latency_ms:.0f} ms · "
             f"ttft {t.mean_ttft_ms:.0f} ms · {t.tokens_per_second:.1f} tokens/s · loaded in {t.engine_load_seconds:.1f} s · "
             f"{'ready' if t.ready else 'NOT READY'}"
         )

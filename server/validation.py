@@ -9,10 +9,32 @@ from __future__ import annotations
 import math
 
 from .config import SamplingDefaults
-from .errors import InvalidArgument
-from .types import ROLES, ChatMessage, EffectiveSampling, SamplingRequest
+from .errors import InvalidArgument, NotFound
+from .types import ROLES, ChatMessage, EffectiveSampling, GenerateInput, SamplingRequest
 
 MAX_STOP_STRINGS = 16
+MAX_REQUEST_ID = 128
+MAX_RETRIEVAL_TOP_K = 100
+
+
+def check_request_id(request_id: str) -> None:
+    if len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
+        raise InvalidArgument("request_id", f"must be printable and at most {MAX_REQUEST_ID} characters")
+
+
+def check_request(req: GenerateInput, limits, tiers) -> None:
+    """Everything about a Generate request that needs no tier, in one place,
+    before any work (limits: LimitsConfig; tiers: the configured names). The
+    tier-dependent checks (max_tokens cap, prompt length in tokens) happen
+    where the tier is known: effective_sampling and the router's render."""
+    check_request_id(req.request_id)
+    check_sampling(req.sampling)
+    if req.route is not None and req.route not in tiers:
+        raise NotFound(f"route: no tier named {req.route!r}; tiers: {', '.join(tiers)}")
+    check_messages(req.messages, limits)
+    check_threshold(req.threshold)
+    if req.retrieval_top_k is not None and not 1 <= req.retrieval_top_k <= MAX_RETRIEVAL_TOP_K:
+        raise InvalidArgument("retrieval.top_k", f"must be in [1, {MAX_RETRIEVAL_TOP_K}], got {req.retrieval_top_k}")
 
 
 def _finite(field: str, value: float) -> None:

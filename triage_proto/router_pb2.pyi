@@ -73,7 +73,7 @@ class RetrievalRequest(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "messages", "sampling", "route", "threshold", "cache_mode", "retrieval")
+    __slots__ = ("request_id", "messages", "sampling", "route", "threshold", "cache_mode", "retrieval", "route_name")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class GenerateRequest(_message.Message):
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     CACHE_MODE_FIELD_NUMBER: _ClassVar[int]
     RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_NAME_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     sampling: SamplingParams
@@ -88,23 +89,26 @@ class GenerateRequest(_message.Message):
     threshold: float
     cache_mode: CacheMode
     retrieval: RetrievalRequest
-    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., route: _Optional[_Union[Tier, str]] = ..., threshold: _Optional[float] = ..., cache_mode: _Optional[_Union[CacheMode, str]] = ..., retrieval: _Optional[_Union[RetrievalRequest, _Mapping]] = ...) -> None: ...
+    route_name: str
+    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., route: _Optional[_Union[Tier, str]] = ..., threshold: _Optional[float] = ..., cache_mode: _Optional[_Union[CacheMode, str]] = ..., retrieval: _Optional[_Union[RetrievalRequest, _Mapping]] = ..., route_name: _Optional[str] = ...) -> None: ...
 
 class RoutingDecision(_message.Message):
-    __slots__ = ("tier", "model", "p_complex", "threshold", "reason", "degraded")
+    __slots__ = ("tier", "model", "p_complex", "threshold", "reason", "degraded", "tier_name")
     TIER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     P_COMPLEX_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    TIER_NAME_FIELD_NUMBER: _ClassVar[int]
     tier: Tier
     model: str
     p_complex: float
     threshold: float
     reason: str
     degraded: bool
-    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., model: _Optional[str] = ..., p_complex: _Optional[float] = ..., threshold: _Optional[float] = ..., reason: _Optional[str] = ..., degraded: _Optional[bool] = ...) -> None: ...
+    tier_name: str
+    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., model: _Optional[str] = ..., p_complex: _Optional[float] = ..., threshold: _Optional[float] = ..., reason: _Optional[str] = ..., degraded: _Optional[bool] = ..., tier_name: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")
@@ -247,7 +251,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TierInfo(_message.Message):
-    __slots__ = ("tier", "model", "max_model_len", "default_max_tokens", "max_tokens_cap", "ready", "load_seconds")
+    __slots__ = ("tier", "model", "max_model_len", "default_max_tokens", "max_tokens_cap", "ready", "load_seconds", "tier_name")
     TIER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
@@ -255,6 +259,7 @@ class TierInfo(_message.Message):
     MAX_TOKENS_CAP_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TIER_NAME_FIELD_NUMBER: _ClassVar[int]
     tier: Tier
     model: str
     max_model_len: int
@@ -262,22 +267,25 @@ class TierInfo(_message.Message):
     max_tokens_cap: int
     ready: bool
     load_seconds: float
-    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., model: _Optional[str] = ..., max_model_len: _Optional[int] = ..., default_max_tokens: _Optional[int] = ..., max_tokens_cap: _Optional[int] = ..., ready: _Optional[bool] = ..., load_seconds: _Optional[float] = ...) -> None: ...
+    tier_name: str
+    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., model: _Optional[str] = ..., max_model_len: _Optional[int] = ..., default_max_tokens: _Optional[int] = ..., max_tokens_cap: _Optional[int] = ..., ready: _Optional[bool] = ..., load_seconds: _Optional[float] = ..., tier_name: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
-    __slots__ = ("tiers", "threshold")
+    __slots__ = ("tiers", "threshold", "cut_points")
     TIERS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CUT_POINTS_FIELD_NUMBER: _ClassVar[int]
     tiers: _containers.RepeatedCompositeFieldContainer[TierInfo]
     threshold: float
-    def __init__(self, tiers: _Optional[_Iterable[_Union[TierInfo, _Mapping]]] = ..., threshold: _Optional[float] = ...) -> None: ...
+    cut_points: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, tiers: _Optional[_Iterable[_Union[TierInfo, _Mapping]]] = ..., threshold: _Optional[float] = ..., cut_points: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class TierStats(_message.Message):
-    __slots__ = ("tier", "model", "requests", "share", "mean_latency_ms", "p95_latency_ms", "mean_ttft_ms", "completion_tokens", "tokens_per_second", "engine_load_seconds", "ready")
+    __slots__ = ("tier", "model", "requests", "share", "mean_latency_ms", "p95_latency_ms", "mean_ttft_ms", "completion_tokens", "tokens_per_second", "engine_load_seconds", "ready", "tier_name")
     TIER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
@@ -289,6 +297,7 @@ class TierStats(_message.Message):
     TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     ENGINE_LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
+    TIER_NAME_FIELD_NUMBER: _ClassVar[int]
     tier: Tier
     model: str
     requests: int
@@ -300,7 +309,8 @@ class TierStats(_message.Message):
     tokens_per_second: float
     engine_load_seconds: float
     ready: bool
-    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., model: _Optional[str] = ..., requests: _Optional[int] = ..., share: _Optional[float] = ..., mean_latency_ms: _Optional[float] = ..., p95_latency_ms: _Optional[float] = ..., mean_ttft_ms: _Optional[float] = ..., completion_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., engine_load_seconds: _Optional[float] = ..., ready: _Optional[bool] = ...) -> None: ...
+    tier_name: str
+    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., model: _Optional[str] = ..., requests: _Optional[int] = ..., share: _Optional[float] = ..., mean_latency_ms: _Optional[float] = ..., p95_latency_ms: _Optional[float] = ..., mean_ttft_ms: _Optional[float] = ..., completion_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., engine_load_seconds: _Optional[float] = ..., ready: _Optional[bool] = ..., tier_name: _Optional[str] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
     __slots__ = ("uptime_seconds", "total_requests", "completed_generations", "large_share", "tiers", "requests_by_code", "summary", "cache_lookups", "exact_hit_rate", "semantic_hit_rate")

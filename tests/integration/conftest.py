@@ -55,7 +55,7 @@ class Live:
         return self.log_path.read_text(errors="replace")
 
 
-def _test_config(tmp: Path, **overrides) -> Path:
+def _test_config(tmp: Path, profile: str = "cpu.yaml", **overrides) -> Path:
     if not (PREPARED / "triage-prepared.json").is_file():
         pytest.fail(f"{PREPARED} is not prepared: run `make models` (make test does it)")
     model = tmp / "SmolLM2-135M-Instruct"
@@ -64,7 +64,7 @@ def _test_config(tmp: Path, **overrides) -> Path:
         if f.name != "generation_config.json":
             (model / f.name).symlink_to(f)
     (model / "generation_config.json").write_text(json.dumps(HOSTILE_GENERATION_CONFIG))
-    cfg = yaml.safe_load((ROOT / "config/cpu.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "config" / profile).read_text())
     for tier in cfg["tiers"].values():
         tier["model_path"] = str(model)
     cfg["server"]["grace_seconds"] = 10

@@ -24,11 +24,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class FakeEngine:
+    restartable = False
+
     def __init__(self, tier: str, model: str, max_model_len: int):
         self.tier, self.model, self.max_model_len = tier, model, max_model_len
         self.load_seconds = 0.0
         self.ready = True
         self.crash = False
+
+    def mark_ready(self):
+        pass
 
     async def render(self, messages):
         return [1] * sum(len(m.content.split()) for m in messages)

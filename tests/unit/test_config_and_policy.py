@@ -127,11 +127,11 @@ def test_effective_sampling_request_wins_defaults_fill_caps_hold():
         effective_sampling(SamplingRequest(max_tokens=129), d, "small")
 
 
-MODELS = {"small": "S", "large": "L"}
+MODELS = [("small", "S"), ("large", "L")]
 
 
 def test_policy_threshold_override_and_route():
-    policy = RoutingPolicy(lambda texts: [0.4], 0.5, MODELS)
+    policy = RoutingPolicy(lambda texts: [0.4], (0.5,), MODELS)
     msgs = (ChatMessage("user", "q"),)
     d, ms = policy.decide(msgs)
     assert (d.tier, d.model, d.reason, d.degraded) == ("small", "S", "classifier", False) and ms >= 0
@@ -146,9 +146,63 @@ def test_policy_classifier_failure_degrades_to_large():
     def broken(texts):
         raise RuntimeError("boom")
 
-    policy = RoutingPolicy(broken, 0.5, MODELS, on_degraded=lambda: failures.append(1))
+    policy = RoutingPolicy(broken, (0.5,), MODELS, on_degraded=lambda: failures.append(1))
     d, _ = policy.decide((ChatMessage("user", "q"),))
     assert (d.tier, d.reason, d.degraded) == ("large", "fallback", True) and failures == [1]
+
+
+THREE = [("small", "S"), ("medium", "M"), ("large", "L")]
+
+
+@pytest.mark.parametrize(
+    "p, tier, cut",
+    [(0.0, "small", 0.3), (0.29, "small", 0.3), (0.3, "medium", 0.3), (0.69, "medium", 0.3), (0.7, "large", 0.7), (1.0, "large", 0.7)],
+)
+def test_three_tiers_split_the_score_at_ascending_cut_points(p, tier, cut):
+    policy = RoutingPolicy(lambda texts: [p], (0.3, 0.7), THREE)
+    d, _ = policy.decide((ChatMessage("user", "q"),))
+    assert (d.tier, d.model, d.threshold, d.reason) == (tier, dict(THREE)[tier], cut, "classifier")
+
+
+def test_three_tiers_a_request_threshold_moves_the_top_cut_and_never_inverts_the_order():
+    policy = RoutingPolicy(lambda texts: [0.5], (0.3, 0.7), THREE)
+    msgs = (ChatMessage("user", "q"),)
+    assert policy.decide(msgs, threshold=0.4)[0].tier == "large"
+    assert policy.cuts_for(0.2) == (0.2, 0.2)  # the lower cut follows it down
+    assert policy.decide(msgs, threshold=0.2)[0].tier == "large"
+    assert policy.decide(msgs, threshold=0.9)[0].tier == "medium"
+    assert policy.decide(msgs, route="medium")[0].reason == "override"
+    d, _ = RoutingPolicy(lambda texts: [float("nan")], (0.3, 0.7), THREE).decide(msgs)
+    assert (d.tier, d.degraded) == ("large", True)  # a classifier failure goes to the most capable tier
+    with pytest.raises(ValueError, match="3 tiers need 2 cut points"):
+        RoutingPolicy(lambda texts: [0.5], (0.5,), THREE)
+
+
+def test_a_third_tier_is_configuration(tmp_path):
+    cfg = load(ROOT / "config/cpu-3tier.yaml")
+    assert list(cfg.tiers) == ["small", "medium", "large"]
+    assert cfg.classifier.cut_points == (0.3, 0.6)
+    text = (ROOT / "config/cpu-3tier.yaml").read_text().replace("../.cache/", str(ROOT / ".cache") + "/")
+    for replacement, message in (
+        ("cut_points: [0.6, 0.3]", "ascend"),
+        ("cut_points: [0.3]", "3 tiers need 2 cut points"),
+        ("threshold: 0.5", "3 tiers need 2"),
+    ):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(text.replace("cut_points: [0.3, 0.6]", replacement))
+        with pytest.raises(ConfigError, match=message):
+            load(bad)
+
+
+def test_tier_names_are_free_but_must_be_metric_labels(tmp_path):
+    text = (ROOT / "config/cpu.yaml").read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("\n  small:\n", "\n  Small Tier:\n"))
+    with pytest.raises(ConfigError, match="lowercase"):
+        load(bad)
+    bad.write_text(text[: text.index("\n  large:\n")] + "\n")
+    with pytest.raises(ConfigError, match="at least two"):
+        load(bad)
 
 
 def test_classifier_sees_the_last_user_message():

@@ -1,0 +1,224 @@
+"""One room per tier: its config, engine, circuit breaker, admission gate and
+up/down state, and the supervisor that starts, watches, restarts and drains
+the engines. Nothing outside this file touches a breaker or a gate.
+
+Health changes are reported through a callback (the app turns them into
+grpc health statuses), so this module knows nothing of grpc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+from typing import Awaitable, Callable, Iterator, Sequence
+
+from .admission import Gate
+from .breaker import CircuitBreaker
+from .config import LimitsConfig, ResilienceConfig, TierConfig
+from .engine import Engine
+from .metrics import RouterMetrics
+from .types import ChatMessage, EffectiveSampling
+
+log = logging.getLogger("triage.tiers")
+
+
+class Tier:
+    """A tier as the router sees it: can it serve now, a slot on it, and
+    what its requests' outcomes say about its engine."""
+
+    def __init__(self, config: TierConfig, engine: Engine, resilience: ResilienceConfig, metrics: RouterMetrics):
+        self.config = config
+        self.engine = engine
+        self.name = config.name
+        self.model = config.model
+        self.breaker = CircuitBreaker(resilience.failure_threshold, resilience.cooldown_s)
+        self.gate = Gate(f"tier {config.name}", config.max_in_flight, config.max_queued)
+        self.up = False  # warm and not known dead
+        self._ready_gauge = metrics.engine_ready.labels(config.name, engine.model)
+        self._ready_gauge.set(0)
+        metrics.engine_unfinished.labels(config.name).set_function(engine.unfinished_requests)
+
+    def why_not(self) -> str | None:
+        """None if the tier can take a request now, else why not. (A
+        half-open breaker hands out its one probe here.)"""
+        if not self.engine.ready:
+            return "engine not ready"
+        if not self.breaker.allow():
+            return "circuit open"
+        return None
+
+    def failed(self) -> None:
+        """The engine failed a request."""
+        self.breaker.failure()
+
+    def succeeded(self) -> None:
+        self.breaker.success()
+
+    def mark_up(self) -> None:
+        self.up = True
+        self.breaker.success()
+        self._ready_gauge.set(1)
+
+    def mark_down(self) -> None:
+        self.up = False
+        self.breaker.trip()
+        self._ready_gauge.set(0)
+
+    def mark_stopped(self) -> None:
+        self.up = False
+        self._ready_gauge.set(0)
+
+
+class Tiers:
+    """The tiers in order, cheapest first, with the router-wide admission
+    gate, fallback order, and the engines' supervisor."""
+
+    def __init__(self, tiers: Sequence[Tier], limits: LimitsConfig, resilience: ResilienceConfig, metrics: RouterMetrics,
+                 warmup_prompt: str = "Say hello.", on_change: Callable[[], Awaitable[None]] | None = None):
+        self._tiers = {t.name: t for t in tiers}
+        self._order = [t.name for t in tiers]
+        self.gate = Gate("router", limits.max_in_flight, limits.max_queued)
+        self.resilience = resilience
+        self.metrics = metrics
+        self.warmup_prompt = warmup_prompt
+        self.on_change = on_change or _nothing
+        self.started = False  # every engine has been warm once
+        self.draining = False
+        # Set when draining: requests still generating after this monotonic
+        # time end with UNAVAILABLE at their next token.
+        self.drain_deadline: float | None = None
+        self._watcher: asyncio.Task | None = None
+        self._restarts: dict[str, asyncio.Task] = {}
+
+    # -- the collection ------------------------------------------------------
+
+    def __getitem__(self, name: str) -> Tier:
+        return self._tiers[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tiers
+
+    def __iter__(self) -> Iterator[Tier]:
+        return (self._tiers[n] for n in self._order)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._order)
+
+    def any_up(self) -> bool:
+        return any(t.up for t in self)
+
+    def fallbacks(self, name: str) -> list[Tier]:
+        """The other tiers, nearest first; at equal distance the more capable
+        one first (the safe side for answer quality)."""
+        i = self._order.index(name)
+        others = [j for j in range(len(self._order)) if j != i]
+        return [self._tiers[self._order[j]] for j in sorted(others, key=lambda j: (abs(j - i), -j))]
+
+    @contextlib.asynccontextmanager
+    async def admit(self, tier: Tier):
+        """A router-wide slot and a slot on the tier, or RESOURCE_EXHAUSTED."""
+        async with self.gate.slot(), tier.gate.slot():
+            yield
+
+    def past_drain_deadline(self) -> bool:
+        return self.drain_deadline is not None and time.monotonic() > self.drain_deadline
+
+    # -- the supervisor ----------------------------------------------------------
+
+    async def _bring_up(self, tier: Tier) -> None:
+        engine = tier.engine
+        await engine.start()
+        self.metrics.engine_load_seconds.labels(tier.name, engine.model).set(engine.load_seconds)
+        await warm_up(engine, self.warmup_prompt)
+        engine.mark_ready()
+        tier.mark_up()
+        await self.on_change()
+
+    async def start(self) -> None:
+        """Start engines one after the other (each reserves its KV cache),
+        warm each up; then watch them."""
+        for tier in self:
+            await self._bring_up(tier)
+        # vLLM, torch and transformers leave millions of long-lived objects;
+        # without this every full collection walks them all, a pause of tens
+        # of milliseconds landing on whichever requests are in flight.
+        gc.freeze()
+        self.started = True
+        await self.on_change()
+        log.info("all tiers warm")
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Notice dead engines (vLLM marks them errored; a remote tier has no
+        healthy replica), take their tier out of service, and start in-process
+        ones again if configured. A remote tier comes back by itself when a
+        replica is healthy again."""
+        r = self.resilience
+        while not self.draining:
+            await asyncio.sleep(r.health_interval_s)
+            for tier in self:
+                if tier.name in self._restarts:
+                    continue
+                engine = tier.engine
+                restart = r.restart_dead_engines and engine.restartable
+                if tier.up and not engine.ready:
+                    log.error("tier %s: engine is dead; tier NOT_SERVING%s", tier.name, ", restarting it" if restart else "")
+                    tier.mark_down()
+                    await self.on_change()
+                    if restart:
+                        self._restarts[tier.name] = asyncio.create_task(self._restart(tier))
+                elif not tier.up and engine.ready:
+                    log.warning("tier %s: engine is serving again; tier SERVING", tier.name)
+                    tier.mark_up()
+                    await self.on_change()
+
+    async def _restart(self, tier: Tier) -> None:
+        delay = 1.0
+        try:
+            while not self.draining:
+                try:
+                    await tier.engine.shutdown()
+                    await self._bring_up(tier)
+                    self.metrics.engine_restarts.labels(tier.name).inc()
+                    log.warning("tier %s: engine restarted in %.1f s; tier SERVING", tier.name, tier.engine.load_seconds)
+                    return
+                except Exception:
+                    log.exception("tier %s: engine restart failed; retrying in %.0f s", tier.name, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 60.0)
+        finally:
+            self._restarts.pop(tier.name, None)
+
+    async def begin_drain(self, grace: float) -> None:
+        """No new requests; those still generating `grace` seconds from now
+        end at their next token; stop watching and restarting."""
+        self.draining = True
+        self.drain_deadline = time.monotonic() + max(0.0, grace)
+        for task in (self._watcher, *self._restarts.values()):
+            if task is not None:
+                task.cancel()
+        await self.on_change()
+
+    async def shutdown(self) -> None:
+        for tier in self:
+            await tier.engine.shutdown()
+            tier.mark_stopped()
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def warm_up(engine: Engine, prompt: str) -> None:
+    """One tiny greedy generation, so the first user request pays no warm-up."""
+    sampling = EffectiveSampling(0.0, 1.0, 0, 4, (), None, 1.0)
+    ids = await engine.render([ChatMessage("user", prompt)])
+    async for _ in engine.generate(ids, sampling, f"warmup-{engine.tier}"):
+        pass
