@@ -7,6 +7,9 @@
 
 Every call has a deadline (the client's default `timeout`, or the call's
 own); gRPC errors arrive as the typed exceptions in clients.errors.
+`generate` and `generate_stream` also take a ready-made `GenerateRequest`
+(sent as it is); `stub` is the generated stub, for what the helpers do not
+cover (call objects, trailers).
 """
 
 from __future__ import annotations
@@ -73,6 +76,14 @@ def build_request(
     return req
 
 
+def _request(messages: "Messages | pb.GenerateRequest", kwargs: dict) -> pb.GenerateRequest:
+    if isinstance(messages, pb.GenerateRequest):
+        if kwargs:
+            raise TypeError(f"a GenerateRequest is sent as it is; got options too: {sorted(kwargs)}")
+        return messages
+    return build_request(messages, **kwargs)
+
+
 def _messages(messages: Messages) -> list[pb.Message]:
     if isinstance(messages, str):
         return [pb.Message(role="user", content=messages)]
@@ -84,10 +95,10 @@ class TriageClient:
 
     def __init__(self, target: str, timeout: float = DEFAULT_TIMEOUT, channel: grpc.Channel | None = None, metadata: Sequence[tuple[str, str]] = ()):
         self._channel = channel or grpc.insecure_channel(target)
-        self._stub = router_pb2_grpc.RouterStub(self._channel)
+        self.stub = router_pb2_grpc.RouterStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self.timeout = timeout
-        self._metadata = tuple(metadata)
+        self.metadata = tuple(metadata)  # sent with every call (e.g. authorization)
 
     def __enter__(self) -> "TriageClient":
         return self
@@ -100,15 +111,15 @@ class TriageClient:
 
     def _call(self, method, request, timeout):
         try:
-            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+            return method(request, timeout=timeout or self.timeout, metadata=self.metadata)
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
 
-    def generate(self, messages: Messages, *, timeout: float | None = None, **kwargs) -> pb.GenerateResponse:
-        return self._call(self._stub.Generate, build_request(messages, **kwargs), timeout)
+    def generate(self, messages: Messages | pb.GenerateRequest, *, timeout: float | None = None, **kwargs) -> pb.GenerateResponse:
+        return self._call(self.stub.Generate, _request(messages, kwargs), timeout)
 
-    def generate_stream(self, messages: Messages, *, timeout: float | None = None, **kwargs) -> Iterator[pb.GenerateStreamResponse]:
-        call = self._stub.GenerateStream(build_request(messages, **kwargs), timeout=timeout or self.timeout, metadata=self._metadata)
+    def generate_stream(self, messages: Messages | pb.GenerateRequest, *, timeout: float | None = None, **kwargs) -> Iterator[pb.GenerateStreamResponse]:
+        call = self.stub.GenerateStream(_request(messages, kwargs), timeout=timeout or self.timeout, metadata=self.metadata)
         try:
             yield from call
         except grpc.RpcError as err:
@@ -120,13 +131,13 @@ class TriageClient:
         req = pb.ClassifyRequest(messages=_messages(messages))
         if threshold is not None:
             req.threshold = threshold
-        return self._call(self._stub.Classify, req, timeout)
+        return self._call(self.stub.Classify, req, timeout)
 
     def list_models(self, *, timeout: float | None = None) -> pb.ListModelsResponse:
-        return self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return self._call(self.stub.ListModels, pb.ListModelsRequest(), timeout)
 
     def stats(self, *, timeout: float | None = None) -> pb.GetStatsResponse:
-        return self._call(self._stub.GetStats, pb.GetStatsRequest(), timeout)
+        return self._call(self.stub.GetStats, pb.GetStatsRequest(), timeout)
 
     def health(self, service: str = "", *, timeout: float = 5.0) -> str:
         """SERVING, NOT_SERVING, ... for the whole server or one service."""
@@ -139,10 +150,10 @@ class AsyncTriageClient:
 
     def __init__(self, target: str, timeout: float = DEFAULT_TIMEOUT, channel: grpc.aio.Channel | None = None, metadata: Sequence[tuple[str, str]] = ()):
         self._channel = channel or grpc.aio.insecure_channel(target)
-        self._stub = router_pb2_grpc.RouterStub(self._channel)
+        self.stub = router_pb2_grpc.RouterStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self.timeout = timeout
-        self._metadata = tuple(metadata)
+        self.metadata = tuple(metadata)  # sent with every call (e.g. authorization)
 
     async def __aenter__(self) -> "AsyncTriageClient":
         return self
@@ -155,15 +166,15 @@ class AsyncTriageClient:
 
     async def _call(self, method, request, timeout):
         try:
-            return await method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+            return await method(request, timeout=timeout or self.timeout, metadata=self.metadata)
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
 
-    async def generate(self, messages: Messages, *, timeout: float | None = None, **kwargs) -> pb.GenerateResponse:
-        return await self._call(self._stub.Generate, build_request(messages, **kwargs), timeout)
+    async def generate(self, messages: Messages | pb.GenerateRequest, *, timeout: float | None = None, **kwargs) -> pb.GenerateResponse:
+        return await self._call(self.stub.Generate, _request(messages, kwargs), timeout)
 
-    async def generate_stream(self, messages: Messages, *, timeout: float | None = None, **kwargs) -> AsyncIterator[pb.GenerateStreamResponse]:
-        call = self._stub.GenerateStream(build_request(messages, **kwargs), timeout=timeout or self.timeout, metadata=self._metadata)
+    async def generate_stream(self, messages: Messages | pb.GenerateRequest, *, timeout: float | None = None, **kwargs) -> AsyncIterator[pb.GenerateStreamResponse]:
+        call = self.stub.GenerateStream(_request(messages, kwargs), timeout=timeout or self.timeout, metadata=self.metadata)
         try:
             async for event in call:
                 yield event
@@ -176,13 +187,13 @@ class AsyncTriageClient:
         req = pb.ClassifyRequest(messages=_messages(messages))
         if threshold is not None:
             req.threshold = threshold
-        return await self._call(self._stub.Classify, req, timeout)
+        return await self._call(self.stub.Classify, req, timeout)
 
     async def list_models(self, *, timeout: float | None = None) -> pb.ListModelsResponse:
-        return await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout)
+        return await self._call(self.stub.ListModels, pb.ListModelsRequest(), timeout)
 
     async def stats(self, *, timeout: float | None = None) -> pb.GetStatsResponse:
-        return await self._call(self._stub.GetStats, pb.GetStatsRequest(), timeout)
+        return await self._call(self.stub.GetStats, pb.GetStatsRequest(), timeout)
 
     async def health(self, service: str = "", *, timeout: float = 5.0) -> str:
         resp = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)

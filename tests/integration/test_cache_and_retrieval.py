@@ -69,10 +69,10 @@ def test_sampled_requests_bypass_the_cache_and_opt_outs_work(live):
     assert [r.cache.status for r in seeded] == [pb.CACHE_MISS, pb.CACHE_EXACT]
     req = lambda mode, text: pb.GenerateRequest(messages=[pb.Message(role="user", content=text)], route=pb.TIER_SMALL,
                                                 sampling=pb.SamplingParams(max_tokens=16), cache_mode=mode)
-    live.client._stub.Generate(req(pb.CACHE_MODE_DEFAULT, "What is the tallest mountain in Africa?"), timeout=120)
-    off = live.client._stub.Generate(req(pb.CACHE_MODE_OFF, "What is the tallest mountain in Africa?"), timeout=120)
+    live.client.generate(req(pb.CACHE_MODE_DEFAULT, "What is the tallest mountain in Africa?"), timeout=120)
+    off = live.client.generate(req(pb.CACHE_MODE_OFF, "What is the tallest mountain in Africa?"), timeout=120)
     assert off.cache.status == pb.CACHE_BYPASS
-    exact_only = live.client._stub.Generate(req(pb.CACHE_MODE_EXACT_ONLY, "What's the tallest mountain in Africa?"), timeout=120)
+    exact_only = live.client.generate(req(pb.CACHE_MODE_EXACT_ONLY, "What's the tallest mountain in Africa?"), timeout=120)
     assert exact_only.cache.status == pb.CACHE_MISS  # the paraphrase would hit semantically
 
 
@@ -85,7 +85,7 @@ def retrieval_request(question: str, top_k: int | None = None, route=pb.TIER_SMA
 
 
 def test_retrieval_answers_from_the_documents_and_lists_the_source(live):
-    r = live.client._stub.Generate(retrieval_request("What is the calibration code of the Zorblax reactor?", top_k=3), timeout=120)
+    r = live.client.generate(retrieval_request("What is the calibration code of the Zorblax reactor?", top_k=3), timeout=120)
     assert r.retrieval.sources[0].document == "zorblax.md" and r.retrieval.sources[0].score > 0.5
     assert "7431" in r.text, r.text
     assert r.timings.retrieve_ms > 0 and r.retrieval.dropped == 0
@@ -97,7 +97,7 @@ def test_retrieval_answers_from_the_documents_and_lists_the_source(live):
 
 
 def test_context_overflow_drops_the_lowest_ranked_chunks(live):
-    r = live.client._stub.Generate(retrieval_request("What did the clerks of the Quillby archive write about?", top_k=10, max_tokens=400), timeout=180)
+    r = live.client.generate(retrieval_request("What did the clerks of the Quillby archive write about?", top_k=10, max_tokens=400), timeout=180)
     kept = len(r.retrieval.sources)
     assert r.retrieval.dropped > 0 and kept + r.retrieval.dropped == 10
     scores = [s.score for s in r.retrieval.sources]
@@ -106,11 +106,10 @@ def test_context_overflow_drops_the_lowest_ranked_chunks(live):
 
 
 def test_bad_retrieval_top_k(live):
-    import grpc
+    from clients import InvalidArgumentError
 
-    with pytest.raises(grpc.RpcError) as err:
-        live.client._stub.Generate(retrieval_request("hello", top_k=0), timeout=30)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "retrieval.top_k" in err.value.details()
+    with pytest.raises(InvalidArgumentError, match="retrieval.top_k"):
+        live.client.generate(retrieval_request("hello", top_k=0), timeout=30)
 
 
 def test_missing_or_corrupt_index_fails_at_start_up(tmp_path):

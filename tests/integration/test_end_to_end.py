@@ -105,7 +105,7 @@ def test_deadline_aborts_the_engine_request(live):
 
 
 def test_cancelled_stream_aborts_the_engine_request(live):
-    stream = live.client._stub.GenerateStream(
+    stream = live.client.generate_stream(
         pb.GenerateRequest(messages=[pb.Message(role="user", content="Write a very long poem about the ocean.")],
                            sampling=pb.SamplingParams(max_tokens=500), route=pb.TIER_SMALL),
         timeout=60,
@@ -116,7 +116,7 @@ def test_cancelled_stream_aborts_the_engine_request(live):
         if seen >= 2:
             break
     assert live.metric_value("router_engine_unfinished_requests", tier="small") == 1.0
-    stream.cancel()
+    stream.close()  # the client cancels the call
     assert wait_until(lambda: live.metric_value("router_engine_unfinished_requests", tier="small") == 0.0)
 
 
@@ -168,4 +168,8 @@ def test_metrics_are_exposed_per_tier(live):
     for tier in ("small", "large"):
         assert f'router_time_to_first_token_seconds_count{{tier="{tier}"}}' in text
         assert live.metric_value("router_engine_ready", tier=tier, model="SmolLM2-135M-Instruct") == 1.0
-    assert 'router_requests_total{code="INVALID_ARGUMENT"' in text or 'code="INVALID_ARGUMENT"' in text
+    before = live.metric_value("router_errors_total", code="INVALID_ARGUMENT")
+    with pytest.raises(InvalidArgumentError):
+        live.client.generate("hi", top_p=0.0)
+    assert live.metric_value("router_errors_total", code="INVALID_ARGUMENT") == before + 1
+    assert live.metric_value("router_requests_total", rpc="Generate", tier="", reason="", code="INVALID_ARGUMENT") >= 1

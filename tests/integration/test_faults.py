@@ -121,7 +121,7 @@ def test_requests_need_a_valid_token_and_tls(guarded):
 
 
 def test_over_the_admission_limit_is_resource_exhausted_with_a_retry_hint(guarded):
-    stub = guarded.client._stub
+    stub = guarded.client.stub
     md = (("authorization", f"Bearer {TOKEN}"),)
     req = pb.GenerateRequest(messages=[pb.Message(role="user", content="Write a long story about a lighthouse.")], route=pb.TIER_LARGE,
                              sampling=pb.SamplingParams(max_tokens=300), cache_mode=pb.CACHE_MODE_OFF)

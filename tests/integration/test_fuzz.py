@@ -75,7 +75,7 @@ def plausible_requests(draw):
 def test_fuzzed_requests_get_answers_or_deliberate_statuses(live):
     server = psutil.Process(live.process.pid)
     rss_before = server.memory_info().rss
-    stub = live.client._stub
+    stub = live.client.stub
     seen: dict[str, int] = {}
 
     @settings(max_examples=1000, deadline=None, derandomize=True, database=None,

@@ -135,12 +135,10 @@ def test_unexpected_error_is_internal_with_request_id_and_no_details(served, mon
 def test_unknown_route_enum_is_invalid_argument(served):
     client, _, registry = served
     from triage_proto import router_pb2 as pb
-    from triage_proto import router_pb2_grpc
 
     req = pb.GenerateRequest(messages=[pb.Message(role="user", content="hi")], route=7)
-    with pytest.raises(grpc.RpcError) as err:
-        router_pb2_grpc.RouterStub(client._channel).Generate(req, timeout=5)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "route" in err.value.details()
+    with pytest.raises(InvalidArgumentError, match="route"):
+        client.generate(req, timeout=5)
 
 
 def test_invalid_argument_names_the_field(served):
@@ -158,23 +156,32 @@ def test_classify_and_list_models_without_engines(served):
     assert [t.model for t in client.list_models().tiers] == ["SmolLM2-135M-Instruct"] * 2
 
 
+def _handled(registry, method: str, code: str) -> float:
+    labels = {"grpc_code": code, "grpc_method": method, "grpc_service": "router.v1.Router", "grpc_type": "unary"}
+    return registry.get_sample_value("grpc_server_handled_total", labels) or 0.0
+
+
 def test_grpc_interceptor_counts_calls_by_code(served):
     client, _, registry = served
+    ok, invalid = _handled(registry, "Classify", "OK"), _handled(registry, "Generate", "INVALID_ARGUMENT")
+    errors = registry.get_sample_value("router_errors_total", {"code": "INVALID_ARGUMENT"})
     client.classify("hello")
     with pytest.raises(InvalidArgumentError):
         client.generate("hi", top_p=0.0)
-    from prometheus_client import generate_latest
-
-    text = generate_latest(registry).decode()
-    assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="Classify",grpc_service="router.v1.Router",grpc_type="unary"}' in text
-    assert 'grpc_code="INVALID_ARGUMENT",grpc_method="Generate"' in text
-    assert 'router_errors_total{code="INVALID_ARGUMENT"}' in text
+    assert _handled(registry, "Classify", "OK") == ok + 1
+    assert _handled(registry, "Generate", "INVALID_ARGUMENT") == invalid + 1
+    assert registry.get_sample_value("router_errors_total", {"code": "INVALID_ARGUMENT"}) == errors + 1
 
 
 def test_get_stats_counts_statuses(served):
     client, _, registry = served
+    before = client.stats()
+    with pytest.raises(InvalidArgumentError):
+        client.generate("hi", top_p=0.0)
     stats = client.stats()
-    assert stats.total_requests >= 1 and stats.requests_by_code.get("INVALID_ARGUMENT", 0) >= 1
+    # This test's own refusal, and the first GetStats call itself (counted as OK).
+    assert stats.requests_by_code["INVALID_ARGUMENT"] == before.requests_by_code.get("INVALID_ARGUMENT", 0) + 1
+    assert stats.total_requests == before.total_requests + 2
     assert "uptime" in stats.summary
 
 
