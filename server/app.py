@@ -80,11 +80,11 @@ class App:
             self._metrics_http.shutdown()
 
 
-def make_engine(tier: TierConfig, resilience: ResilienceConfig, metrics: RouterMetrics) -> Engine:
+def make_engine(tier: TierConfig, resilience: ResilienceConfig, metrics: RouterMetrics, api_key: str | None = None) -> Engine:
     if tier.backend == "remote":
         from .remote import RemoteEngine
 
-        return RemoteEngine(tier, resilience, metrics)
+        return RemoteEngine(tier, resilience, metrics, api_key=api_key)
     return VllmEngine(tier)
 
 
@@ -93,9 +93,10 @@ def needs_embedder(config: Config) -> bool:
 
 
 def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None = None, registry: CollectorRegistry | None = None,
-              embedder=None, tokens: tuple[str, ...] = ()) -> App:
+              embedder=None, tokens: tuple[str, ...] = (), api_keys: Mapping[str, str] | None = None) -> App:
     """Everything but the engines' start. A retrieval index that is missing or
-    corrupt raises retrieval.IndexError_ here, before the server listens."""
+    corrupt raises retrieval.IndexError_ here, before the server listens.
+    `api_keys`: per remote tier, its replicas' key (read by __main__)."""
     registry = registry or CollectorRegistry()
     metrics = RouterMetrics(registry)
     if embedder is None and needs_embedder(config):
@@ -114,7 +115,8 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
         config.classifier.threshold if config.classifier.threshold is not None else classifier.threshold,
     )
     metrics.threshold.set(cut_points[-1])
-    engines = engines or {name: make_engine(tier, config.resilience, metrics) for name, tier in config.tiers.items()}
+    api_keys = api_keys or {}
+    engines = engines or {name: make_engine(tier, config.resilience, metrics, api_keys.get(name)) for name, tier in config.tiers.items()}
     tiers = Tiers([Tier(t, engines[name], config.resilience, metrics) for name, t in config.tiers.items()],
                   config.limits, config.resilience, metrics, config.server.warmup_prompt)
     policy = RoutingPolicy(

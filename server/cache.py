@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .faiss_threads import single_threaded_faiss
 from .types import ChatMessage, EffectiveSampling
 
 _SPACE = re.compile(r"\s+")
@@ -200,20 +201,6 @@ class SemanticCache:
             self._answer_bytes += answer.nbytes
 
 
-def single_threaded_faiss() -> None:
-    """Search one query on one OpenMP thread. OpenMP keeps this setting per
-    calling thread (threads started later get the default, one per core), so
-    it is called before every search, in whichever worker thread runs it.
-    Without it, a search run from an asyncio worker thread in the router took
-    p50 ~30 ms instead of ~1.5 ms for 100,000 entries: waking faiss's second
-    thread on these VMs, with the engines on the other core, costs far more
-    than the search (`python -m clients.benchmarks --only caches`, in-router
-    lookup)."""
-    import faiss
-
-    faiss.omp_set_num_threads(1)
-
-
 # ---- the facade the router uses ---------------------------------------------
 
 MISS, EXACT, SEMANTIC, BYPASS = CACHE_STATUSES = "MISS", "EXACT", "SEMANTIC", "BYPASS"
@@ -243,7 +230,7 @@ class ResponseCache:
             SemanticCache(embedder.dim, config.semantic_max_entries, config.semantic_threshold)
             if config.semantic and embedder is not None else None
         )
-        self._embedder = embedder
+        self.embedder = embedder
         self._metrics = metrics
         if metrics is not None:
             for kind, cache in (("exact", self.exact), ("semantic", self.semantic)):
@@ -264,7 +251,7 @@ class ResponseCache:
         return question if len(question) <= self.config.semantic_max_chars else None
 
     def _embed_and_search(self, question: str, context: str) -> tuple[np.ndarray, tuple[CachedAnswer | None, float]]:
-        vector = self._embedder.embed([question])[0]
+        vector = self.embedder.embed([question])[0]
         return vector, self.semantic.search(vector, context, question)
 
     async def lookup(self, mode: str, messages, sampling: EffectiveSampling, tier: str, model: str, allow_semantic: bool = True) -> Lookup:
@@ -304,9 +291,3 @@ class ResponseCache:
             self.exact.put(lookup.key, answer)
         if self.semantic is not None and lookup.vector is not None:
             self.semantic.add(lookup.vector, lookup.context, lookup.question, answer)
-
-
-def replay_deltas(text: str, words_per_delta: int = 3) -> list[str]:
-    """A cached answer streamed back as deltas that concatenate to it."""
-    pieces = re.findall(r"\S+\s*|\s+", text)
-    return ["".join(pieces[i : i + words_per_delta]) for i in range(0, len(pieces), words_per_delta)]

@@ -142,7 +142,7 @@ class EmbeddingConfig:
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    index: str | None = None  # folder written by `triage index`; None: retrieval off
+    index: str | None = None  # folder written by `python -m server.retrieval`; None: retrieval off
     top_k: int = 10
     max_chunk_chars: int = 800  # each retrieved chunk is cut to this in the prompt
     tiers: tuple[str, ...] = ()  # tiers that retrieve unless the request says otherwise

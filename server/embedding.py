@@ -6,22 +6,18 @@ needed): BERT, mean pooling over real tokens, L2 normalisation, as the
 model's modules.json prescribes. Loaded from site-packages, never a hub.
 
 The network runs in ONNX Runtime, exported once from the package's PyTorch
-weights by `make models` (`python -m server.embedding --export`), which checks
-the exported model against PyTorch before stamping it (cosine >= 0.99999).
+weights by `make models` (`python -m tools.export_embedder`, build tooling
+outside the runtime package), which checks the exported model against
+PyTorch before stamping it (cosine >= 0.99999).
 On one core of these AVX2 machines it takes about half PyTorch eager's time
-for the same question; `python -m clients.benchmarks --only caches` measures
+for the same question; `python -m benchmarks --only caches` measures
 both side by side (docs/benchmarks.md, section 5). int8 quantisation was
 faster still but moved similarities by 0.02-0.05 in a one-off experiment,
 which would change what the semantic threshold means.
-
-    python -m server.embedding --export [--out DIR]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import threading
 from pathlib import Path
 
@@ -33,14 +29,6 @@ MAX_TOKENS = 256  # the model's max_seq_length: longer input is cut
 DIM = 384
 ONNX_DIR = Path(__file__).resolve().parents[1] / ".cache" / "models" / NAME
 ONNX_FILE = "model.onnx"
-STAMP = "triage-exported.json"
-# Sentences the exported model must embed like PyTorch does.
-CHECK_SENTENCES = (
-    "What is the capital of France?",
-    "Is Pluto not a planet?",
-    "Explain how TCP slow start works, step by step, with an example of a congestion window growing.",
-    "hello",
-)
 
 
 def model_path() -> Path:
@@ -52,7 +40,7 @@ def model_path() -> Path:
         raise RuntimeError(f"embedding model package {PACKAGE!r} is not installed: run `make models`") from None
 
 
-def _mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     mask = mask[..., None].astype(np.float32)
     pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
     return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
@@ -64,7 +52,7 @@ class Embedder:
     One ONNX Runtime thread by default (`embedding.threads`): on the CPU
     profile vLLM pins both engines to core 0 and leaves core 1 to this
     process, and a second thread made lookups slower inside the running
-    router (`python -m clients.benchmarks --only caches` measures both).
+    router (`python -m benchmarks --only caches` measures both).
     """
 
     name = NAME
@@ -81,9 +69,9 @@ class Embedder:
         # wrapper, in a third of its time (docs/benchmarks.md, section 5).
         # The file pads and cuts at 128 tokens; the model reads up to
         # MAX_TOKENS, padded per batch only.
-        self._tokenizer = Tokenizer.from_file(str(model_path() / "tokenizer.json"))
-        self._tokenizer.enable_truncation(MAX_TOKENS)
-        self._tokenizer.no_padding()
+        self.tokenizer = Tokenizer.from_file(str(model_path() / "tokenizer.json"))
+        self.tokenizer.enable_truncation(MAX_TOKENS)
+        self.tokenizer.no_padding()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -93,14 +81,14 @@ class Embedder:
 
     def count_tokens(self, text: str) -> int:
         """Tokens the model reads for `text` (at most MAX_TOKENS)."""
-        return len(self._tokenizer.encode(text).ids)
+        return len(self.tokenizer.encode(text).ids)
 
     def embed(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Unit-length float32 vectors, one row per text."""
         out = np.zeros((len(texts), DIM), dtype=np.float32)
         with self._lock:
             for start in range(0, len(texts), batch_size):
-                encodings = self._tokenizer.encode_batch(texts[start : start + batch_size])
+                encodings = self.tokenizer.encode_batch(texts[start : start + batch_size])
                 width = max(len(e.ids) for e in encodings)
                 ids = np.zeros((len(encodings), width), dtype=np.int64)  # 0 is [PAD]
                 mask = np.zeros_like(ids)
@@ -108,74 +96,5 @@ class Embedder:
                     ids[row, : len(e.ids)] = e.ids
                     mask[row, : len(e.ids)] = 1
                 hidden = self._session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-                out[start : start + len(encodings)] = _mean_pool(hidden, mask)
+                out[start : start + len(encodings)] = mean_pool(hidden, mask)
         return out
-
-
-# ---- export, once, by `make models` --------------------------------------------
-
-def pytorch_model():
-    """The package's tokenizer and float32 PyTorch model (for the export, and
-    as the reference the benchmark compares with)."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    source = model_path()
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-    return tokenizer, AutoModel.from_pretrained(source, local_files_only=True, dtype=torch.float32).eval()
-
-
-def export(out_dir: Path = ONNX_DIR) -> Path:
-    """PyTorch weights -> ONNX, checked against PyTorch on CHECK_SENTENCES;
-    a second run with the same weights does nothing."""
-    import torch
-
-    from .prepare_models import sha256
-
-    weights_sha = sha256(model_path() / "model.safetensors")
-    target, stamp = out_dir / ONNX_FILE, out_dir / STAMP
-    if target.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("weights_sha256") == weights_sha:
-        print(f"{target} is up to date")
-        return target
-
-    tokenizer, model = pytorch_model()
-
-    class LastHiddenState(torch.nn.Module):  # keyword arguments: transformers 5's forward takes more positionals
-        def __init__(self, bert):
-            super().__init__()
-            self.bert = bert
-
-        def forward(self, input_ids, attention_mask):
-            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    partial = out_dir / (ONNX_FILE + ".partial")
-    example = tokenizer(["What is the capital of France?"], return_tensors="pt")
-    dynamic = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}, "last_hidden_state": {0: "batch", 1: "tokens"}}
-    with torch.inference_mode():
-        torch.onnx.export(LastHiddenState(model).eval(), (example["input_ids"], example["attention_mask"]), str(partial),
-                          input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
-                          dynamic_axes=dynamic, opset_version=17, dynamo=False)
-        enc = tokenizer(list(CHECK_SENTENCES), padding=True, return_tensors="pt")
-        expected = _mean_pool(model(**enc).last_hidden_state.numpy(), enc["attention_mask"].numpy())
-    got = Embedder(partial).embed(list(CHECK_SENTENCES))
-    worst = float(np.min((expected * got).sum(1)))
-    if worst < 0.99999:
-        raise SystemExit(f"the exported embedding model disagrees with PyTorch (cosine {worst:.6f}); not installed")
-    partial.replace(target)
-    stamp.write_text(json.dumps({"model": NAME, "weights_sha256": weights_sha, "min_cosine_vs_pytorch": worst}, indent=2) + "\n")
-    print(f"exported {NAME} to {target} (cosine to PyTorch >= {worst:.6f})")
-    return target
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.embedding", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--export", action="store_true", required=True, help="export the embedding model to ONNX")
-    parser.add_argument("--out", type=Path, default=ONNX_DIR, help=f"folder (default {ONNX_DIR})")
-    args = parser.parse_args(argv)
-    export(args.out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from typing import Any, AsyncIterator, Sequence
 
@@ -59,7 +58,7 @@ class RemoteEngine:
     # not by the router: the router only notices them leave and come back.
     restartable = False
 
-    def __init__(self, tier: TierConfig, resilience: ResilienceConfig, metrics=None, transport=None):
+    def __init__(self, tier: TierConfig, resilience: ResilienceConfig, metrics=None, transport=None, api_key: str | None = None):
         self.tier = tier.name
         self.model = tier.model
         self.max_model_len = tier.max_model_len
@@ -75,6 +74,7 @@ class RemoteEngine:
             metrics = RouterMetrics(CollectorRegistry())
         self._metrics = metrics
         self._transport = transport  # tests may pass an httpx transport
+        self._api_key = api_key  # the replicas' --api-key, read from tier.api_key_env by __main__
         self._client: Any = None
         self._checker: asyncio.Task | None = None
         self._started = False
@@ -99,12 +99,7 @@ class RemoteEngine:
         import httpx
 
         started = time.monotonic()
-        headers = {}
-        if self._config.api_key_env:
-            key = os.environ.get(self._config.api_key_env)
-            if not key:
-                raise RuntimeError(f"tier {self.tier}: environment variable {self._config.api_key_env} (api_key_env) is not set")
-            headers["Authorization"] = f"Bearer {key}"
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         # The read timeout is per chunk; the tier's generation ceiling and the
         # caller's deadline bound the whole answer in the router.
         timeout = httpx.Timeout(connect=CONNECT_TIMEOUT_S, read=self._config.generation_timeout_s, write=10.0, pool=CONNECT_TIMEOUT_S)

@@ -1,6 +1,6 @@
-"""Document retrieval: `triage index` builds a faiss index of text/markdown
-chunks; the router retrieves the top-k for a question and puts them in the
-prompt as numbered sources.
+"""Document retrieval: `python -m server.retrieval DOCS --out INDEX` builds a
+faiss index of text/markdown chunks; the router retrieves the top-k for a
+question and puts them in the prompt as numbered sources.
 
 Index folder layout (all written by `build_index`):
     index.faiss     faiss IndexFlatIP over unit vectors (cosine similarity)
@@ -10,6 +10,7 @@ Index folder layout (all written by `build_index`):
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import single_threaded_faiss
+from .faiss_threads import single_threaded_faiss
 
 DOC_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 FORMAT_VERSION = 1
@@ -111,7 +112,7 @@ class Retriever:
             lines = (folder / "chunks.jsonl").read_text(encoding="utf-8")
             index = faiss.read_index(str(folder / "index.faiss"))
         except FileNotFoundError as exc:
-            raise IndexError_(f"retrieval index {folder} is incomplete: {Path(exc.filename).name} is missing (build it with `triage index`)") from None
+            raise IndexError_(f"retrieval index {folder} is incomplete: {Path(exc.filename).name} is missing (build it with `python -m server.retrieval DOCS --out INDEX`)") from None
         except (ValueError, RuntimeError) as exc:
             raise IndexError_(f"retrieval index {folder} is corrupt: {str(exc).splitlines()[0][:200]}") from None
         problems = []
@@ -177,3 +178,30 @@ class RetrievalService:
 
     def _embed_and_search(self, question: str, k: int) -> list[Hit]:
         return self._retriever.search(self._embedder.embed([question])[0], k)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build an index on the machine that serves it (it needs the embedding
+    model `make models` exports, not a running server)."""
+    import sys
+
+    from .embedding import Embedder
+
+    parser = argparse.ArgumentParser(prog="python -m server.retrieval", description="chunk and embed a folder of text/markdown files into a retrieval index")
+    parser.add_argument("docs", help="folder of .txt/.md/.rst files (searched recursively)")
+    parser.add_argument("--out", required=True, help="index folder to write (point retrieval.index at it)")
+    parser.add_argument("--chunk-chars", type=int, default=800)
+    parser.add_argument("--overlap", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    try:
+        manifest = build_index(args.docs, args.out, Embedder(threads=args.threads), args.chunk_chars, args.overlap)
+    except (IndexError_, ValueError) as exc:
+        print(f"triage: {exc}", file=sys.stderr)
+        return 1
+    print(f"indexed {manifest['chunks']} chunks from {manifest['documents']} documents into {args.out} in {manifest['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,11 +14,12 @@ import asyncio
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import AsyncIterator
 
-from .cache import BYPASS, EXACT, MISS, SEMANTIC, CachedAnswer, Lookup, ResponseCache, replay_deltas
+from .cache import BYPASS, EXACT, MISS, SEMANTIC, CachedAnswer, Lookup, ResponseCache
 from .config import LimitsConfig, ResilienceConfig
 from .errors import DeadlineExceeded, EngineFailure, FailedPrecondition, InvalidArgument, RouterError, Unavailable
 from .metrics import RouterMetrics
@@ -346,3 +347,9 @@ class Router:
                 }
             )
         )
+
+
+def replay_deltas(text: str, words_per_delta: int = 3) -> list[str]:
+    """A cached answer streamed back as deltas that concatenate to it."""
+    pieces = re.findall(r"\S+\s*|\s+", text)
+    return ["".join(pieces[i : i + words_per_delta]) for i in range(0, len(pieces), words_per_delta)]

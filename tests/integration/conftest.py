@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -53,6 +54,12 @@ class Live:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _test_config(tmp: Path, profile: str = "cpu.yaml", **overrides) -> Path:
@@ -100,10 +107,10 @@ def _build_index(tmp: Path) -> Path:
         (docs / name).parent.mkdir(parents=True, exist_ok=True)
         (docs / name).write_text(text)
     out = tmp / "index"
-    run = subprocess.run([sys.executable, "-m", "clients.cli", "index", str(docs), "--out", str(out), "--chunk-chars", "800", "--overlap", "100"],
+    run = subprocess.run([sys.executable, "-m", "server.retrieval", str(docs), "--out", str(out), "--chunk-chars", "800", "--overlap", "100"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     if run.returncode != 0:
-        pytest.fail(f"triage index failed: {run.stdout}{run.stderr}")
+        pytest.fail(f"python -m server.retrieval failed: {run.stdout}{run.stderr}")
     return out
 
 

@@ -177,6 +177,15 @@ def _engine_pids(live: Live, tier: str) -> list[int]:
     return [int(p) for p in found[-1].split(",")]
 
 
+def kill_engine(live: Live, tier: str) -> None:
+    """SIGKILL the tier's engine processes, as an OOM killer would."""
+    for pid in _engine_pids(live, tier):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_killing_one_tier_falls_back_updates_health_and_recovers(guarded):
     client = guarded.client
     errors: list[str] = []
@@ -193,11 +202,7 @@ def test_killing_one_tier_falls_back_updates_health_and_recovers(guarded):
     loader.start()
     try:
         time.sleep(1)
-        for pid in _engine_pids(guarded, "large"):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_engine(guarded, "large")
         deadline = time.monotonic() + 30
         while client.health("router.v1.Router/large") != "NOT_SERVING":
             assert time.monotonic() < deadline, "large tier never went NOT_SERVING"

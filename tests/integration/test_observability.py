@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -14,6 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from .conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy/grafana/dashboards/triage.json"
@@ -81,12 +82,6 @@ def test_dashboard_queries_use_only_exported_metrics(both_tiers_used):
         assert not missing, f"{expr} uses {missing}, which /metrics does not export"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _query(port: int, promql: str) -> list:
     url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
     with urllib.request.urlopen(url, timeout=5) as r:
@@ -98,7 +93,7 @@ def _query(port: int, promql: str) -> list:
 def test_real_prometheus_scrapes_and_computes_p95_per_tier(live, tmp_path):
     binary = shutil.which("prometheus")
     assert binary, "Debian's prometheus is not installed: `make test` installs it (as root)"
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"

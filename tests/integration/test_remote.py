@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,19 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Live, _test_config, start_server, stop_server
+from .conftest import Live, ROOT, _test_config, free_port, start_server, stop_server
 
 MODEL = "SmolLM2-135M-Instruct"
 COMPLEX = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
            "How many clips did Natalia sell altogether in April and May?")
 LARGE_HEALTH = "router.v1.Router/large"
 REMOTE_START_TIMEOUT_S = 420
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RemoteVllm:
@@ -92,7 +85,7 @@ class RemoteVllm:
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("remote")
-    port = _free_port()
+    port = free_port()
     server = RemoteVllm(tmp / "SmolLM2-135M-Instruct", port, tmp / "vllm-serve.log")
     config = _test_config(tmp, tiers={"large": {"backend": "remote", "replicas": [server.url], "engine_args": {}}})
     server.start()  # the router starts alongside and waits for the replica

@@ -5,8 +5,6 @@ metrics."""
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import pytest
@@ -15,7 +13,7 @@ from clients import NotFoundError
 from triage_proto import router_pb2 as pb
 
 from .conftest import _test_config, start_server, stop_server
-from .test_faults import _engine_pids
+from .test_faults import kill_engine
 
 MODEL = "SmolLM2-135M-Instruct"
 
@@ -70,11 +68,7 @@ def test_the_medium_tier_answers_and_shows_in_metrics_and_stats(three):
 
 
 def test_a_dead_middle_tier_falls_back_to_the_nearest_more_capable_one(three):
-    for pid in _engine_pids(three, "medium"):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_engine(three, "medium")
     deadline = time.monotonic() + 30
     while three.client.health("router.v1.Router/medium") != "NOT_SERVING":
         assert time.monotonic() < deadline, "medium tier never went NOT_SERVING"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from server.cache import (
-    CachedAnswer, ExactCache, SemanticCache, is_deterministic, normalise_content, replay_deltas, request_key, signature,
+    CachedAnswer, ExactCache, SemanticCache, is_deterministic, normalise_content, request_key, signature,
 )
 from server.types import ChatMessage, EffectiveSampling
 
@@ -115,6 +115,8 @@ def test_semantic_scores_stay_within_float16_error_and_overwritten_rows_are_foun
 
 
 def test_replayed_deltas_concatenate_to_the_answer():
+    from server.router import replay_deltas
+
     text = "The capital of France is Paris.\\n\\nIt is  large."
     pieces = replay_deltas(text)
     assert "".join(pieces) == text and len(pieces) >= 3

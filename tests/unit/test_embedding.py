@@ -29,7 +29,7 @@ def test_token_ids_are_what_transformers_gives_the_model(embedder):
     reference = AutoTokenizer.from_pretrained(model_path(), local_files_only=True)
     for text in TEXTS:
         expected = reference(text, truncation=True, max_length=MAX_TOKENS)["input_ids"]
-        assert embedder._tokenizer.encode(text).ids == expected
+        assert embedder.tokenizer.encode(text).ids == expected
     assert embedder.count_tokens(TEXTS[0]) == 9  # no padding to 128
     assert embedder.count_tokens(TEXTS[-1]) == MAX_TOKENS  # cut at the model's window, not at 128
 

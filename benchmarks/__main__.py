@@ -12,7 +12,7 @@ hold on a noisy machine even when the absolute numbers move.
 3. Continuous batching: generated tokens/s at concurrency 1, 4, 16.
 4. Adaptive routing against always-large on the built-in mix.
 
-    python -m clients.benchmarks --config config/cpu.yaml --out docs
+    python -m benchmarks --config config/cpu.yaml --out docs
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .loadgen import BUILTIN_MIX, run_level, summarise
+from clients import AsyncTriageClient
+from clients.loadgen import BUILTIN_MIX, run_level, summarise
+
+from .load import EXACT_QUESTION
 
 OVERHEAD_PROMPTS = [
     "What is the capital of Italy?",
@@ -41,43 +44,15 @@ OVERHEAD_PROMPTS = [
 
 # ---- 1. Classify load, run in a child process --------------------------------
 
-async def _classify_load(address: str, concurrency: int, seconds: float, rpc: str = "classify") -> dict:
-    """`rpc` is "classify", or "health" for the ceiling: the cheapest RPC on
-    the same server and channel, i.e. what grpc.aio itself costs."""
-    from .client import AsyncTriageClient
-
-    latencies: list[float] = []
-    texts = BUILTIN_MIX
-    async with AsyncTriageClient(address, timeout=10) as client:
-        call = client.classify if rpc == "classify" else (lambda _text: client.health())
-        await call("warm up")
-        stop = time.perf_counter() + seconds
-
-        async def worker(i: int):
-            n = i
-            while time.perf_counter() < stop:
-                started = time.perf_counter()
-                await call(texts[n % len(texts)])
-                latencies.append(time.perf_counter() - started)
-                n += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-        wall = time.perf_counter() - started
-    lat = np.array(latencies)
-    return {"rpc": rpc, "concurrency": concurrency, "requests": len(lat), "rps": len(lat) / wall,
-            "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3)}
-
-
 def _child(*args: str) -> dict:
-    """A load run in a child process (client and server must not share one
-    GIL); it prints its results as JSON."""
-    out = subprocess.run([sys.executable, "-m", "clients.benchmarks", *args], capture_output=True, text=True, check=True)
+    """A load in a child process (benchmarks/load.py): client and server
+    must not share one GIL."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.load", *args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
 def _load(address: str, c: int, seconds: float, rpc: str) -> dict:
-    return _child("--classify-load", address, str(c), str(seconds), rpc)
+    return _child("classify", address, str(c), str(seconds), "--rpc", rpc)
 
 
 def classify_bench(address: str, levels=(1, 8, 32, 64), seconds: float = 5.0) -> list[dict]:
@@ -121,8 +96,6 @@ async def _router_stream(client, prompt: str, max_tokens: int) -> tuple[float, f
 
 
 async def overhead_bench(app, address: str, rounds: int = 4, per_round: int = 8, concurrency: int = 4, max_tokens: int = 32) -> dict:
-    from .client import AsyncTriageClient
-
     from server.types import ChatMessage
 
     # The direct path uses the tier the router would pick, so both paths do the same work.
@@ -199,46 +172,12 @@ async def adaptive_bench(address: str, concurrency: int = 4) -> dict:
 
 # ---- 5. caches ----------------------------------------------------------------------
 
-EXACT_QUESTION = "Which planet is known as the red planet?"
-
-
-async def _exact_load(address: str, n: int) -> dict:
-    """Child process: `n` exact-cache hits through Generate, interleaved with
-    `n` Health/Check calls on the same channel (the floor any unary RPC pays
-    here), one caller."""
-    from triage_proto import router_pb2 as pb
-
-    from .client import AsyncTriageClient
-
-    lat = {"hit": [], "health": []}
-    async with AsyncTriageClient(address, timeout=120) as client:
-        for _ in range(20):  # warm the channel and both handlers
-            await client.generate(EXACT_QUESTION, route="small", max_tokens=24)
-            await client.health()
-        for _ in range(n):
-            started = time.perf_counter()
-            r = await client.generate(EXACT_QUESTION, route="small", max_tokens=24)
-            lat["hit"].append(time.perf_counter() - started)
-            if r.cache.status != pb.CACHE_EXACT:
-                raise SystemExit(f"expected an exact cache hit, got status {r.cache.status}")
-            started = time.perf_counter()
-            await client.health()
-            lat["health"].append(time.perf_counter() - started)
-    out = {"requests": n}
-    for kind, xs in lat.items():
-        ms = np.array(xs) * 1e3
-        out[kind] = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
-    return out
-
-
 async def exact_hit_bench(address: str, n: int = 1000) -> dict:
     """Exact-cache hits through gRPC from a separate client process (client
     and server must not share one GIL), next to Health/Check."""
-    from .client import AsyncTriageClient
-
     async with AsyncTriageClient(address, timeout=120) as client:
         first = await client.generate(EXACT_QUESTION, route="small", max_tokens=24)  # the miss that fills it
-    result = await asyncio.to_thread(_child, "--exact-load", address, str(n))
+    result = await asyncio.to_thread(_child, "exact", address, str(n))
     result["miss_ms"] = first.timings.total_ms
     return result
 
@@ -255,8 +194,6 @@ async def in_router_lookup_bench(app, address: str, entries: int = 100_000, roun
     from server.embedding import Embedder
     from triage_proto import router_pb2 as pb
 
-    from .client import AsyncTriageClient
-
     cache = app.router.cache
     rng = np.random.default_rng(1)
     filler = CachedAnswer("x" * 400, "stop", 20, 100)
@@ -265,13 +202,13 @@ async def in_router_lookup_bench(app, address: str, entries: int = 100_000, roun
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         for row in block:
             cache.semantic.add(row, "bench filler", "", filler)
-    embedders = {1: cache._embedder, 2: Embedder(threads=2)}
+    embedders = {1: cache.embedder, 2: Embedder(threads=2)}
     ms = {t: {"lookup": [], "ttft": []} for t in embedders}
     n = 0
     async with AsyncTriageClient(address, timeout=300) as client:
         for i in range(rounds):
             for threads in ((1, 2) if i % 2 == 0 else (2, 1)):
-                cache._embedder = embedders[threads]
+                cache.embedder = embedders[threads]
                 for q in BUILTIN_MIX[:per_block]:
                     n += 1
                     r = await client.generate(f"{q} (request {n})", route="small", max_tokens=1)
@@ -280,7 +217,7 @@ async def in_router_lookup_bench(app, address: str, entries: int = 100_000, roun
                     ms[threads]["lookup"].append(r.timings.cache_ms)
                     ms[threads]["ttft"].append(r.timings.ttft_ms)
                     await asyncio.sleep(0.1)
-    cache._embedder = embedders[1]
+    cache.embedder = embedders[1]
     pct = lambda xs, q: float(np.percentile(xs, q))
     return {"entries": len(cache.semantic), "requests_per_setting": rounds * per_block,
             **{f"threads_{t}": {"lookup_p50_ms": pct(v["lookup"], 50), "lookup_p99_ms": pct(v["lookup"], 99),
@@ -299,7 +236,8 @@ def _pytorch_embedder():
     cache used before ONNX Runtime), returning the same unit vectors."""
     import torch
 
-    from server.embedding import _mean_pool, pytorch_model
+    from server.embedding import mean_pool
+    from tools.export_embedder import pytorch_model
 
     tokenizer, model = pytorch_model()
 
@@ -307,7 +245,7 @@ def _pytorch_embedder():
         torch.set_num_threads(1)
         with torch.inference_mode():
             enc = tokenizer([text], return_tensors="pt")
-            return _mean_pool(model(**enc).last_hidden_state.numpy(), enc["attention_mask"].numpy())
+            return mean_pool(model(**enc).last_hidden_state.numpy(), enc["attention_mask"].numpy())
 
     return embed
 
@@ -364,7 +302,7 @@ def _tokenizer_cost(embedder, questions: list[str], rounds: int = 5) -> dict:
     for _ in range(rounds):
         for q in questions:
             t0 = time.perf_counter()
-            embedder._tokenizer.encode_batch([q])
+            embedder.tokenizer.encode_batch([q])
             t1 = time.perf_counter()
             wrapper([q], padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="np")
             direct_s.append(t1 - t0), wrapper_s.append(time.perf_counter() - t1)
@@ -390,7 +328,7 @@ def _matmul_share(embedder, questions: list[str]) -> dict:
     flops = 0
     for _ in range(2):  # the first pass warms up; both are profiled, both counted
         for q in questions:
-            ids = np.array([embedder._tokenizer.encode(q).ids], dtype=np.int64)
+            ids = np.array([embedder.tokenizer.encode(q).ids], dtype=np.int64)
             session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
             flops += 2 * dense_params * ids.shape[1]
     trace = Path(session.end_profiling())
@@ -493,7 +431,7 @@ def _sections_note(results: dict) -> str:
     if not dates:
         return "all in one run"
     return (f"sections 1-4 in one run on {dates['1-4']}, section 5 re-measured alone on {dates['5']} "
-            f"(`python -m clients.benchmarks --only caches`; each section's comparisons are side by side within its run)")
+            f"(`python -m benchmarks --only caches`; each section's comparisons are side by side within its run)")
 
 
 def _in_router_line(r: dict) -> str:
@@ -509,7 +447,7 @@ def write_markdown(results: dict, path: Path) -> None:
     m, c, o, b, a = results["machine"], results["classify"], results["overhead"], results["batching"], results["adaptive"]
     lines = [
         "# Benchmarks", "",
-        f"Measured {results['date']} by `make bench` (`python -m clients.benchmarks --config {results['config']}`), "
+        f"Measured {results['date']} by `make bench` (`python -m benchmarks --config {results['config']}`), "
         f"{_sections_note(results)} on {m['cores']} cores ({m['cpu']}), profile `{results['profile']}`: both tiers serve "
         "SmolLM2-135M-Instruct on vLLM's CPU build (the tiers differ only in budgets, see config/cpu.yaml). "
         "Machines here are noisy: compare the ratios, which were measured side by side; absolute numbers move run to run.", "",
@@ -618,15 +556,7 @@ async def main_async(args) -> dict:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "--exact-load":  # child process for benchmark 5
-        print(json.dumps(asyncio.run(_exact_load(argv[1], int(argv[2])))))
-        return 0
-    if argv and argv[0] == "--classify-load":  # child process for benchmark 1
-        rpc = argv[4] if len(argv) > 4 else "classify"
-        print(json.dumps(asyncio.run(_classify_load(argv[1], int(argv[2]), float(argv[3]), rpc))))
-        return 0
-    parser = argparse.ArgumentParser(prog="python -m clients.benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="config/cpu.yaml")
     parser.add_argument("--out", default="docs")
     parser.add_argument("--only", choices=["caches"], help="run section 5 alone and update it in an existing report")

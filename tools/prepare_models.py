@@ -6,7 +6,7 @@ Hugging Face folder (float32 safetensors, config, tokenizer with its chat
 template). The folder records the GGUF's sha256; a second run with the same
 GGUF does nothing.
 
-    python -m server.prepare_models --out .cache/models
+    python -m tools.prepare_models --out .cache/models
 """
 
 from __future__ import annotations

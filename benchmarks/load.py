@@ -1,0 +1,98 @@
+"""Loads run in a child process of `python -m benchmarks`: client and server
+must not share one GIL. Each prints its results as one JSON object.
+
+    python -m benchmarks.load classify ADDRESS CONCURRENCY SECONDS [--rpc health]
+    python -m benchmarks.load exact ADDRESS N
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+import numpy as np
+
+from clients import AsyncTriageClient
+from clients.loadgen import BUILTIN_MIX
+from triage_proto import router_pb2 as pb
+
+EXACT_QUESTION = "Which planet is known as the red planet?"
+
+
+async def classify_load(address: str, concurrency: int, seconds: float, rpc: str = "classify") -> dict:
+    """`rpc` is "classify", or "health" for the ceiling: the cheapest RPC on
+    the same server and channel, i.e. what grpc.aio itself costs."""
+    latencies: list[float] = []
+    texts = BUILTIN_MIX
+    async with AsyncTriageClient(address, timeout=10) as client:
+        call = client.classify if rpc == "classify" else (lambda _text: client.health())
+        await call("warm up")
+        stop = time.perf_counter() + seconds
+
+        async def worker(i: int):
+            n = i
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                await call(texts[n % len(texts)])
+                latencies.append(time.perf_counter() - started)
+                n += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        wall = time.perf_counter() - started
+    lat = np.array(latencies)
+    return {"rpc": rpc, "concurrency": concurrency, "requests": len(lat), "rps": len(lat) / wall,
+            "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3)}
+
+
+async def exact_load(address: str, n: int) -> dict:
+    """`n` exact-cache hits through Generate, interleaved with
+    `n` Health/Check calls on the same channel (the floor any unary RPC pays
+    here), one caller."""
+    lat = {"hit": [], "health": []}
+    async with AsyncTriageClient(address, timeout=120) as client:
+        for _ in range(20):  # warm the channel and both handlers
+            await client.generate(EXACT_QUESTION, route="small", max_tokens=24)
+            await client.health()
+        for _ in range(n):
+            started = time.perf_counter()
+            r = await client.generate(EXACT_QUESTION, route="small", max_tokens=24)
+            lat["hit"].append(time.perf_counter() - started)
+            if r.cache.status != pb.CACHE_EXACT:
+                raise SystemExit(f"expected an exact cache hit, got status {r.cache.status}")
+            started = time.perf_counter()
+            await client.health()
+            lat["health"].append(time.perf_counter() - started)
+    out = {"requests": n}
+    for kind, xs in lat.items():
+        ms = np.array(xs) * 1e3
+        out[kind] = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+    return out
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="load", required=True)
+    p = sub.add_parser("classify", help="Classify (or Health/Check) calls from CONCURRENCY callers for SECONDS")
+    p.add_argument("address")
+    p.add_argument("concurrency", type=int)
+    p.add_argument("seconds", type=float)
+    p.add_argument("--rpc", choices=["classify", "health"], default="classify")
+    p = sub.add_parser("exact", help="N exact-cache hits through Generate, each next to a Health/Check")
+    p.add_argument("address")
+    p.add_argument("n", type=int)
+    args = parser.parse_args(argv)
+    if args.load == "classify":
+        result = asyncio.run(classify_load(args.address, args.concurrency, args.seconds, args.rpc))
+    else:
+        result = asyncio.run(exact_load(args.address, args.n))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
