@@ -83,7 +83,7 @@ def _test_config(tmp: Path, profile: str = "cpu.yaml", **overrides) -> Path:
         else:
             cfg.setdefault(section, {}).update(values)
     path = tmp / "test.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))  # tier order is meaningful: cheapest first
     return path
 
 

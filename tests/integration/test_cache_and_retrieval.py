@@ -121,7 +121,7 @@ def test_missing_or_corrupt_index_fails_at_start_up(tmp_path):
         prepare(folder)
         cfg["retrieval"] = {"index": str(folder)}
         path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         run = subprocess.run([sys.executable, "-m", "server", "--config", str(path), "--port", "0", "--metrics-port", "-1"],
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert run.returncode == 2, run.stderr[-2000:]

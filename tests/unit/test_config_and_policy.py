@@ -284,7 +284,7 @@ def _remote_profile(tmp_path, **large) -> Path:
     cfg = yaml.safe_load((ROOT / "config/remote.yaml").read_text())
     cfg["tiers"]["large"].update(large)
     path = tmp_path / "remote.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 
