@@ -138,7 +138,9 @@ def test_get_stats_summarises_both_tiers(both_tiers_used):
         assert t.requests >= 2 and t.mean_latency_ms > 0 and t.p95_latency_ms >= t.mean_ttft_ms > 0
         assert t.tokens_per_second > 0 and t.engine_load_seconds > 1 and t.ready
     assert stats.uptime_seconds > 10 and stats.requests_by_code["OK"] >= 4
-    assert "routed large" in stats.summary and "small" in stats.summary
+    assert f"{stats.large_share:.0%} above the cheapest tier" in stats.summary
+    assert all(f"\n{name} SmolLM2-135M-Instruct: {tiers[t].requests} (" in stats.summary
+               for name, t in (("small", 1), ("large", 2)))
 
 
 def test_load_generator_short_run(live, tmp_path):
