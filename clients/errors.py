@@ -10,9 +10,11 @@ class TriageError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None):
+    def __init__(self, message: str, code: grpc.StatusCode | None = None, retry_after_ms: int | None = None):
         super().__init__(message)
         self.message = message
+        # From the server's grpc-retry-pushback-ms trailer (RESOURCE_EXHAUSTED): when to try again.
+        self.retry_after_ms = retry_after_ms
         if code is not None:
             self.code = code
 
@@ -60,4 +62,11 @@ def from_rpc_error(err: grpc.RpcError) -> TriageError:
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
     cls = _BY_CODE.get(code, TriageError)
-    return cls(f"{code.name}: {details}", code)
+    retry_after_ms = None
+    try:
+        trailers = dict(err.trailing_metadata() or ())
+        if "grpc-retry-pushback-ms" in trailers:
+            retry_after_ms = int(trailers["grpc-retry-pushback-ms"])
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return cls(f"{code.name}: {details}", code, retry_after_ms)

@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
-from triage_proto import router_pb2, router_pb2_grpc
+from triage_proto import router_pb2
 
 from .cache import ResponseCache
 from .config import Config, ResilienceConfig, TierConfig
@@ -24,7 +24,7 @@ from .grpc_metrics import GrpcServerMetrics
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy
 from .router import Router
-from .servicer import RouterServicer
+from .servicer import RouterServicer, add_to_server
 from .tiers import Tier, Tiers
 
 log = logging.getLogger("triage.app")
@@ -143,7 +143,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     if tokens:
         interceptors.append(BearerTokenAuth(tokens, open_services=(HEALTH_SERVICE,) if config.security.health_open else ()))
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    router_pb2_grpc.add_RouterServicer_to_server(RouterServicer(router), server)
+    add_to_server(RouterServicer(router), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -45,6 +45,10 @@ class TierConfig:
     sampling: SamplingDefaults
     max_in_flight: int = 16  # requests generating on this tier at once
     max_queued: int = 32  # waiting for a slot; beyond: RESOURCE_EXHAUSTED at once
+    # A request whose expected wait for a slot is longer than this (or than
+    # its own remaining deadline) is refused at once, with a retry hint,
+    # instead of waiting for a first token that would come too late.
+    max_queue_seconds: float = 60.0
     # Ceiling on one generation, applied with the caller's deadline (whichever
     # is sooner). CPU generation is slow: set it from measured numbers.
     generation_timeout_s: float = 300.0
@@ -231,8 +235,8 @@ def _check_tier(tier: TierConfig, where: str) -> None:
         raise ConfigError(f"{where}.sampling.max_tokens_cap must be below max_model_len")
     if not 0.0 <= s.temperature <= 2.0:
         raise ConfigError(f"{where}.sampling.temperature must be in [0, 2]")
-    if tier.max_in_flight < 1 or tier.max_queued < 0 or tier.generation_timeout_s <= 0:
-        raise ConfigError(f"{where}: max_in_flight >= 1, max_queued >= 0 and generation_timeout_s > 0 are required")
+    if tier.max_in_flight < 1 or tier.max_queued < 0 or tier.generation_timeout_s <= 0 or tier.max_queue_seconds <= 0:
+        raise ConfigError(f"{where}: max_in_flight >= 1, max_queued >= 0, generation_timeout_s > 0 and max_queue_seconds > 0 are required")
     for key in ("model", "max_model_len"):
         if key in tier.engine_args:
             raise ConfigError(f"{where}.engine_args.{key}: set it on the tier, not in engine_args")

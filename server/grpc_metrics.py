@@ -24,12 +24,18 @@ _LABELS = ["grpc_type", "grpc_service", "grpc_method"]
 _BY_VALUE = {c.value[0]: c.name for c in grpc.StatusCode}
 
 
+# A client whose deadline passes cancels the call from its side, and the
+# cancellation reaches the server a little before the server's own clock
+# says the deadline passed: within this much of it, count DEADLINE_EXCEEDED.
+DEADLINE_SLACK_S = 0.5
+
+
 def status_name(context, exc: BaseException | None = None) -> str:
     """The status the client sees, as a name. A cancelled handler means the
     caller's deadline passed (DEADLINE_EXCEEDED) or it went away (CANCELLED)."""
     if isinstance(exc, asyncio.CancelledError):
         remaining = context.time_remaining()
-        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= DEADLINE_SLACK_S else "CANCELLED"
     code = context.code()
     if code is None:
         return "UNKNOWN" if exc is not None and not isinstance(exc, grpc.aio.AbortError) else "OK"

@@ -67,6 +67,8 @@ class RouterMetrics:
         self.retrieve_seconds = histogram("router_retrieve_duration_seconds", "Embedding the question and searching the document index")
         self.engine_requests = Counter("router_engine_requests_total", "Requests handed to the engine (cache hits are not)", ["tier"], registry=registry)
         self.engine_restarts = Counter("router_engine_restarts_total", "Dead engines started again", ["tier"], registry=registry)
+        self.queue_depth = Gauge("router_queue_depth", "Requests waiting for a slot on the tier", ["tier"], registry=registry)
+        self.queue_expected_wait = Gauge("router_queue_expected_wait_seconds", "Expected wait for a slot on the tier, as last estimated at admission", ["tier"], registry=registry)
         self.admission_rejections = Counter("router_admission_rejected_total", "Requests refused at an admission limit", ["scope"], registry=registry)
         self.threshold = Gauge("router_threshold", "Configured p_complex threshold", registry=registry)
         # Remote tiers: one series per configured `vllm serve` replica (the

@@ -113,7 +113,8 @@ class Router:
                 yield event
             return
         self._choose(ctx)
-        async with self.tiers.admit(ctx.tier):
+        remaining = None if req.deadline_s is None else req.deadline_s - (time.perf_counter() - ctx.arrived)
+        async with self.tiers.admit(ctx.tier, remaining):
             self._check_accepting()
             while True:
                 try:

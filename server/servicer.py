@@ -37,6 +37,47 @@ _CACHE_MODE_FROM_PB = {pb.CacheMode.Value(f"CACHE_MODE_{m.upper()}"): m for m in
 _CACHE_STATUS_TO_PB = {s: pb.CacheStatus.Value(f"CACHE_{s}") for s in CACHE_STATUSES}
 
 
+# ---- bytes -> proto -----------------------------------------------------------
+
+class Malformed:
+    """What the servicer receives for bytes that do not parse as the request
+    type (truncated or corrupt wire bytes, invalid UTF-8 in a string field):
+    grpc would answer a deserializer's exception with UNKNOWN and a
+    traceback in the log, so the deserializer returns this instead and the
+    one error mapper answers INVALID_ARGUMENT, counted like any other."""
+
+    def __init__(self, type_name: str):
+        self.type_name = type_name
+
+
+def _tolerant(message_class):
+    type_name = message_class.DESCRIPTOR.full_name
+
+    def parse(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except Exception:  # DecodeError, and whatever else bad bytes raise
+            return Malformed(type_name)
+
+    return parse
+
+
+def add_to_server(servicer: "RouterServicer", server: grpc.aio.Server) -> None:
+    """Register the servicer as the generated add_RouterServicer_to_server
+    does, from the service descriptor, but with deserializers that never raise."""
+    service = pb.DESCRIPTOR.services_by_name["Router"]
+    handlers = {}
+    for method in service.methods:
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=_tolerant(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 # ---- proto -> plain -------------------------------------------------------
 
 def _messages(msgs) -> tuple[ChatMessage, ...]:
@@ -58,7 +99,7 @@ def _sampling(s: pb.SamplingParams) -> SamplingRequest:
     )
 
 
-def _request(req: pb.GenerateRequest, tiers: tuple[str, ...]) -> GenerateInput:
+def _request(req: pb.GenerateRequest, tiers: tuple[str, ...], deadline_s: float | None = None) -> GenerateInput:
     """Decode only; every check on the values is validation.check_request's."""
     if req.route not in (pb.TIER_UNSPECIFIED, pb.TIER_SMALL, pb.TIER_LARGE):
         raise InvalidArgument("route", f"unknown tier value {req.route}")
@@ -75,6 +116,7 @@ def _request(req: pb.GenerateRequest, tiers: tuple[str, ...]) -> GenerateInput:
         cache_mode=_CACHE_MODE_FROM_PB[req.cache_mode],
         retrieval=retrieval.enabled if retrieval.HasField("enabled") else None,
         retrieval_top_k=retrieval.top_k if retrieval.HasField("top_k") else None,
+        deadline_s=deadline_s,
     )
 
 
@@ -129,7 +171,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self.tiers = router.tiers.names
 
     @contextlib.asynccontextmanager
-    async def _rpc(self, rpc: str, context: grpc.aio.ServicerContext, request_id: str = ""):
+    async def _rpc(self, rpc: str, context: grpc.aio.ServicerContext, request=None):
         """Map every outcome of an RPC to a deliberate status and count it.
 
         First the request id: the client's, or a new one, in REQUEST_ID for
@@ -142,9 +184,11 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         """
         started = time.perf_counter()
         state = {"tier": "", "reason": "", "code": "OK"}
-        request_id = request_id or uuid.uuid4().hex
+        request_id = getattr(request, "request_id", "") or uuid.uuid4().hex
         REQUEST_ID.set(request_id)
         try:
+            if isinstance(request, Malformed):
+                raise InvalidArgument("request", f"the request is not a valid {request.type_name}")
             check_request_id(request_id)
             yield state
         except RouterError as exc:
@@ -174,9 +218,9 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         arrived = time.perf_counter()
-        response = pb.GenerateResponse(request_id=request.request_id)
-        async with self._rpc("Generate", context, request.request_id) as state:
-            req = _request(request, self.tiers)
+        response = pb.GenerateResponse()
+        async with self._rpc("Generate", context, request) as state:
+            req = _request(request, self.tiers, context.time_remaining())
             response.request_id = req.request_id
             parts: list[str] = []
             async for event in self.router.generate(req, arrived):
@@ -198,8 +242,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateStreamResponse]:
         arrived = time.perf_counter()
-        async with self._rpc("GenerateStream", context, request.request_id) as state:
-            req = _request(request, self.tiers)
+        async with self._rpc("GenerateStream", context, request) as state:
+            req = _request(request, self.tiers, context.time_remaining())
             rid = req.request_id
             async for event in self.router.generate(req, arrived):
                 if isinstance(event, DeltaEvent):
@@ -215,14 +259,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     yield pb.GenerateStreamResponse(request_id=rid, final=final)
 
     async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
-        async with self._rpc("Classify", context) as state:
+        async with self._rpc("Classify", context, request) as state:
             threshold = request.threshold if request.HasField("threshold") else None
             decision, classify_ms = self.router.classify(_messages(request.messages), threshold)
             state["tier"], state["reason"] = decision.tier, decision.reason
             return pb.ClassifyResponse(decision=_decision(decision, self.tiers), classify_ms=classify_ms)
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
-        async with self._rpc("ListModels", context):
+        async with self._rpc("ListModels", context, request):
             tiers = []
             for tier in self.router.tiers:
                 c, engine = tier.config, tier.engine
@@ -237,7 +281,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             return pb.ListModelsResponse(tiers=tiers, threshold=policy.threshold, cut_points=policy.cut_points)
 
     async def GetStats(self, request: pb.GetStatsRequest, context) -> pb.GetStatsResponse:
-        async with self._rpc("GetStats", context):
+        async with self._rpc("GetStats", context, request):
             stats, completed = self.router.stats, self.router.stats.completed()
             tiers = []
             for tier in self.router.tiers:

@@ -19,6 +19,7 @@ from .admission import Gate
 from .breaker import CircuitBreaker
 from .config import LimitsConfig, ResilienceConfig, TierConfig
 from .engine import Engine
+from .errors import ResourceExhausted
 from .metrics import RouterMetrics
 from .types import ChatMessage, EffectiveSampling
 
@@ -40,6 +41,11 @@ class Tier:
         self._ready_gauge = metrics.engine_ready.labels(config.name, engine.model)
         self._ready_gauge.set(0)
         metrics.engine_unfinished.labels(config.name).set_function(engine.unfinished_requests)
+        metrics.queue_depth.labels(config.name).set_function(lambda: self.gate.waiting)
+        self._expected_wait_gauge = metrics.queue_expected_wait.labels(config.name)
+        # Seconds a request holds a slot, smoothed over recent ones: with
+        # max_in_flight slots, the queue drains at max_in_flight / this.
+        self.slot_seconds: float | None = None
 
     def why_not(self) -> str | None:
         """None if the tier can take a request now, else why not. (A
@@ -49,6 +55,35 @@ class Tier:
         if not self.breaker.allow():
             return "circuit open"
         return None
+
+    def expected_wait(self) -> float:
+        """Seconds a request arriving now would wait for a slot: nothing while
+        a slot is free; else its place in the queue over the drain rate."""
+        if self.gate.in_flight < self.gate.max_in_flight or self.slot_seconds is None:
+            return 0.0
+        return (self.gate.waiting + 1) * self.slot_seconds / self.gate.max_in_flight
+
+    @contextlib.asynccontextmanager
+    async def admit(self, remaining_s: float | None = None):
+        """A slot on this tier, or RESOURCE_EXHAUSTED at once when the queue
+        is full or the expected wait exceeds the tier's budget or the
+        caller's remaining deadline."""
+        wait = self.expected_wait()
+        self._expected_wait_gauge.set(wait)
+        budget = self.config.max_queue_seconds
+        if wait > budget or (remaining_s is not None and wait > remaining_s):
+            limit = f"its queue budget of {budget:g} s" if wait > budget else f"the call's remaining deadline ({remaining_s:.1f} s)"
+            raise ResourceExhausted(
+                f"tier {self.name}: expected wait {wait:.1f} s for a slot exceeds {limit}; retry later",
+                retry_after_ms=max(1000, int(wait * 1000)), scope=self.gate.name,
+            )
+        async with self.gate.slot():
+            started = time.monotonic()
+            try:
+                yield
+            finally:
+                held = time.monotonic() - started
+                self.slot_seconds = held if self.slot_seconds is None else 0.8 * self.slot_seconds + 0.2 * held
 
     def failed(self) -> None:
         """The engine failed a request."""
@@ -122,9 +157,12 @@ class Tiers:
         return [self._tiers[self._order[j]] for j in sorted(others, key=lambda j: (abs(j - i), -j))]
 
     @contextlib.asynccontextmanager
-    async def admit(self, tier: Tier):
-        """A router-wide slot and a slot on the tier, or RESOURCE_EXHAUSTED."""
-        async with self.gate.slot(), tier.gate.slot():
+    async def admit(self, tier: Tier, remaining_s: float | None = None):
+        """A slot on the tier, then a router-wide one, or RESOURCE_EXHAUSTED.
+        In this order: a request waiting for its busy tier holds no
+        router-wide slot, so a burst on one tier never keeps another tier's
+        requests out."""
+        async with tier.admit(remaining_s), self.gate.slot():
             yield
 
     def past_drain_deadline(self) -> bool:

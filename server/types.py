@@ -52,6 +52,7 @@ class GenerateInput:
     cache_mode: str = "default"  # "default" | "exact_only" | "off"
     retrieval: bool | None = None  # None: the tier's configured default
     retrieval_top_k: int | None = None
+    deadline_s: float | None = None  # the caller's remaining time when the RPC arrived, if it set one
 
 
 @dataclass(frozen=True)

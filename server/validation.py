@@ -13,6 +13,7 @@ from .errors import InvalidArgument, NotFound
 from .types import ROLES, ChatMessage, EffectiveSampling, GenerateInput, SamplingRequest
 
 MAX_STOP_STRINGS = 16
+MIN_TEMPERATURE = 0.01  # vLLM's own floor for a non-zero temperature (sampling_params._MAX_TEMP)
 MAX_REQUEST_ID = 128
 MAX_RETRIEVAL_TOP_K = 100
 
@@ -75,6 +76,9 @@ def check_sampling(s: SamplingRequest) -> None:
         _finite("sampling.temperature", s.temperature)
         if not 0.0 <= s.temperature <= 2.0:
             raise InvalidArgument("sampling.temperature", f"must be in [0, 2], got {s.temperature}")
+        if 0.0 < s.temperature < MIN_TEMPERATURE:
+            # vLLM would quietly raise it to 0.01; effective_sampling must be what ran.
+            raise InvalidArgument("sampling.temperature", f"must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {s.temperature:g}")
     if s.top_p is not None:
         _finite("sampling.top_p", s.top_p)
         if not 0.0 < s.top_p <= 1.0:

@@ -117,6 +117,14 @@ def test_bad_threshold(threshold):
         check_threshold(threshold)
 
 
+@pytest.mark.parametrize("temperature", [1e-45, 0.005])
+def test_a_temperature_vllm_would_silently_raise_is_refused(temperature):
+    with pytest.raises(InvalidArgument, match="sampling.temperature: must be 0 .greedy. or at least 0.01"):
+        check_sampling(SamplingRequest(temperature=temperature))
+    check_sampling(SamplingRequest(temperature=0.0))
+    check_sampling(SamplingRequest(temperature=0.01))
+
+
 def test_effective_sampling_request_wins_defaults_fill_caps_hold():
     d = SamplingDefaults(max_tokens=64, max_tokens_cap=128, stop=("<end>",))
     s = effective_sampling(SamplingRequest(), d, "small")

@@ -63,3 +63,26 @@ def test_grpc_metric_names_are_the_standard_ones():
     registry = CollectorRegistry()
     GrpcServerMetrics(registry)
     assert {"grpc_server_started", "grpc_server_handled", "grpc_server_handling_seconds", "grpc_server_msg_sent", "grpc_server_msg_received"} <= set(families(registry))
+
+
+class _Context:
+    def __init__(self, remaining):
+        self._remaining = remaining
+
+    def time_remaining(self):
+        return self._remaining
+
+
+def test_a_cancellation_at_the_callers_deadline_counts_as_deadline_exceeded():
+    """The client's own deadline fires first and cancels the call, so the
+    server sees a cancellation with a few milliseconds still on its clock:
+    that is DEADLINE_EXCEEDED, not CANCELLED (before: every one of them
+    counted as CANCELLED)."""
+    import asyncio
+
+    from server.grpc_metrics import status_name
+
+    assert status_name(_Context(0.02), asyncio.CancelledError()) == "DEADLINE_EXCEEDED"
+    assert status_name(_Context(-0.01), asyncio.CancelledError()) == "DEADLINE_EXCEEDED"
+    assert status_name(_Context(30.0), asyncio.CancelledError()) == "CANCELLED"  # the caller went away
+    assert status_name(_Context(None), asyncio.CancelledError()) == "CANCELLED"  # no deadline at all
