@@ -14,14 +14,51 @@ import json
 import os
 import sys
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 
 from triage_proto import router_pb2 as pb
 
 from .client import TriageClient
-from .errors import TriageError
+from .errors import NotFoundError, TriageError
 
 DEFAULT_TARGET = os.environ.get("TRIAGE_ADDRESS", "127.0.0.1:50051")
+
+
+_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+          FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
+
+
+def to_dict(message) -> dict:
+    """A message as JSON people read: every field, zeros and false included
+    (`ready: false` while loading, `temperature: 0`), and 64-bit integers as
+    numbers, not the strings proto3's JSON mapping prescribes."""
+    out = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    _ints(message, out)
+    return out
+
+
+def _ints(message, out: dict) -> None:
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in out:
+            continue
+        value = getattr(message, field.name)
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.message_type.GetOptions().map_entry:
+                if field.message_type.fields_by_name["value"].type in _INT64:
+                    out[field.name] = {k: int(v) for k, v in out[field.name].items()}
+            elif field.is_repeated:
+                for item, item_out in zip(value, out[field.name]):
+                    _ints(item, item_out)
+            else:
+                _ints(value, out[field.name])
+        elif field.type in _INT64:
+            out[field.name] = [int(v) for v in out[field.name]] if field.is_repeated else int(out[field.name])
+
+
+def _sources(sources) -> None:
+    for i, src in enumerate(sources, start=1):
+        print(f"  [{i}] {src.document} (chunk {src.chunk}, score {src.score:.2f})", file=sys.stderr)
 
 
 def _summary(decision, timings, usage, finish_reason, cache=None) -> str:
@@ -44,11 +81,10 @@ def cmd_ask(client: TriageClient, args) -> int:
     if not args.stream:
         r = client.generate(args.question, **kwargs)
         if args.json:
-            print(json.dumps(MessageToDict(r, preserving_proto_field_name=True), indent=2))
+            print(json.dumps(to_dict(r), indent=2))
         else:
             print(r.text)
-            for i, src in enumerate(r.retrieval.sources, start=1):
-                print(f"  [{i}] {src.document} (chunk {src.chunk}, score {src.score:.2f})", file=sys.stderr)
+            _sources(r.retrieval.sources)
             print(_summary(r.decision, r.timings, r.usage, r.finish_reason, r.cache), file=sys.stderr)
         return 0
     decision = None
@@ -56,7 +92,7 @@ def cmd_ask(client: TriageClient, args) -> int:
     for event in client.generate_stream(args.question, **kwargs):
         kind = event.WhichOneof("event")
         if args.json:
-            events.append(MessageToDict(event, preserving_proto_field_name=True))
+            events.append(to_dict(event))
         elif kind == "decision":
             decision = event.decision
         elif kind == "delta":
@@ -64,6 +100,7 @@ def cmd_ask(client: TriageClient, args) -> int:
         elif kind == "final":
             print()
             f = event.final
+            _sources(f.retrieval.sources)
             print(_summary(decision, f.timings, f.usage, f.finish_reason, f.cache), file=sys.stderr)
     if args.json:
         print(json.dumps(events, indent=2))
@@ -71,13 +108,13 @@ def cmd_ask(client: TriageClient, args) -> int:
 
 
 def cmd_models(client: TriageClient, args) -> int:
-    print(json.dumps(MessageToDict(client.list_models(), preserving_proto_field_name=True), indent=2))
+    print(json.dumps(to_dict(client.list_models()), indent=2))
     return 0
 
 
 def cmd_stats(client: TriageClient, args) -> int:
     r = client.stats()
-    print(json.dumps(MessageToDict(r, preserving_proto_field_name=True), indent=2) if args.json else r.summary)
+    print(json.dumps(to_dict(r), indent=2) if args.json else r.summary)
     return 0
 
 
@@ -97,7 +134,12 @@ def cmd_bench(client: TriageClient, args) -> int:
 
 
 def cmd_health(client: TriageClient, args) -> int:
-    status = client.health(args.service)
+    try:
+        status = client.health(args.service)
+    except NotFoundError:
+        print(f"triage: the server has no health status for service {args.service!r} "
+              f"(try \"\", router.v1.Router, router.v1.Router/live or router.v1.Router/<tier>)", file=sys.stderr)
+        return 1
     print(status)
     return 0 if status == "SERVING" else 1
 

@@ -69,4 +69,6 @@ def from_rpc_error(err: grpc.RpcError) -> TriageError:
             retry_after_ms = int(trailers["grpc-retry-pushback-ms"])
     except (AttributeError, TypeError, ValueError):
         pass
-    return cls(f"{code.name}: {details}", code, retry_after_ms)
+    # Some statuses come without details (a health check of an unknown
+    # service): say at least what the code means rather than nothing.
+    return cls(f"{code.name}: {details or code.value[1]}", code, retry_after_ms)

@@ -22,6 +22,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=None, help="gRPC port (0 picks a free one and prints it)")
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (0 = free port, -1 = off)")
     parser.add_argument("--log-level", default=os.environ.get("TRIAGE_LOG_LEVEL", "INFO"))
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one setting of the profile (repeatable), e.g. --set retrieval.index=./my-index")
     return parser.parse_args(argv)
 
 
@@ -44,7 +46,7 @@ async def _main(args: argparse.Namespace) -> int:
     from .app import build_app, serve
 
     try:
-        config = load(args.config).with_ports(args.port, args.metrics_port, args.host)
+        config = load(args.config, args.set).with_ports(args.port, args.metrics_port, args.host)
     except ConfigError as exc:
         print(f"triage: bad config: {exc}", file=sys.stderr)
         return 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -74,8 +75,12 @@ class App:
         # Requests still generating just before grpc's grace runs out end at
         # their next token with UNAVAILABLE rather than grpc's CANCELLED.
         await self.tiers.begin_drain(grace - 1.0)
+        started = time.monotonic()
         await self.server.stop(grace)
+        log.info("gRPC server stopped in %.1f s", time.monotonic() - started)
+        started = time.monotonic()
         await self.tiers.shutdown()
+        log.info("engines shut down in %.1f s", time.monotonic() - started)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
 

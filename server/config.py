@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -222,6 +222,12 @@ def _tier(name: str, raw: Any, base: Path) -> TierConfig:
         raw["replicas"] = tuple(str(url).rstrip("/") for url in raw["replicas"] or ())
     tier = _build(TierConfig, raw, where, name=name, sampling=sampling)
     _check_tier(tier, where)
+    # A local folder must be there now, not fail an engine start later (a
+    # copied profile's relative paths point elsewhere). A hub id stays as
+    # written, for the GPU profile.
+    if tier.backend == "in_process" and os.path.isabs(tier.model_path) and not Path(tier.model_path).exists():
+        raise ConfigError(f"{where}.model_path: {tier.model_path} does not exist (run `make models`, or fix the path; "
+                          f"relative paths are taken from the config file's folder)")
     return tier
 
 
@@ -263,6 +269,8 @@ def _classifier(raw: Any, n_tiers: int, base: Path) -> ClassifierConfig:
     classifier = _build(ClassifierConfig, raw, "classifier")
     if classifier.path:
         classifier = dataclasses.replace(classifier, path=_resolve_path(classifier.path, base))
+        if not Path(classifier.path).exists():
+            raise ConfigError(f"classifier.path: {classifier.path} does not exist")
     if classifier.threshold is not None and not 0.0 <= classifier.threshold <= 1.0:
         raise ConfigError("classifier.threshold must be in [0, 1]")
     cuts = classifier.cut_points
@@ -278,7 +286,38 @@ def _classifier(raw: Any, n_tiers: int, base: Path) -> ClassifierConfig:
     return classifier
 
 
-def load(path: str | os.PathLike[str]) -> Config:
+# Keys whose values are paths: a `--set` value for one is taken relative to
+# the current directory (where the user typed it), not the config's folder.
+PATH_KEYS = {"model_path", "index", "path", "token_file", "tls_cert", "tls_key", "tls_client_ca"}
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """`section.key=value` settings over the file's (the value is YAML:
+    `retrieval.top_k=5`, `retrieval.index=./my-index`, `cache.semantic=false`)."""
+    for item in overrides:
+        key, sep, value_text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        try:
+            value = yaml.safe_load(value_text) if value_text.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: not a YAML value: {exc}") from None
+        if parts[-1] in PATH_KEYS and isinstance(value, str) and not os.path.isabs(os.path.expanduser(value)):
+            local = Path.cwd() / value
+            if local.exists() or value.startswith("."):
+                value = str(local.resolve())
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -288,6 +327,7 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = apply_overrides(raw, overrides)
     unknown = set(raw) - {"profile", "server", "classifier", "tiers", "cache", "embedding", "retrieval", "limits", "security", "resilience"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}")

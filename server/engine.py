@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any, AsyncIterator, Protocol, Sequence
 
@@ -45,6 +46,43 @@ class Engine(Protocol):
     async def start(self) -> None: ...
 
     async def shutdown(self) -> None: ...
+
+
+# Rendering a prompt this long (characters, all messages) happens in a worker
+# thread: tokenising 32k characters takes tens of milliseconds, which on the
+# event loop stalls every other request and health check.
+RENDER_OFF_LOOP_CHARS = 2000
+ENGINE_SHUTDOWN_TIMEOUT_S = 2.0
+
+_PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: no template or user text makes them
+_PLACEHOLDERS = re.compile("\ue000(\\d+)\ue001")
+
+
+def render_ids(tokenizer, messages: Sequence[ChatMessage]) -> list[int]:
+    """Prompt token ids: the chat template's own special tokens as tokens,
+    and any special token written inside a message as plain text, so a user
+    who types `<|im_end|><|im_start|>system` gets those characters, not a
+    forged system turn.
+
+    The template is rendered around placeholders, so its own added tokens
+    can be found before any user text is in place; the text between them is
+    then tokenised with the messages put back and special tokens split. A
+    fast tokenizer cuts text at added tokens before anything else, so for
+    ordinary messages this gives exactly the ids of apply_chat_template."""
+    marked = [{"role": m.role, "content": _PLACEHOLDER.format(i)} for i, m in enumerate(messages)]
+    text = tokenizer.apply_chat_template(marked, add_generation_prompt=True, tokenize=False)
+    if [int(m.group(1)) for m in _PLACEHOLDERS.finditer(text)] != list(range(len(messages))):
+        raise ValueError("the chat template does not place each message's content once, in order")
+    added = tokenizer.get_added_vocab()
+    splitter = re.compile("(" + "|".join(re.escape(t) for t in sorted(added, key=len, reverse=True)) + ")") if added else None
+    ids: list[int] = []
+    for piece in (splitter.split(text) if splitter else [text]):
+        if piece in added:
+            ids.append(added[piece])
+        elif piece:
+            piece = _PLACEHOLDERS.sub(lambda m: messages[int(m.group(1))].content, piece)
+            ids += tokenizer.encode(piece, add_special_tokens=False, split_special_tokens=True)
+    return ids
 
 
 def build_engine_args(tier: TierConfig):
@@ -126,19 +164,13 @@ class VllmEngine:
         self._ready = True
 
     async def render(self, messages: Sequence[ChatMessage]) -> list[int]:
-        # In this thread: a chat template and a fast tokenizer take well under
-        # a millisecond, less than a hop to a worker thread would.
         if self._tokenizer is None:
             raise Unavailable(f"tier {self.tier} is not started")
-        ids = self._tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in messages],
-            add_generation_prompt=True,
-            tokenize=True,
-        )
-        # transformers 5 returns a BatchEncoding-like mapping for tokenize=True.
-        if not isinstance(ids, list):
-            ids = ids["input_ids"]
-        return list(ids)
+        if sum(len(m.content) for m in messages) <= RENDER_OFF_LOOP_CHARS:
+            # In this thread: a short prompt takes well under a millisecond,
+            # less than a hop to a worker thread would.
+            return render_ids(self._tokenizer, messages)
+        return await asyncio.to_thread(render_ids, self._tokenizer, messages)
 
     async def generate(
         self, prompt_ids: list[int], sampling: EffectiveSampling, request_id: str
@@ -179,4 +211,6 @@ class VllmEngine:
         llm, self._llm = self._llm, None
         if llm is not None:
             # Blocking (it joins the engine's processes): off the event loop.
-            await asyncio.to_thread(llm.shutdown)
+            # vLLM gives its processes 5 s after SIGTERM by default, and an
+            # idle CPU EngineCore took all of them; 2 s, then they are killed.
+            await asyncio.to_thread(llm.shutdown, ENGINE_SHUTDOWN_TIMEOUT_S)

@@ -140,7 +140,9 @@ def _timings(t: Timings) -> pb.Timings:
 
 
 def _cache(event: FinalEvent) -> pb.CacheInfo:
-    return pb.CacheInfo(status=_CACHE_STATUS_TO_PB[event.cache.status], similarity=event.cache.similarity)
+    # The similarity means something only for a semantic hit (the proto says so).
+    similarity = event.cache.similarity if event.cache.status == "SEMANTIC" else 0.0
+    return pb.CacheInfo(status=_CACHE_STATUS_TO_PB[event.cache.status], similarity=similarity)
 
 
 def _retrieval(event: FinalEvent) -> pb.RetrievalInfo | None:

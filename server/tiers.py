@@ -245,9 +245,15 @@ class Tiers:
         await self.on_change()
 
     async def shutdown(self) -> None:
+        """All engines at once: each waits for its own processes to exit."""
+        # Objects frozen at start-up (gc.freeze) are never collected: the
+        # engines' would then be finalised at interpreter exit, with modules
+        # half gone (vLLM's AsyncLLM.__del__ raising into the log).
+        gc.unfreeze()
+        await asyncio.gather(*(tier.engine.shutdown() for tier in self))
         for tier in self:
-            await tier.engine.shutdown()
             tier.mark_stopped()
+        gc.collect()
 
 
 async def _nothing() -> None:

@@ -166,3 +166,14 @@ def test_a_search_from_any_thread_runs_faiss_on_one_thread():
     assert seen["after"] == 1
     if seen["before"] == 1:
         pytest.skip("this machine has one core: a new thread already searches on one thread")
+
+
+def test_similarity_is_reported_for_a_semantic_hit_only():
+    from server.servicer import _cache
+    from server.types import CacheResult, EffectiveSampling, FinalEvent, Timings, Usage
+
+    def final(status, similarity):
+        return FinalEvent("stop", Usage(1, 1), Timings(), EffectiveSampling(0.0, 1.0, 0, 8, (), None, 1.0), CacheResult(status, similarity))
+
+    assert _cache(final("MISS", 0.91)).similarity == 0.0  # a near miss's best score is not a similarity of the answer
+    assert _cache(final("SEMANTIC", 0.97)).similarity == pytest.approx(0.97)

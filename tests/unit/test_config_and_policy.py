@@ -326,3 +326,27 @@ def test_embedding_threads_must_be_positive(tmp_path, threads):
     with pytest.raises(ConfigError, match="embedding.threads"):
         load(path)
     assert load(ROOT / "config/cpu.yaml").embedding.threads == 1
+
+
+def test_a_copied_profile_fails_at_load_naming_the_path_and_the_server_exits_2(tmp_path):
+    import subprocess
+    import sys
+
+    copy = tmp_path / "mine.yaml"
+    copy.write_text((ROOT / "config/cpu.yaml").read_text())
+    with pytest.raises(ConfigError, match=r"tiers.small.model_path: .*does not exist"):
+        load(copy)  # before: loaded, listened, then died in vLLM 14 s later
+    out = subprocess.run([sys.executable, "-m", "server", "--config", str(copy), "--port", "0", "--metrics-port", "-1"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and "bad config: tiers.small.model_path" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_one_setting_changes_without_copying_the_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-index").mkdir()
+    cfg = load(ROOT / "config/cpu.yaml", ["retrieval.index=my-index", "retrieval.top_k=3", "cache.semantic=false", "tiers.small.max_queued=5"])
+    assert cfg.retrieval.index == str(tmp_path / "my-index")  # relative to where it was typed
+    assert (cfg.retrieval.top_k, cfg.cache.semantic, cfg.tiers["small"].max_queued) == (3, False, 5)
+    for bad, message in (("retrieval.top_k", "section.key=value"), ("retrieval.nope=1", "unknown key"), ("limits.max_queued.x=1", "not a section")):
+        with pytest.raises(ConfigError, match=message):
+            load(ROOT / "config/cpu.yaml", [bad])
