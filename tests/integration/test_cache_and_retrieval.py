@@ -116,6 +116,8 @@ def test_missing_or_corrupt_index_fails_at_start_up(tmp_path):
     import yaml
 
     cfg = yaml.safe_load((ROOT / "config/cpu.yaml").read_text())
+    for tier in cfg["tiers"].values():  # the profile's relative paths, from its new folder
+        tier["model_path"] = str(ROOT / ".cache/models/SmolLM2-135M-Instruct")
     for name, prepare in (("missing", lambda d: None), ("corrupt", lambda d: _corrupt(d))):
         folder = tmp_path / name
         prepare(folder)
