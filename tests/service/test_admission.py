@@ -15,13 +15,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client import generate_latest
 
-import classifier
-from clients import InternalError, InvalidArgumentError, ResourceExhaustedError, TriageClient
-from server.app import build_app
+from clients import InternalError, ResourceExhaustedError
 from server.config import load
 from server.types import EngineChunk
+
+from .conftest import serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,24 +76,12 @@ def served(tmp_path):
     config = load(path).with_ports(0, -1)
     assert config.limits.max_in_flight == 2 and config.tiers["small"].max_in_flight == 1
     engines = {n: HeldEngine(n, t.model, t.max_model_len) for n, t in config.tiers.items()}
-
-    async def start():
-        app = build_app(config, classifier.load(), engines=engines)
-        await app.server.start()
-        return app
-
-    loop = asyncio.new_event_loop()
-    app = loop.run_until_complete(start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    client = TriageClient(f"127.0.0.1:{app.port}", timeout=30)
-    yield client, engines, app
-    for e in engines.values():
-        e.release.set()
-    client.close()
-    asyncio.run_coroutine_threadsafe(app.server.stop(0), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with serve_in_thread(config, engines, timeout=30) as (client, app):
+        try:
+            yield client, engines, app
+        finally:
+            for e in engines.values():
+                e.release.set()
 
 
 def _wait_for(condition, timeout=10.0):

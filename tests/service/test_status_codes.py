@@ -7,8 +7,6 @@ tests/integration on the real vLLM CPU engines, never here.
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from pathlib import Path
 
@@ -16,10 +14,11 @@ import grpc
 import pytest
 
 import classifier
-from clients import InternalError, InvalidArgumentError, TriageClient, UnavailableError
-from server.app import build_app
+from clients import InternalError, InvalidArgumentError, UnavailableError
 from server.config import load
 from server.types import EngineChunk
+
+from .conftest import serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,23 +57,8 @@ class FakeEngine:
 def served():
     config = load(ROOT / "config/cpu.yaml").with_ports(0, -1)
     engines = {n: FakeEngine(n, t.model, t.max_model_len) for n, t in config.tiers.items()}
-    clf = classifier.load()
-
-    async def start():
-        app = build_app(config, clf, engines=engines)  # grpc.aio binds to this loop
-        await app.server.start()
-        return app
-
-    loop = asyncio.new_event_loop()
-    app = loop.run_until_complete(start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    client = TriageClient(f"127.0.0.1:{app.port}", timeout=10)
-    yield client, engines, app.router.metrics.registry
-    client.close()
-    asyncio.run_coroutine_threadsafe(app.server.stop(0), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
+    with serve_in_thread(config, engines) as (client, app):
+        yield client, engines, app.router.metrics.registry
 
 
 def test_unready_tier_falls_back_and_both_unready_is_unavailable(served):
