@@ -13,7 +13,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-import classifier
 from clients import InternalError, InvalidArgumentError, UnavailableError
 from server.config import load
 from server.types import EngineChunk
