@@ -85,6 +85,10 @@ def render_ids(tokenizer, messages: Sequence[ChatMessage]) -> list[int]:
     return ids
 
 
+def _already_shut_down(*args, **kwargs) -> None:
+    return None
+
+
 def build_engine_args(tier: TierConfig):
     """vLLM AsyncEngineArgs for a tier. Raises TypeError on an unknown option,
     so a typo in a profile fails when the config is checked, not on the GPU."""
@@ -214,3 +218,8 @@ class VllmEngine:
             # vLLM gives its processes 5 s after SIGTERM by default, and an
             # idle CPU EngineCore took all of them; 2 s, then they are killed.
             await asyncio.to_thread(llm.shutdown, ENGINE_SHUTDOWN_TIMEOUT_S)
+            # AsyncLLM.__del__ shuts down again when the object is finalised,
+            # which for this one is at interpreter exit, with vLLM's modules
+            # half gone: a TypeError traceback in every stop's log. It is shut
+            # down already, so its finaliser has nothing left to do.
+            llm.shutdown = _already_shut_down
