@@ -8,6 +8,7 @@ vLLM is imported when an engine starts, never at module import.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -214,6 +215,14 @@ class VllmEngine:
         self._ready = False
         llm, self._llm = self._llm, None
         if llm is not None:
+            # Stop vLLM's output handler first (no request is left by now):
+            # if its engine process has to be killed below, the handler would
+            # otherwise log the dead engine as an ERROR with a traceback.
+            handler = getattr(llm, "output_handler", None)
+            if handler is not None and not handler.done():
+                handler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await handler
             # Blocking (it joins the engine's processes): off the event loop.
             # vLLM gives its processes 5 s after SIGTERM by default, and an
             # idle CPU EngineCore took all of them; 2 s, then they are killed.
