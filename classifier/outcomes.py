@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from .sources import Source, read_source
+from .sources import read_pinned
 
 _LOGS = "kojima-takeshi188/zero_shot_cot"
 _COMMIT = "5ef330fcdeec0cd26aee27943504f91f8ec1c33c"
@@ -53,8 +53,7 @@ def _parse(log_text: str, kind: str) -> dict[str, bool]:
 
 
 def _read(stem: str, method: str) -> str | None:
-    source = Source(name=stem, repo=_LOGS, commit=_COMMIT, path=f"log/{stem}_{method}.log", license="", origin="", rule="", parse=lambda b: [])
-    raw = read_source(source)
+    raw = read_pinned(_LOGS, _COMMIT, f"log/{stem}_{method}.log")
     return None if raw is None else raw.decode("utf-8", errors="replace")
 
 

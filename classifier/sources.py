@@ -133,17 +133,23 @@ def split_of(text: str, test_share: float = 0.2) -> str:
     return "test" if digest[0] < 256 * test_share else "train"
 
 
-def read_source(source: Source, root: Path | None = None) -> bytes | None:
-    git_dir = (root or mirror_root()) / source.repo.replace("/", "+") / "repo"
+def read_pinned(repo: str, commit: str, path: str, root: Path | None = None) -> bytes | None:
+    """`path` as it is at `commit` in the local snapshot of `repo`, or None
+    when there is no snapshot (or no such file at that commit)."""
+    git_dir = (root or mirror_root()) / repo.replace("/", "+") / "repo"
     if (git_dir / ".git").is_dir():  # a snapshot with a work tree
         git_dir = git_dir / ".git"
     if not git_dir.is_dir():
         return None
-    out = subprocess.run(["git", "--git-dir", str(git_dir), "show", f"{source.commit}:{source.path}"], capture_output=True)
+    out = subprocess.run(["git", "--git-dir", str(git_dir), "show", f"{commit}:{path}"], capture_output=True)
     if out.returncode != 0:
-        log.warning("%s: %s", source.name, out.stderr.decode(errors="replace").strip())
+        log.warning("%s@%s:%s: %s", repo, commit[:12], path, out.stderr.decode(errors="replace").strip())
         return None
     return out.stdout
+
+
+def read_source(source: Source, root: Path | None = None) -> bytes | None:
+    return read_pinned(source.repo, source.commit, source.path, root)
 
 
 def load_sources(root: Path | None = None) -> tuple[list[dict], dict[str, dict]]:

@@ -23,7 +23,7 @@ from .errors import InvalidArgument, ResourceExhausted, RouterError
 from .grpc_metrics import status_name
 from .router import Router
 from .types import ChatMessage, Decision, DecisionEvent, DeltaEvent, EffectiveSampling, FinalEvent, GenerateInput, SamplingRequest, Timings, Usage
-from .validation import check_request_id
+from .validation import check_request_id, valid_request_id
 
 log = logging.getLogger("triage.servicer")
 
@@ -101,11 +101,12 @@ def _sampling(s: pb.SamplingParams) -> SamplingRequest:
 
 def _request(req: pb.GenerateRequest, tiers: tuple[str, ...], deadline_s: float | None = None) -> GenerateInput:
     """Decode only; every check on the values is validation.check_request's."""
-    if req.route not in (pb.TIER_UNSPECIFIED, pb.TIER_SMALL, pb.TIER_LARGE):
+    ends = {pb.TIER_UNSPECIFIED: None, pb.TIER_SMALL: tiers[0], pb.TIER_LARGE: tiers[-1]}
+    if req.route not in ends:
         raise InvalidArgument("route", f"unknown tier value {req.route}")
     if req.cache_mode not in _CACHE_MODE_FROM_PB:
         raise InvalidArgument("cache_mode", f"unknown cache mode value {req.cache_mode}")
-    route = req.route_name or {pb.TIER_UNSPECIFIED: None, pb.TIER_SMALL: tiers[0], pb.TIER_LARGE: tiers[-1]}[req.route]
+    route = req.route_name or ends[req.route]
     retrieval = req.retrieval
     return GenerateInput(
         request_id=REQUEST_ID.get(),
@@ -207,7 +208,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             raise
         except Exception:
             state["code"] = "INTERNAL"
-            shown = request_id if request_id.isprintable() and len(request_id) <= 128 else "(invalid id)"
+            shown = request_id if valid_request_id(request_id) else "(invalid id)"
             log.exception("request %s failed", shown)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {shown})")
         finally:

@@ -18,8 +18,12 @@ MAX_REQUEST_ID = 128
 MAX_RETRIEVAL_TOP_K = 100
 
 
+def valid_request_id(request_id: str) -> bool:
+    return len(request_id) <= MAX_REQUEST_ID and request_id.isprintable()
+
+
 def check_request_id(request_id: str) -> None:
-    if len(request_id) > MAX_REQUEST_ID or not request_id.isprintable():
+    if not valid_request_id(request_id):
         raise InvalidArgument("request_id", f"must be printable and at most {MAX_REQUEST_ID} characters")
 
 

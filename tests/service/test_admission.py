@@ -8,6 +8,7 @@ calls are answered, refused or queued, with which status and trailer."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -130,7 +131,7 @@ def test_a_wait_longer_than_the_budget_or_the_deadline_is_refused_at_once(served
         assert registry.get_sample_value("router_queue_depth", {"tier": "small"}) == 2.0
         assert registry.get_sample_value("router_queue_expected_wait_seconds", {"tier": "small"}) == pytest.approx(1.2, abs=0.6)
         # The tier's own budget, for a caller with no deadline of its own.
-        small.config = small.config.__class__(**{**small.config.__dict__, "max_queue_seconds": 0.5})
+        small.config = dataclasses.replace(small.config, max_queue_seconds=0.5)
         with pytest.raises(ResourceExhaustedError, match="queue budget of 0.5 s"):
             client.generate("patient", route="small", cache="off", timeout=None)
         engines["small"].release.set()
