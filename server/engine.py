@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from typing import Any, AsyncIterator, Protocol, Sequence
 
 from .config import TierConfig
 from .errors import Unavailable
+from .prompt import render
 from .types import ChatMessage, EffectiveSampling, EngineChunk
 
 log = logging.getLogger("triage.engine")
@@ -49,41 +49,7 @@ class Engine(Protocol):
     async def shutdown(self) -> None: ...
 
 
-# Rendering a prompt this long (characters, all messages) happens in a worker
-# thread: tokenising 32k characters takes tens of milliseconds, which on the
-# event loop stalls every other request and health check.
-RENDER_OFF_LOOP_CHARS = 2000
 ENGINE_SHUTDOWN_TIMEOUT_S = 2.0
-
-_PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: no template or user text makes them
-_PLACEHOLDERS = re.compile("\ue000(\\d+)\ue001")
-
-
-def render_ids(tokenizer, messages: Sequence[ChatMessage]) -> list[int]:
-    """Prompt token ids: the chat template's own special tokens as tokens,
-    and any special token written inside a message as plain text, so a user
-    who types `<|im_end|><|im_start|>system` gets those characters, not a
-    forged system turn.
-
-    The template is rendered around placeholders, so its own added tokens
-    can be found before any user text is in place; the text between them is
-    then tokenised with the messages put back and special tokens split. A
-    fast tokenizer cuts text at added tokens before anything else, so for
-    ordinary messages this gives exactly the ids of apply_chat_template."""
-    marked = [{"role": m.role, "content": _PLACEHOLDER.format(i)} for i, m in enumerate(messages)]
-    text = tokenizer.apply_chat_template(marked, add_generation_prompt=True, tokenize=False)
-    if [int(m.group(1)) for m in _PLACEHOLDERS.finditer(text)] != list(range(len(messages))):
-        raise ValueError("the chat template does not place each message's content once, in order")
-    added = tokenizer.get_added_vocab()
-    splitter = re.compile("(" + "|".join(re.escape(t) for t in sorted(added, key=len, reverse=True)) + ")") if added else None
-    ids: list[int] = []
-    for piece in (splitter.split(text) if splitter else [text]):
-        if piece in added:
-            ids.append(added[piece])
-        elif piece:
-            piece = _PLACEHOLDERS.sub(lambda m: messages[int(m.group(1))].content, piece)
-            ids += tokenizer.encode(piece, add_special_tokens=False, split_special_tokens=True)
-    return ids
 
 
 def _already_shut_down(*args, **kwargs) -> None:
@@ -171,11 +137,7 @@ class VllmEngine:
     async def render(self, messages: Sequence[ChatMessage]) -> list[int]:
         if self._tokenizer is None:
             raise Unavailable(f"tier {self.tier} is not started")
-        if sum(len(m.content) for m in messages) <= RENDER_OFF_LOOP_CHARS:
-            # In this thread: a short prompt takes well under a millisecond,
-            # less than a hop to a worker thread would.
-            return render_ids(self._tokenizer, messages)
-        return await asyncio.to_thread(render_ids, self._tokenizer, messages)
+        return await render(self._tokenizer, messages)
 
     async def generate(
         self, prompt_ids: list[int], sampling: EffectiveSampling, request_id: str

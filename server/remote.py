@@ -2,10 +2,14 @@
 protocol as the in-process engine, so routing, caching, metrics and fallback
 do not change.
 
-- Prompts are rendered by a replica's own `/tokenize` (its chat template,
-  its tokenizer), then generated from those token ids with
-  `/v1/completions`, so the router checks lengths and trims retrieved
-  context exactly as for an in-process engine.
+- Prompts are rendered here with the tier's tokenizer (`model_path`: a
+  local copy of the served model's tokenizer files), by the same rule as in
+  process (`prompt.render_ids`: lengths checked, special tokens typed in a
+  message kept as text), then generated from those token ids with
+  `/v1/completions`: one round trip. Without a local tokenizer a replica's
+  `/tokenize` renders them (a second round trip, and special tokens in user
+  text cannot be neutralised there; the log says so at start). At start the
+  two renderings are compared once and a difference is logged.
 - Every sampling value is sent explicitly. vLLM's OpenAI server fills unset
   values from the model's generation_config.json; the router's explicit
   greedy defaults and caps must win, as they do in process.
@@ -30,6 +34,7 @@ from typing import Any, AsyncIterator, Sequence
 from .breaker import CircuitBreaker
 from .config import ResilienceConfig, TierConfig
 from .errors import EngineFailure, InvalidArgument, Unavailable
+from .prompt import load_tokenizer, render, render_ids
 from .types import ChatMessage, EffectiveSampling, EngineChunk
 
 log = logging.getLogger("triage.remote")
@@ -76,6 +81,7 @@ class RemoteEngine:
         self._transport = transport  # tests may pass an httpx transport
         self._api_key = api_key  # the replicas' --api-key, read from tier.api_key_env by __main__
         self._client: Any = None
+        self._tokenizer: Any = None  # None: the replicas' /tokenize renders
         self._checker: asyncio.Task | None = None
         self._started = False
 
@@ -99,6 +105,7 @@ class RemoteEngine:
         import httpx
 
         started = time.monotonic()
+        self._tokenizer = await asyncio.to_thread(load_tokenizer, self._config.model_path)
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         # The read timeout is per chunk; the tier's generation ceiling and the
         # caller's deadline bound the whole answer in the router.
@@ -126,6 +133,22 @@ class RemoteEngine:
                 log.warning("tier %s: no healthy replica yet: %s", self.tier, "; ".join(f"{r.url}: {r.problem}" for r in self.replicas))
         self.load_seconds = time.monotonic() - started
         log.info("tier %s: replica(s) healthy after %.1f s", self.tier, self.load_seconds)
+        if self._tokenizer is not None:
+            await self._compare_renderings()
+
+    async def _compare_renderings(self) -> None:
+        """A local tokenizer that is not the served model's would check
+        lengths against the wrong counts and feed the model foreign ids: say
+        so once, loudly, at start."""
+        probe = [ChatMessage("system", "You are helpful."), ChatMessage("user", "Is 17 prime?")]
+        try:
+            remote = await self._tokenize_remotely(probe)
+        except Exception as exc:  # the comparison is advice; serving goes on
+            log.warning("tier %s: could not compare the local tokenizer with the replicas' /tokenize: %s", self.tier, exc)
+            return
+        if render_ids(self._tokenizer, probe) != remote:
+            log.error("tier %s: the tokenizer at %s renders a conversation differently from the replicas' /tokenize: "
+                      "model_path must hold the served model's tokenizer and chat template", self.tier, self._config.model_path)
 
     async def shutdown(self) -> None:
         self._started = False
@@ -196,6 +219,11 @@ class RemoteEngine:
     async def render(self, messages: Sequence[ChatMessage]) -> list[int]:
         if self._client is None:
             raise Unavailable(f"tier {self.tier} is not started")
+        if self._tokenizer is not None:
+            return await render(self._tokenizer, messages)
+        return await self._tokenize_remotely(messages)
+
+    async def _tokenize_remotely(self, messages: Sequence[ChatMessage]) -> list[int]:
         body = {"model": self.model, "messages": [{"role": m.role, "content": m.content} for m in messages], "add_generation_prompt": True}
         tried: list[Replica] = []
         while True:  # at most twice, like a generation
