@@ -80,7 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # httpx logs every request at INFO: one line per replica per health check.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    return asyncio.run(_main(args))
+    code = asyncio.run(_main(args))
+    # Everything the router owns is closed by now (server, engines and their
+    # processes, caches, metrics endpoint). What is left is the interpreter
+    # tearing down torch, vLLM and OpenBLAS in native code, measured at 3.8 s
+    # with no Python frame running: an orchestrator would count it as a slow
+    # stop. Flush what is buffered and leave without it.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ class Engine(Protocol):
     async def shutdown(self) -> None: ...
 
 
-ENGINE_SHUTDOWN_TIMEOUT_S = 2.0
+ENGINE_SHUTDOWN_TIMEOUT_S = 1.0
 
 
 def _already_shut_down(*args, **kwargs) -> None:
@@ -186,8 +186,10 @@ class VllmEngine:
                 with contextlib.suppress(asyncio.CancelledError):
                     await handler
             # Blocking (it joins the engine's processes): off the event loop.
-            # vLLM gives its processes 5 s after SIGTERM by default, and an
-            # idle CPU EngineCore took all of them; 2 s, then they are killed.
+            # vLLM gives its processes 5 s after SIGTERM by default. An idle
+            # CPU EngineCore leaves its loop at once, but its worker then
+            # spends seconds in native teardown (torch, OpenBLAS): after 1 s
+            # they are killed, with nothing of theirs left to lose.
             await asyncio.to_thread(llm.shutdown, ENGINE_SHUTDOWN_TIMEOUT_S)
             # AsyncLLM.__del__ shuts down again when the object is finalised,
             # which for this one is at interpreter exit, with vLLM's modules
