@@ -39,3 +39,21 @@ class _Rpc(grpc.RpcError):
 def test_an_error_without_details_still_says_what_it_is():
     err = from_rpc_error(_Rpc())
     assert err.message == "NOT_FOUND: not found" and err.retry_after_ms is None
+
+
+def test_a_closed_pipe_ends_the_cli_quietly():
+    """`triage ... | head` closes the pipe early: exit 0, no traceback."""
+    import subprocess
+    import sys
+
+    script = ("import sys\n"
+              "from clients import cli\n"
+              "def flood(client, args):\n"
+              "    for i in range(100000):\n"
+              "        print('tier', i)\n"
+              "    return 0\n"
+              "cli.cmd_models = flood\n"
+              "sys.exit(cli.main(['--address', '127.0.0.1:1', 'models']))\n")
+    proc = subprocess.run(f"{sys.executable} -c \"{script}\" | head -1", shell=True, capture_output=True, text=True, timeout=60)
+    assert proc.stdout == "tier 0\n"
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
