@@ -19,6 +19,10 @@ class Gate:
         self.waiting = 0
         self.in_flight = 0
 
+    def has_room(self) -> bool:
+        """A request arriving now would get a slot without waiting."""
+        return self.in_flight < self.max_in_flight and self.waiting == 0
+
     @contextlib.asynccontextmanager
     async def slot(self):
         if self._slots.locked() and self.waiting >= self.max_queued:

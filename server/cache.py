@@ -218,6 +218,9 @@ class Lookup:
     vector: np.ndarray | None = None
     context: str | None = None
     question: str | None = None
+    semantic_pending: bool = False  # the semantic search is still to run (`search_semantic`)
+
+    storable: bool = True  # False: the answer comes from another tier than the one this is keyed on
 
 
 class ResponseCache:
@@ -254,9 +257,10 @@ class ResponseCache:
         vector = self.embedder.embed([question])[0]
         return vector, self.semantic.search(vector, context, question)
 
-    async def lookup(self, mode: str, messages, sampling: EffectiveSampling, tier: str, model: str, allow_semantic: bool = True) -> Lookup:
-        import asyncio
-
+    def lookup(self, mode: str, messages, sampling: EffectiveSampling, tier: str, model: str, allow_semantic: bool = True) -> Lookup:
+        """The exact cache (a hash and a dict: microseconds, on the loop).
+        A MISS that the semantic cache may still answer comes back with
+        `semantic_pending` set: `search_semantic` finishes it."""
         if mode == MODE_OFF or (self.exact is None and self.semantic is None):
             return Lookup(BYPASS)
         if not (is_deterministic(sampling) or self.config.cache_sampled):
@@ -273,19 +277,37 @@ class ResponseCache:
         if found.answer is None and self.semantic is not None and question is not None:
             found.question = question
             found.context = request_key(tuple(m for m in messages if m.role == "system"), sampling, tier, model)
-            # Both off the event loop: the search scans every entry's code (~1 ms at 100k).
-            found.vector, (answer, similarity) = await asyncio.to_thread(self._embed_and_search, question, found.context)
-            self._count("semantic", answer is not None)
-            found.similarity = similarity
-            if answer is not None:
-                found.status, found.answer = SEMANTIC, answer
+            found.semantic_pending = True
         found.ms = (time.perf_counter() - started) * 1e3
-        if self._metrics is not None:
-            self._metrics.cache_lookup_seconds.observe(found.ms / 1e3)
+        if not found.semantic_pending:
+            self._observe(found)
         return found
 
+    async def search_semantic(self, found: Lookup) -> Lookup:
+        """Embed and search for a pending lookup, off the event loop (the
+        search scans every entry's code: ~1 ms at 100k). Fills it in: a
+        SEMANTIC hit, or a MISS that `store` can key by its vector."""
+        import asyncio
+
+        started = time.perf_counter()
+        try:
+            found.vector, (answer, similarity) = await asyncio.to_thread(self._embed_and_search, found.question, found.context)
+        finally:
+            found.semantic_pending = False
+            found.ms += (time.perf_counter() - started) * 1e3
+        self._count("semantic", answer is not None)
+        found.similarity = similarity
+        if answer is not None:
+            found.status, found.answer = SEMANTIC, answer
+        self._observe(found)
+        return found
+
+    def _observe(self, found: Lookup) -> None:
+        if self._metrics is not None:
+            self._metrics.cache_lookup_seconds.observe(found.ms / 1e3)
+
     def store(self, lookup: Lookup, answer: CachedAnswer) -> None:
-        if lookup.status != MISS:
+        if lookup.status != MISS or not lookup.storable:
             return
         if self.exact is not None and lookup.key is not None:
             self.exact.put(lookup.key, answer)

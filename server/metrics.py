@@ -66,6 +66,9 @@ class RouterMetrics:
         self.cache_bytes = Gauge("router_cache_bytes", "Approximate bytes held (answers, plus vectors for semantic)", ["kind"], registry=registry)
         self.retrieve_seconds = histogram("router_retrieve_duration_seconds", "Embedding the question and searching the document index")
         self.engine_requests = Counter("router_engine_requests_total", "Requests handed to the engine (cache hits are not)", ["tier"], registry=registry)
+        self.semantic_overlap_aborts = Counter(
+            "router_semantic_overlap_aborts_total",
+            "Engine requests started beside a semantic cache search and aborted because it found the answer", ["tier"], registry=registry)
         self.engine_restarts = Counter("router_engine_restarts_total", "Dead engines started again", ["tier"], registry=registry)
         self.queue_depth = Gauge("router_queue_depth", "Requests waiting for a slot on the tier", ["tier"], registry=registry)
         self.queue_expected_wait = Gauge("router_queue_expected_wait_seconds", "Expected wait for a slot on the tier, as last estimated at admission", ["tier"], registry=registry)

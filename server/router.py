@@ -1,5 +1,10 @@
 """The router core: decide -> retrieve -> look up -> admit -> stream -> finish.
 
+A question the semantic cache may answer is embedded and searched while its
+engine request starts (`cache.semantic_overlap`): a hit aborts the engine
+request before any of its text is sent and answers from the cache; a miss
+has lost nothing to the search.
+
 Pure Python over the tiers (tiers.py) and their engines: no grpc here.
 `generate` yields one DecisionEvent, DeltaEvents as text arrives, then one
 FinalEvent; the servicer turns these into a unary answer or a stream, so
@@ -11,6 +16,7 @@ same values along in different orders.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -47,6 +53,11 @@ log = logging.getLogger("triage.request")
 
 class EngineFailedEarly(Exception):
     """The engine failed before producing text: another tier may still answer."""
+
+
+class SemanticHit(Exception):
+    """The overlapped semantic search found an answer before any engine text
+    was sent: the engine request has been aborted."""
 
 
 @dataclass
@@ -107,26 +118,39 @@ class Router:
         check_request(req, self.limits, self.tiers.names)
         self._decide(ctx)
         await self._retrieve(ctx)
-        await self._look_up(ctx)
-        if ctx.lookup.answer is not None:  # a cached answer needs no engine
+        self._look_up(ctx)
+        search = None  # the overlapped semantic search, while it runs
+        try:
+            if ctx.lookup.semantic_pending:
+                if self.cache.config.semantic_overlap and self._can_start_now(ctx.tier):
+                    search = asyncio.create_task(self._search_semantic(ctx))
+                else:  # it would wait for a slot anyway, or fall back: search first
+                    await self._search_semantic(ctx)
+            if ctx.lookup.answer is None:
+                self._choose(ctx)
+                remaining = None if req.deadline_s is None else req.deadline_s - (time.perf_counter() - ctx.arrived)
+                async with self.tiers.admit(ctx.tier, remaining):
+                    self._check_accepting()
+                    while True:
+                        try:
+                            # A fallback tier's answer is not the looked-up one: no overlap there.
+                            async for event in self._stream(ctx, None if ctx.fell_back else search):
+                                yield event
+                            return
+                        except SemanticHit:
+                            self.metrics.semantic_overlap_aborts.labels(ctx.tier.name).inc()
+                            break
+                        except EngineFailedEarly as failed:
+                            # Before the first token another tier may still answer; never after.
+                            if ctx.fell_back or not self.resilience.fallback:
+                                raise Unavailable(f"tier {ctx.tier.name} failed before answering") from failed
+                            self._fall_back(ctx, "engine failed")
+            # A cached answer needs no engine (a hit aborted the one it started).
             async for event in self._replay(ctx):
                 yield event
-            return
-        self._choose(ctx)
-        remaining = None if req.deadline_s is None else req.deadline_s - (time.perf_counter() - ctx.arrived)
-        async with self.tiers.admit(ctx.tier, remaining):
-            self._check_accepting()
-            while True:
-                try:
-                    async for event in self._stream(ctx):
-                        yield event
-                    return
-                except EngineFailedEarly as failed:
-                    # Before the first token another tier may still answer; never after.
-                    if ctx.fell_back or not self.resilience.fallback:
-                        raise Unavailable(f"tier {ctx.tier.name} failed before answering") from failed
-                    self._fall_back(ctx, "engine failed")
-                    ctx.lookup = Lookup(BYPASS)  # not stored under the first tier's key
+        finally:
+            if search is not None and not search.done():
+                search.cancel()
 
     def _check_accepting(self) -> None:
         if self.tiers.draining:
@@ -151,14 +175,29 @@ class Router:
             ctx.hits = list(ctx.retrieved)
             self.metrics.retrieve_seconds.observe(ctx.timings.retrieve_ms / 1e3)
 
-    async def _look_up(self, ctx: RequestContext) -> None:
-        """Before asking whether any engine can serve: a hit needs none."""
+    def _look_up(self, ctx: RequestContext) -> None:
+        """The exact cache, before asking whether any engine can serve: a hit
+        needs none. The semantic search, if any, is left pending."""
         if self.cache is not None:
             keyed = with_sources(ctx.req.messages, ctx.hits, self.retrieval.max_chunk_chars) if ctx.hits else ctx.req.messages
-            ctx.lookup = await self.cache.lookup(ctx.req.cache_mode, keyed, ctx.sampling, ctx.tier.name, ctx.tier.model,
-                                                 allow_semantic=not ctx.hits)
+            ctx.lookup = self.cache.lookup(ctx.req.cache_mode, keyed, ctx.sampling, ctx.tier.name, ctx.tier.model,
+                                           allow_semantic=not ctx.hits)
             ctx.timings.cache_ms = ctx.lookup.ms
-        self.stats.record_cache(ctx.lookup.status)
+
+    async def _search_semantic(self, ctx: RequestContext) -> None:
+        """A cache failure is not the request's failure: it is a miss that
+        is not stored."""
+        try:
+            await self.cache.search_semantic(ctx.lookup)
+        except Exception:
+            log.warning("request %s: semantic cache lookup failed; answering without it", ctx.req.request_id, exc_info=True)
+            ctx.lookup.storable = False
+        ctx.timings.cache_ms = ctx.lookup.ms
+
+    def _can_start_now(self, tier: Tier) -> bool:
+        """Its engine is up and a slot is free on it and router-wide: the
+        engine request would start at once, so overlapping pays."""
+        return tier.up and tier.engine.ready and tier.gate.has_room() and self.tiers.gate.has_room()
 
     def _choose(self, ctx: RequestContext) -> None:
         why = ctx.tier.why_not()
@@ -181,13 +220,15 @@ class Router:
         self.metrics.degraded.labels("tier_unavailable").inc()
         log.warning("tier %s cannot serve (%s): falling back to %s", failed.name, why, other.name)
         ctx.decision = replace(ctx.decision, tier=other.name, model=other.model, reason="fallback", degraded=True)
+        ctx.lookup.storable = False  # keyed on the tier that could not answer
         ctx.tier = other
         ctx.sampling = effective_sampling(ctx.req.sampling, other.config.sampling, other.name, clamp=True)
         ctx.fell_back = True
 
-    async def _stream(self, ctx: RequestContext) -> AsyncIterator[DecisionEvent | DeltaEvent | FinalEvent]:
+    async def _stream(self, ctx: RequestContext, search: asyncio.Task | None = None) -> AsyncIterator[DecisionEvent | DeltaEvent | FinalEvent]:
         """Generate on `ctx.tier`. Raises EngineFailedEarly if the engine fails
-        before producing any text (the caller may fall back)."""
+        before producing any text (the caller may fall back), SemanticHit if
+        the overlapped `search` answers before any text is sent."""
         tier, engine = ctx.tier, ctx.tier.engine
         try:
             prompt_ids = await self._render(ctx)
@@ -218,9 +259,22 @@ class Router:
                     # cancellation lands inside the engine call (which aborts
                     # the request) and never inside the caller's write.
                     async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(0.0, ceiling - time.monotonic())):
-                        chunk = await anext(stream)
+                        chunk = await (_next_unless_hit(stream, search, ctx.lookup) if search is not None else anext(stream))
+                        if search is not None:
+                            # Nothing of the engine's goes out before the search
+                            # has settled (it ends in milliseconds, prefill rarely).
+                            await search
+                            if ctx.lookup.answer is not None:
+                                raise SemanticHit()
+                            search = None
                 except StopAsyncIteration:
+                    if search is not None:  # the engine ended before the search did
+                        await search
+                        if ctx.lookup.answer is not None:
+                            raise SemanticHit() from None
                     break
+                except SemanticHit:
+                    raise
                 except TimeoutError:
                     raise DeadlineExceeded(f"tier {tier.name} stopped generating at its {timeout_s:g} s ceiling") from None
                 except (RouterError, asyncio.CancelledError):
@@ -302,6 +356,7 @@ class Router:
             m.prompt_tokens_per_request.labels(tier).observe(usage.prompt_tokens)
             m.completion_tokens_per_request.labels(tier).observe(usage.completion_tokens)
             self.stats.record_generation(tier, t.total_ms, t.ttft_ms, t.generate_ms, usage.completion_tokens)
+        self.stats.record_cache(status)
         self._log(ctx, usage)
         return FinalEvent(finish_reason, usage, t, ctx.sampling, CacheResult(status, ctx.lookup.similarity), ctx.retrieval)
 
@@ -348,6 +403,23 @@ class Router:
                 }
             )
         )
+
+
+async def _next_unless_hit(stream, search: asyncio.Task, lookup: Lookup):
+    """The engine's next chunk, unless the semantic search ends first with a
+    hit: then the engine request is cancelled (vLLM aborts it, a remote
+    server sees its connection close) and SemanticHit raised."""
+    pending = asyncio.ensure_future(anext(stream))
+    try:
+        await asyncio.wait({pending, search}, return_when=asyncio.FIRST_COMPLETED)
+        if not pending.done() and lookup.answer is not None:
+            raise SemanticHit()
+        return await pending
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+                await pending
 
 
 def replay_deltas(text: str, words_per_delta: int = 3) -> list[str]:

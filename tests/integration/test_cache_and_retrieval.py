@@ -35,13 +35,47 @@ def test_repeated_greedy_question_comes_from_the_exact_cache(live):
     assert engine_requests(live, "small") == calls
 
 
-def test_paraphrase_hits_the_semantic_cache(live):
+def aborts(live, tier: str) -> float:
+    return live.metric_value("router_semantic_overlap_aborts_total", tier=tier) or 0.0
+
+
+def test_paraphrase_hits_the_semantic_cache_and_aborts_the_engine_request_it_started(live):
+    """The semantic search runs beside the engine request (cache.semantic_overlap,
+    on in the CPU profile): on a hit the engine request is aborted and the
+    cached answer is the one sent, with none of the engine's text."""
     first = live.client.generate("What is the capital of Australia?", route="small", max_tokens=24)
     assert first.cache.status == pb.CACHE_MISS
-    calls = engine_requests(live, "small")
+    calls, aborted = engine_requests(live, "small"), aborts(live, "small")
     para = live.client.generate("What's the capital of Australia?", route="small", max_tokens=24)
     assert para.cache.status == pb.CACHE_SEMANTIC and para.cache.similarity >= 0.95
-    assert para.text == first.text and engine_requests(live, "small") == calls
+    assert para.text == first.text and para.usage == first.usage
+    assert engine_requests(live, "small") == calls + 1  # started beside the search...
+    assert aborts(live, "small") == aborted + 1  # ...and aborted when it hit
+    stream = list(live.client.generate_stream("What's the capital city of Australia?", route="small", max_tokens=24))
+    assert stream[-1].final.cache.status == pb.CACHE_SEMANTIC
+    assert "".join(e.delta for e in stream if e.WhichOneof("event") == "delta") == first.text
+    assert aborts(live, "small") == aborted + 2
+    wait_for(lambda: live.metric_value("router_engine_unfinished_requests", tier="small") == 0, 10, "the engine to drop the aborted requests")
+
+
+def test_a_semantic_miss_answers_as_without_the_cache(live):
+    q = "Name a famous bridge in San Francisco."
+    uncached = live.client.generate(q, route="small", max_tokens=24, cache="off")
+    aborted = aborts(live, "small")
+    miss = live.client.generate(q, route="small", max_tokens=24)
+    assert miss.cache.status == pb.CACHE_MISS
+    assert miss.text == uncached.text and miss.usage == uncached.usage
+    assert aborts(live, "small") == aborted
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
 
 
 @pytest.mark.parametrize(
