@@ -22,6 +22,7 @@ from .config import Config, ResilienceConfig, TierConfig
 from .engine import Engine, VllmEngine
 from .auth import HEALTH_SERVICE, BearerTokenAuth, tls_credentials
 from .grpc_metrics import GrpcServerMetrics
+from .loop_lag import watch_loop_lag
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy
 from .router import Router
@@ -47,6 +48,7 @@ class App:
     port: int
     metrics_port: int | None
     _metrics_http: object = field(default=None, repr=False)
+    _lag_watcher: asyncio.Task | None = field(default=None, repr=False)
 
     async def update_health(self) -> None:
         """Per tier: `router.v1.Router/<tier>` is SERVING while its engine is
@@ -65,6 +67,8 @@ class App:
         await self.health.set(LIVENESS_NAME, status(True))
 
     async def start_engines(self) -> None:
+        if self._lag_watcher is None:
+            self._lag_watcher = asyncio.create_task(watch_loop_lag(self.router.metrics.loop_lag_seconds))
         await self.tiers.start()
         log.info("all tiers warm; health is SERVING")
 
@@ -75,6 +79,8 @@ class App:
         # Requests still generating just before grpc's grace runs out end at
         # their next token with UNAVAILABLE rather than grpc's CANCELLED.
         await self.tiers.begin_drain(grace - 1.0)
+        if self._lag_watcher is not None:
+            self._lag_watcher.cancel()
         started = time.monotonic()
         await self.server.stop(grace)
         log.info("gRPC server stopped in %.1f s", time.monotonic() - started)

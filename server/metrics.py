@@ -35,6 +35,8 @@ class RouterMetrics:
 
         # Per request, recorded once.
         self.request_seconds = histogram("router_request_duration_seconds", "End-to-end request duration", ("rpc", "tier", "code"))
+        self.loop_lag_seconds = histogram(
+            "router_event_loop_lag_seconds", "How late the event loop ran a timer due every 0.1 s: a stall every request shares")
         self.requests = Counter("router_requests_total", "Requests by RPC, tier, route reason and status code", ["rpc", "tier", "reason", "code"], registry=registry)
         self.errors = Counter("router_errors_total", "Requests that ended with a non-OK status", ["code"], registry=registry)
         # Present at 0 from the start, so rate() and dashboards work before the first error.
