@@ -3,6 +3,7 @@ must not share one GIL. Each prints its results as one JSON object.
 
     python -m benchmarks.load classify ADDRESS CONCURRENCY SECONDS [--rpc health]
     python -m benchmarks.load exact ADDRESS N
+    python -m benchmarks.load stream ADDRESS CONCURRENCY [--max-tokens N] < prompts.json
 """
 
 from __future__ import annotations
@@ -73,6 +74,30 @@ async def exact_load(address: str, n: int) -> dict:
     return out
 
 
+async def stream_load(address: str, concurrency: int, prompts: list[str], max_tokens: int, warm: bool = True) -> dict:
+    """Each prompt once through GenerateStream, `concurrency` at a time,
+    cache off, greedy: each request's TTFT (from the call) and tokens."""
+    async with AsyncTriageClient(address, timeout=600) as client:
+        if warm:
+            await client.health()
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(prompt: str):
+            async with sem:
+                started, first, tokens = time.perf_counter(), None, 0
+                async for event in client.generate_stream(prompt, max_tokens=max_tokens, cache="off"):
+                    kind = event.WhichOneof("event")
+                    if kind == "delta" and first is None:
+                        first = time.perf_counter() - started
+                    elif kind == "final":
+                        tokens = event.final.usage.completion_tokens
+                return first, tokens
+
+        started = time.perf_counter()
+        out = await asyncio.gather(*(one(p) for p in prompts))
+        wall = time.perf_counter() - started
+    return {"ttft_s": [o[0] for o in out], "tokens": sum(o[1] for o in out), "wall_s": wall}
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,9 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("exact", help="N exact-cache hits through Generate, each next to a Health/Check")
     p.add_argument("address")
     p.add_argument("n", type=int)
+    p = sub.add_parser("stream", help="each prompt (JSON list on stdin) once through GenerateStream, CONCURRENCY at a time")
+    p.add_argument("address")
+    p.add_argument("concurrency", type=int)
+    p.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args(argv)
     if args.load == "classify":
         result = asyncio.run(classify_load(args.address, args.concurrency, args.seconds, args.rpc))
+    elif args.load == "stream":
+        result = asyncio.run(stream_load(args.address, args.concurrency, json.load(sys.stdin), args.max_tokens))
     else:
         result = asyncio.run(exact_load(args.address, args.n))
     print(json.dumps(result))

@@ -29,10 +29,43 @@ TRUSTED_TYPES = ["classifier.features.dense_features", "classifier.features.norm
 _FAST_PATH_MAX = 8
 
 
+def _import_skops_io():
+    """skops.io, imported without torch. On import, skops lists
+    scikit-learn's estimators by importing every scikit-learn module, and one
+    of them (array-API support, which this classifier never uses) imports
+    torch when it is installed: ~300 MB and seconds for a router whose tiers
+    are all remote. While skops is imported, torch cannot be: that module
+    fails, scikit-learn's walk skips it, and torch stays importable later
+    for an in-process engine."""
+    import sys
+
+    if "skops.io" in sys.modules or "torch" in sys.modules:
+        import skops.io as sio
+
+        return sio
+    blocker = _NoTorch()
+    sys.meta_path.insert(0, blocker)
+    try:
+        import skops.io as sio
+    finally:
+        sys.meta_path.remove(blocker)
+    return sio
+
+
+class _NoTorch:
+    """An import finder that refuses torch (and leaves sys.modules alone,
+    so array-API helpers that look for torch there see it absent)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"{name} is not imported while skops loads", name=name)
+        return None
+
+
 def trusted_types(path: Path) -> list[str]:
     """Every type skops finds in the file must be in the library's defaults
     or in TRUSTED_TYPES; raise otherwise."""
-    import skops.io as sio
+    sio = _import_skops_io()
 
     untrusted = sio.get_untrusted_types(file=path)
     unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
@@ -113,7 +146,7 @@ class Classifier:
 def load(path: str | Path | None = None) -> Classifier:
     """Load the artifact folder (default: the committed one), refusing any
     type beyond scikit-learn's own and TRUSTED_TYPES."""
-    import skops.io as sio
+    sio = _import_skops_io()
 
     folder = Path(path) if path is not None else ARTIFACT_DIR
     if folder.is_file():

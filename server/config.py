@@ -58,6 +58,12 @@ class TierConfig:
     # In-process engines only: a remote server takes its options on its own
     # command line.
     engine_args: Mapping[str, Any] = field(default_factory=dict)
+    # vLLM CPU build only: the cores this tier's engine computes on, as
+    # VLLM_CPU_OMP_THREADS_BIND takes them ("0", "1", "0-1", "0,2-3"), or
+    # "auto" (vLLM's choice: every physical core but one it reserves for the
+    # frontend, so on 2 cores both engines land on core 0). Measured choices:
+    # docs/benchmarks.md, "Cores".
+    cpu_cores: str = "auto"
     # "in_process": a vLLM AsyncLLM in this process. "remote": `vllm serve`
     # instances at `replicas` (base URLs), which scale across GPUs and nodes
     # themselves; the router only balances between them.
@@ -239,6 +245,8 @@ def _tier(name: str, raw: Any, base: Path) -> TierConfig:
 
 def _check_tier(tier: TierConfig, where: str) -> None:
     s = tier.sampling
+    if not re.fullmatch(r"auto|nobind|\d+(-\d+)?(,\d+(-\d+)?)*", tier.cpu_cores):
+        raise ConfigError(f"{where}.cpu_cores: {tier.cpu_cores!r} is not auto, nobind or a core list such as 0, 1, 0-1")
     if tier.max_model_len < 16:
         raise ConfigError(f"{where}.max_model_len must be at least 16")
     if not 1 <= s.max_tokens <= s.max_tokens_cap:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import threading
 import time
 from typing import Any, AsyncIterator, Protocol, Sequence
 
@@ -50,6 +52,8 @@ class Engine(Protocol):
 
 
 ENGINE_SHUTDOWN_TIMEOUT_S = 1.0
+CPU_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+_ENV_LOCK = threading.Lock()
 
 
 def _already_shut_down(*args, **kwargs) -> None:
@@ -111,7 +115,19 @@ class VllmEngine:
     def _build(self):
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        return AsyncLLM.from_engine_args(build_engine_args(self._config))
+        # The engine process reads its core binding from the environment it
+        # is started with; engines start one at a time (and a restart under
+        # the lock), so each sees its own tier's setting.
+        with _ENV_LOCK:
+            before = os.environ.get(CPU_BIND_ENV)
+            os.environ[CPU_BIND_ENV] = self._config.cpu_cores
+            try:
+                return AsyncLLM.from_engine_args(build_engine_args(self._config))
+            finally:
+                if before is None:
+                    os.environ.pop(CPU_BIND_ENV, None)
+                else:
+                    os.environ[CPU_BIND_ENV] = before
 
     async def start(self) -> None:
         import psutil

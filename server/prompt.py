@@ -61,17 +61,81 @@ async def render(tokenizer, messages: Sequence[ChatMessage]) -> list[int]:
     return await asyncio.to_thread(render_ids, tokenizer, messages)
 
 
+class TemplateTokenizer:
+    """A served model's tokenizer.json and chat template, read with the
+    `tokenizers` library and jinja2 alone: what render_ids needs, without
+    importing transformers (which imports torch: ~300 MB and seconds of
+    start-up for a router whose tiers are all remote). The template is
+    rendered as transformers renders it (sandboxed, trim_blocks and
+    lstrip_blocks, its helper functions, the special tokens as variables);
+    tests/unit/test_render.py checks the ids match transformers'."""
+
+    def __init__(self, folder: str):
+        import json
+        from pathlib import Path
+
+        from tokenizers import Tokenizer
+
+        root = Path(folder)
+        config = json.loads((root / "tokenizer_config.json").read_text()) if (root / "tokenizer_config.json").is_file() else {}
+        template = (root / "chat_template.jinja").read_text() if (root / "chat_template.jinja").is_file() else config.get("chat_template")
+        if isinstance(template, list):  # named templates: the default one
+            template = {t.get("name"): t.get("template") for t in template}.get("default")
+        if not template:
+            raise ValueError(f"{folder} has no chat template")
+        self._template = _compile_template(template)
+        self._specials = {k: (v.get("content") if isinstance(v, dict) else v) for k, v in config.items()
+                          if k.endswith("_token") and isinstance(v, (str, dict))}
+        self._tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
+        self._tokenizer.encode_special_tokens = True  # special tokens in text are text; render_ids places the template's own
+        self._added = {t.content: i for i, t in self._tokenizer.get_added_tokens_decoder().items()}
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True, tokenize: bool = False) -> str:
+        assert not tokenize, "render_ids tokenises the pieces itself"
+        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt, **self._specials)
+
+    def get_added_vocab(self) -> dict[str, int]:
+        return self._added
+
+    def encode(self, text: str, add_special_tokens: bool = False, split_special_tokens: bool = True) -> list[int]:
+        assert not add_special_tokens and split_special_tokens
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def _compile_template(source: str):
+    import json
+    from datetime import datetime
+
+    import jinja2
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: json.dumps(
+        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(source)
+
+
 def load_tokenizer(path: str):
     """The tokenizer (and chat template) at `path`: a local folder, or a hub
-    id already in the local Hugging Face cache. Never downloads. None when
-    there is none, after saying in the log what that costs."""
+    id already in the local Hugging Face cache. Never downloads. A folder
+    with a tokenizer.json is read without transformers (TemplateTokenizer);
+    others through transformers. None when there is none, after saying in
+    the log what that costs."""
     folder = path if os.path.isdir(path) else _cached_hub_folder(path)
     if folder is None:
         problem = "not a folder, nor a model in the local Hugging Face cache"
     else:
-        from transformers import AutoTokenizer
-
         try:
+            if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+                return TemplateTokenizer(folder)
+            from transformers import AutoTokenizer
+
             return AutoTokenizer.from_pretrained(folder, local_files_only=True)
         except (OSError, ValueError) as exc:
             problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
