@@ -36,7 +36,7 @@ import numpy as np
 from clients import AsyncTriageClient
 from clients.loadgen import BUILTIN_MIX, run_level, summarise
 
-from .load import EXACT_QUESTION
+from .load import EXACT_QUESTION, staggered
 
 OVERHEAD_PROMPTS = [
     "What is the capital of Italy?",
@@ -102,12 +102,12 @@ def _lag_summary(before: dict, after: dict) -> dict:
     return {"ticks": total, "share_over_5ms": (total - delta[0.005]) / total if total else 0.0, "p99_bucket_s": p99}
 
 
-async def overhead_bench(app, address: str, levels=(4, 16), rounds: int = 4, max_tokens: int = 32) -> dict:
+async def overhead_bench(app, address: str, levels=(4, 16), rounds: int = 6, max_tokens: int = 32) -> dict:
     """Each concurrency level in its own rounds, router and direct alternating."""
     out = {}
     for concurrency in levels:
         before = _lag_buckets(app)
-        out[str(concurrency)] = r = await _overhead_level(app, address, rounds, 2 * concurrency, concurrency, max_tokens)
+        out[str(concurrency)] = r = await _overhead_level(app, address, rounds, 4 * concurrency, concurrency, max_tokens)
         r["loop_lag"] = _lag_summary(before, _lag_buckets(app))
         print(f"  c={concurrency}: ratio {r['throughput_ratio']:.3f}, added TTFT p50 {r['added_ttft_p50_ms']:+.1f} ms, "
               f"p99 {r['added_ttft_p99_ms']:+.1f} ms; loop lag over 5 ms in {r['loop_lag']['share_over_5ms']:.1%} of ticks", flush=True)
@@ -129,15 +129,11 @@ async def _router_block(address: str, prompts: list[str], concurrency: int, max_
 
 
 async def _direct_block(app, tiers: dict, prompts: list[str], concurrency: int, max_tokens: int) -> dict:
-    sem = asyncio.Semaphore(concurrency)
+    async def one(prompt: str):
+        ttft, _, tokens = await _direct_stream(app.tiers[tiers[prompt]].engine, prompt, max_tokens, f"direct-{time.monotonic_ns()}")
+        return ttft, tokens
 
-    async def one(i: int, prompt: str):
-        async with sem:
-            return await _direct_stream(app.tiers[tiers[prompt]].engine, prompt, max_tokens, f"direct-{time.monotonic_ns()}-{i}")
-
-    started = time.perf_counter()
-    out = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
-    return {"ttft_s": [o[0] for o in out], "tokens": sum(o[2] for o in out), "wall_s": time.perf_counter() - started}
+    return await staggered(one, prompts, concurrency)
 
 
 async def _overhead_level(app, address: str, rounds: int, per_round: int, concurrency: int, max_tokens: int) -> dict:
@@ -637,6 +633,43 @@ def _overhead_lines(levels: dict) -> list[str]:
     return lines
 
 
+def _cores_lines(path: Path) -> list[str]:
+    """From `python -m benchmarks.cores` (its own run, its own date)."""
+    if not path.is_file():
+        return []
+    r = json.loads(path.read_text())
+    s = r["setup"]
+    lines = ["## 7. Cores: where the CPU engines compute (`tiers.*.cpu_cores`)", "",
+             f"Measured {r['date']} by `python -m benchmarks.cores` ({r['rounds']} rounds, settings in alternating order, engines "
+             f"started afresh for each): streaming, {s['max_tokens']} new tokens, {s['requests_per_caller']} requests per caller; "
+             f"mixed = {s['per_tier_callers']} callers on each tier, one tier = {2 * s['per_tier_callers']} callers on the small tier.", "",
+             "| setting (small, large) | mixed tokens/s | × auto | mixed TTFT p50 ms | one tier tokens/s | × auto | one tier TTFT p50 ms |",
+             "|---|---|---|---|---|---|---|"]
+    for name, v in r["settings"].items():
+        m, o = v["mixed"], v["one_tier"]
+        lines.append(f"| {name}: {v['cores'][0]}, {v['cores'][1]} | {m['tokens_per_s']:.1f} | {m['tokens_per_s_vs_auto']:.2f} | "
+                     f"{m['ttft_p50_ms']:.0f} | {o['tokens_per_s']:.1f} | {o['tokens_per_s_vs_auto']:.2f} | {o['ttft_p50_ms']:.0f} |")
+    return lines + [""]
+
+
+def _remote_lines(path: Path) -> list[str]:
+    """From `python -m benchmarks.remote` (its own run, its own date)."""
+    if not path.is_file():
+        return []
+    r = json.loads(path.read_text())
+    lines = ["## 8. A light front: both tiers remote, against the same `vllm serve` called directly", "",
+             f"Measured {r['date']} by `python -m benchmarks.remote`: the router in its own process with both tiers on one "
+             "`vllm serve` (SmolLM2, CPU build) and the semantic cache off; direct = `/v1/chat/completions` on the same server with "
+             f"the same messages; streaming, greedy, alternating blocks. Router resident memory once SERVING and idle: "
+             f"**{r['router_idle_rss_mb']:.0f} MB** (target: under 350 MB); torch, transformers or vLLM mapped into it: "
+             f"{', '.join(r['router_imports']) or 'none'}.", "",
+             "| concurrency | router TTFT p50 / p99 ms | direct TTFT p50 / p99 ms | added p50 / p99 ms | throughput ratio |", "|---|---|---|---|---|"]
+    for c, v in r["levels"].items():
+        lines.append(f"| {c} | {v['router']['ttft_p50_ms']:.1f} / {v['router']['ttft_p99_ms']:.1f} | {v['direct']['ttft_p50_ms']:.1f} / "
+                     f"{v['direct']['ttft_p99_ms']:.1f} | {v['added_ttft_p50_ms']:+.2f} / {v['added_ttft_p99_ms']:+.2f} | {v['throughput_ratio']:.3f} |")
+    return lines + [""]
+
+
 def write_markdown(results: dict, path: Path) -> None:
     m, c, o, b, a = results["machine"], results["classify"], results["overhead"], results["batching"], results["adaptive"]
     lines = [
@@ -699,9 +732,14 @@ def write_markdown(results: dict, path: Path) -> None:
         f"in alternating blocks: p50 {results['cache_semantic']['flat32_search_p50_ms']:.1f} / p99 {results['cache_semantic']['flat32_search_p99_ms']:.1f} ms; "
         f"the largest difference between its best similarity and the cache's was {results['cache_semantic']['fp16_max_similarity_error']:.5f}.", "",
         *(_overlap_lines(results["overlap"]) if "overlap" in results else []),
+        *_cores_lines(path.parent / "cores.json"),
+        *_remote_lines(path.parent / "remote.json"),
         "Plots from the load generator: `triage bench --concurrency 1,4,16 --stream --out reports/bench` "
         "(latency per tier, throughput against concurrency).", "",
-        "## Reproduce", "", "```sh", "make bench            # about 10 minutes on 2 cores", "```", "",
+        "## Reproduce", "", "```sh", "make bench                      # sections 1-6, about 25 minutes on 2 cores",
+        "python -m benchmarks --only overhead,overlap   # some sections, updating the report",
+        "python -m benchmarks.cores      # section 7, about 15 minutes", "python -m benchmarks.remote     # section 8",
+        "python -m benchmarks.shutdown   # stop time of an idle server", "```", "",
     ]
     path.write_text("\n".join(lines))
 
@@ -763,10 +801,14 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default="config/cpu.yaml")
     parser.add_argument("--out", default="docs")
     parser.add_argument("--only", help=f"comma-separated sections to re-measure ({', '.join(SECTIONS)}), updating them in an existing report")
+    parser.add_argument("--render", action="store_true", help="measure nothing: rewrite benchmarks.md from the JSON results in --out")
     args = parser.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.WARNING)
+    if args.render:
+        write_markdown(json.loads((Path(args.out) / "benchmarks.json").read_text()), Path(args.out) / "benchmarks.md")
+        return 0
     sections = list(SECTIONS) if not args.only else args.only.split(",")
     unknown = set(sections) - set(SECTIONS)
     if unknown:

@@ -230,6 +230,8 @@ def _tier(name: str, raw: Any, base: Path) -> TierConfig:
     if "model_path" in raw:
         raw["model_path"] = _resolve_path(str(raw["model_path"]), base)
     raw["engine_args"] = dict(raw.get("engine_args") or {})
+    if "cpu_cores" in raw:  # `cpu_cores: 0` is read as a number
+        raw["cpu_cores"] = str(raw["cpu_cores"])
     if "replicas" in raw:
         raw["replicas"] = tuple(str(url).rstrip("/") for url in raw["replicas"] or ())
     tier = _build(TierConfig, raw, where, name=name, sampling=sampling)

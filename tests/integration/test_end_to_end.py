@@ -174,3 +174,26 @@ def test_metrics_are_exposed_per_tier(live):
     # Counted as the handler finishes, which can be just after the client has its answer.
     assert wait_until(lambda: live.metric_value("router_errors_total", code="INVALID_ARGUMENT") == before + 1)
     assert live.metric_value("router_requests_total", rpc="Generate", tier="", reason="", code="INVALID_ARGUMENT") >= 1
+
+
+def test_each_cpu_engine_computes_on_its_own_core(live):
+    """config/cpu.yaml gives the small tier core 0 and the large tier core 1
+    (tiers.*.cpu_cores); vLLM's default put both engines' workers on core 0.
+    Every thread of each tier's vLLM worker process is bound to its core."""
+    import re
+    from pathlib import Path
+
+    def worker_cores(tier: str) -> set[str]:
+        found = re.findall(rf"tier {tier}: engine loaded in [\d.]+ s \(processes \[([\d, ]+)\]\)", live.log())
+        assert found, f"no {tier} engine process ids in the log"
+        cores = set()
+        for pid in (int(p) for p in found[-1].split(",")):
+            proc = Path(f"/proc/{pid}")
+            if proc.is_dir() and (proc / "comm").read_text().strip() == "VLLM::Worker":
+                for task in (proc / "task").iterdir():
+                    status = (task / "status").read_text()
+                    cores.add(re.search(r"Cpus_allowed_list:\s*(\S+)", status).group(1))
+        return cores
+
+    assert worker_cores("small") == {"0"}
+    assert worker_cores("large") == {"1"}

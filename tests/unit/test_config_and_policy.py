@@ -350,3 +350,17 @@ def test_one_setting_changes_without_copying_the_file(tmp_path, monkeypatch):
     for bad, message in (("retrieval.top_k", "section.key=value"), ("retrieval.nope=1", "unknown key"), ("limits.max_queued.x=1", "not a section")):
         with pytest.raises(ConfigError, match=message):
             load(ROOT / "config/cpu.yaml", [bad])
+
+
+def test_cpu_cores_is_a_core_list_or_auto(tmp_path):
+    cfg = load(ROOT / "config/cpu.yaml")
+    assert (cfg.tiers["small"].cpu_cores, cfg.tiers["large"].cpu_cores) == ("0", "1")
+    text = (ROOT / "config/cpu.yaml").read_text().replace("../.cache/", str(ROOT / ".cache") + "/")
+    bad = tmp_path / "bad.yaml"
+    for value in ('"core0"', '"0;1"', '"-1"'):
+        bad.write_text(text.replace('cpu_cores: "1"', f"cpu_cores: {value}"))
+        with pytest.raises(ConfigError, match="tiers.large.cpu_cores"):
+            load(bad)
+    for value in ('"0-1"', "auto", '"0,1"'):
+        bad.write_text(text.replace('cpu_cores: "1"', f"cpu_cores: {value}"))
+        assert load(bad).tiers["large"].cpu_cores == value.strip('"')
