@@ -627,6 +627,14 @@ def _overhead_lines(levels: dict) -> list[str]:
         lines.append(f"- Concurrency {c}: throughput ratio router/direct **{o['throughput_ratio']:.3f}** (target ≥ 0.95); added TTFT p50 "
                      f"**{o['added_ttft_p50_ms']:+.1f} ms**, p99 **{o['added_ttft_p99_ms']:+.1f} ms** (target: p99 under 5 ms){lag_text}.")
     any_level = next(iter(levels.values()))
+    auto = Path(__file__).resolve().parents[1] / "docs/overhead-auto-cores.json"
+    if auto.is_file():  # the same section with vLLM's default binding, for where the added time comes from
+        a = json.loads(auto.read_text())
+        lines += ["", f"The same section with both engines on core 0 (vLLM's `auto`, {a['date']}; `python -m benchmarks --only overhead "
+                  "--config CONFIG` with `cpu_cores: auto`, results in docs/overhead-auto-cores.json):"]
+        lines += [f"- Concurrency {c}: ratio {o['throughput_ratio']:.3f}; added TTFT p50 {o['added_ttft_p50_ms']:+.1f} ms, p99 "
+                  f"{o['added_ttft_p99_ms']:+.1f} ms; loop lag over 5 ms in {o['loop_lag']['share_over_5ms']:.1%} of ticks."
+                  for c, o in a["overhead"].items()]
     client = any_level["setup"].get("client", "the server's process and event loop")
     lines += ["", f"{any_level['setup']['max_tokens']} new tokens, greedy. The router path's gRPC client runs in {client}; the direct "
               "path calls the same in-process engine (render, generate) from the benchmark's event loop.", ""]
