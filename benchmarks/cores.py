@@ -25,6 +25,8 @@ import numpy as np
 
 from clients import AsyncTriageClient
 
+from .load import streamed
+
 # (small, large): vLLM's default; each engine its own core; both on both.
 SETTINGS = {"auto (both on core 0)": ("auto", "auto"), "own core each (0 | 1)": ("0", "1"), "both on both (0-1)": ("0-1", "0-1")}
 PROMPT = "Write a short paragraph about the history of tea."
@@ -36,14 +38,9 @@ async def _workload(address: str, routes: list[str], requests_per_caller: int, m
         async def caller(i: int, route: str):
             nonlocal tokens
             for j in range(requests_per_caller):
-                started, first = time.perf_counter(), None
-                async for event in client.generate_stream(f"{PROMPT} ({i}-{j})", route=route, max_tokens=max_tokens, cache="off"):
-                    kind = event.WhichOneof("event")
-                    if kind == "delta" and first is None:
-                        first = time.perf_counter() - started
-                    elif kind == "final":
-                        tokens += event.final.usage.completion_tokens
+                first, n = await streamed(client, f"{PROMPT} ({i}-{j})", max_tokens, route=route)
                 ttft.append(first * 1e3)
+                tokens += n
 
         started = time.perf_counter()
         await asyncio.gather(*(caller(i, r) for i, r in enumerate(routes)))

@@ -86,17 +86,20 @@ async def stream_load(address: str, concurrency: int, prompts: list[str], max_to
     async with AsyncTriageClient(address, timeout=600) as client:
         await client.health()
 
-        async def one(prompt: str):
-            started, first, tokens = time.perf_counter(), None, 0
-            async for event in client.generate_stream(prompt, max_tokens=max_tokens, cache="off"):
-                kind = event.WhichOneof("event")
-                if kind == "delta" and first is None:
-                    first = time.perf_counter() - started
-                elif kind == "final":
-                    tokens = event.final.usage.completion_tokens
-            return first, tokens
+        return await staggered(lambda prompt: streamed(client, prompt, max_tokens), prompts, concurrency)
 
-        return await staggered(one, prompts, concurrency)
+
+async def streamed(client, prompt: str, max_tokens: int, **kwargs) -> tuple[float, int]:
+    """One GenerateStream call, cache off: seconds to the first text, and
+    the completion tokens."""
+    started, first, tokens = time.perf_counter(), None, 0
+    async for event in client.generate_stream(prompt, max_tokens=max_tokens, cache="off", **kwargs):
+        kind = event.WhichOneof("event")
+        if kind == "delta" and first is None:
+            first = time.perf_counter() - started
+        elif kind == "final":
+            tokens = event.final.usage.completion_tokens
+    return first, tokens
 
 
 async def staggered(one, prompts: list, concurrency: int) -> dict:

@@ -34,6 +34,8 @@ import yaml
 
 from clients import AsyncTriageClient, TriageClient
 
+from .load import streamed
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / ".cache/models/SmolLM2-135M-Instruct"
 MODEL = "SmolLM2-135M-Instruct"
@@ -114,17 +116,6 @@ async def _direct(http, url: str, prompt: str, max_tokens: int) -> tuple[float, 
     return first, tokens
 
 
-async def _routed(client, prompt: str, max_tokens: int) -> tuple[float, int]:
-    started, first, tokens = time.perf_counter(), None, 0
-    async for event in client.generate_stream(prompt, max_tokens=max_tokens, cache="off", route="small"):
-        kind = event.WhichOneof("event")
-        if kind == "delta" and first is None:
-            first = time.perf_counter() - started
-        elif kind == "final":
-            tokens = event.final.usage.completion_tokens
-    return first, tokens
-
-
 async def _level(address: str, url: str, concurrency: int, rounds: int, max_tokens: int) -> dict:
     import httpx
 
@@ -136,7 +127,7 @@ async def _level(address: str, url: str, concurrency: int, rounds: int, max_toke
             async def one(i: int):
                 async with sem:
                     prompt = PROMPTS[i % len(PROMPTS)]
-                    return await (_routed(client, prompt, max_tokens) if kind == "router" else _direct(http, url, prompt, max_tokens))
+                    return await (streamed(client, prompt, max_tokens, route="small") if kind == "router" else _direct(http, url, prompt, max_tokens))
 
             started = time.perf_counter()
             out = await asyncio.gather(*(one(i) for i in range(n)))
