@@ -144,6 +144,12 @@ def cmd_health(client: TriageClient, args) -> int:
     return 0 if status == "SERVING" else 1
 
 
+def cmd_feedback(client: TriageClient, args) -> int:
+    r = client.feedback(args.request_id, rating=args.rating, correct=args.correct, label=args.label)
+    print(f"recorded for {r.request_id} (answered by tier {r.tier_name}, p_complex {r.p_complex:.3f})")
+    return 0
+
+
 def connect(args) -> TriageClient:
     import grpc
 
@@ -192,6 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", choices=["default", "exact_only", "off"], default="off",
                    help="cache mode of the requests (default off: measure the engines, not the cache)")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("feedback", help="how an answer turned out (its request id from `ask --json`)")
+    p.add_argument("request_id")
+    outcome = p.add_mutually_exclusive_group(required=True)
+    outcome.add_argument("--rating", type=int, choices=range(1, 6), metavar="1-5")
+    outcome.add_argument("--correct", action="store_const", const=True, dest="correct")
+    outcome.add_argument("--incorrect", action="store_const", const=False, dest="correct")
+    p.add_argument("--label", default="", help="optional, at most 200 characters")
+    p.set_defaults(func=cmd_feedback, correct=None)
     p = sub.add_parser("health", help="grpc health status (exit 0 when SERVING)")
     p.add_argument("--service", default="")
     p.set_defaults(func=cmd_health)

@@ -136,6 +136,11 @@ class TriageClient:
     def list_models(self, *, timeout: float | None = None) -> pb.ListModelsResponse:
         return self._call(self.stub.ListModels, pb.ListModelsRequest(), timeout)
 
+    def feedback(self, request_id: str, *, rating: int | None = None, correct: bool | None = None, label: str = "",
+                 timeout: float | None = None) -> pb.FeedbackResponse:
+        """How the answer `request_id` turned out: a rating 1-5, or correct."""
+        return self._call(self.stub.Feedback, feedback_request(request_id, rating, correct, label), timeout)
+
     def stats(self, *, timeout: float | None = None) -> pb.GetStatsResponse:
         return self._call(self.stub.GetStats, pb.GetStatsRequest(), timeout)
 
@@ -192,9 +197,24 @@ class AsyncTriageClient:
     async def list_models(self, *, timeout: float | None = None) -> pb.ListModelsResponse:
         return await self._call(self.stub.ListModels, pb.ListModelsRequest(), timeout)
 
+    async def feedback(self, request_id: str, *, rating: int | None = None, correct: bool | None = None, label: str = "",
+                       timeout: float | None = None) -> pb.FeedbackResponse:
+        return await self._call(self.stub.Feedback, feedback_request(request_id, rating, correct, label), timeout)
+
     async def stats(self, *, timeout: float | None = None) -> pb.GetStatsResponse:
         return await self._call(self.stub.GetStats, pb.GetStatsRequest(), timeout)
 
     async def health(self, service: str = "", *, timeout: float = 5.0) -> str:
         resp = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+
+def feedback_request(request_id: str, rating: int | None, correct: bool | None, label: str) -> pb.FeedbackRequest:
+    if (rating is None) == (correct is None):
+        raise ValueError("give exactly one of rating and correct")
+    req = pb.FeedbackRequest(request_id=request_id, label=label)
+    if rating is not None:
+        req.rating = rating
+    else:
+        req.correct = correct
+    return req

@@ -21,6 +21,7 @@ from .cache import ResponseCache
 from .config import Config, ResilienceConfig, TierConfig
 from .engine import Engine, VllmEngine
 from .auth import HEALTH_SERVICE, BearerTokenAuth, tls_credentials
+from .feedback import FeedbackStore, RecentAnswers
 from .grpc_metrics import GrpcServerMetrics
 from .loop_lag import watch_loop_lag
 from .metrics import RouterMetrics
@@ -137,7 +138,11 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
         classifier.score, cut_points, [(n, t.model) for n, t in config.tiers.items()],
         on_degraded=lambda: metrics.degraded.labels("classifier_error").inc(),
     )
-    router = Router(policy, tiers, metrics, cache=cache, retrieval=retrieval, limits=config.limits, resilience=config.resilience)
+    fb = config.feedback
+    store = FeedbackStore(fb.path, fb.max_rows) if fb.path else None
+    recent = RecentAnswers(fb.remember_answers, fb.remember_seconds) if store is not None else None
+    router = Router(policy, tiers, metrics, cache=cache, retrieval=retrieval, limits=config.limits, resilience=config.resilience,
+                    recent=recent, keep_text=fb.keep_text)
 
     lim = config.limits
     options = [
@@ -157,7 +162,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     if tokens:
         interceptors.append(BearerTokenAuth(tokens, open_services=(HEALTH_SERVICE,) if config.security.health_open else ()))
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    add_to_server(RouterServicer(router), server)
+    add_to_server(RouterServicer(router, store), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -151,6 +151,18 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class FeedbackConfig:
+    """Outcomes reported for answers (the Feedback RPC), kept for re-fitting
+    the routing."""
+    path: str | None = None  # an SQLite file; None: Feedback answers FAILED_PRECONDITION
+    max_rows: int = 1_000_000  # the oldest go first beyond this
+    # Feedback is taken for the most recent answers only: this many, at most this old.
+    remember_answers: int = 100_000
+    remember_seconds: float = 24 * 3600.0
+    keep_text: bool = False  # store the question's text with its outcome (off: score, tier and model only)
+
+
+@dataclass(frozen=True)
 class EmbeddingConfig:
     """The sentence-embedding model (semantic cache, retrieval)."""
     threads: int = 1  # ONNX Runtime threads for one embedding
@@ -176,6 +188,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
 
     def with_ports(self, port: int | None, metrics_port: int | None, host: str | None = None) -> "Config":
         server = self.server if host is None else dataclasses.replace(self.server, host=host)
@@ -344,7 +357,7 @@ def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     raw = apply_overrides(raw, overrides)
-    unknown = set(raw) - {"profile", "server", "classifier", "tiers", "cache", "embedding", "retrieval", "limits", "security", "resilience"}
+    unknown = set(raw) - {"profile", "server", "classifier", "tiers", "cache", "embedding", "retrieval", "limits", "security", "resilience", "feedback"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
     base = path.parent.resolve()
@@ -378,7 +391,15 @@ def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
         raise ConfigError("security.tls_cert and security.tls_key go together")
     if security.tls_client_ca and not security.tls_cert:
         raise ConfigError("security.tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+    feedback = _build(FeedbackConfig, raw.get("feedback"), "feedback")
+    if feedback.path:
+        feedback = dataclasses.replace(feedback, path=_resolve_path(feedback.path, base))
+        if not Path(feedback.path).parent.is_dir():
+            raise ConfigError(f"feedback.path: the folder of {feedback.path} does not exist")
+    if feedback.max_rows < 1 or feedback.remember_answers < 1 or feedback.remember_seconds <= 0:
+        raise ConfigError("feedback.max_rows and feedback.remember_answers must be >= 1, feedback.remember_seconds > 0")
     return Config(
+        feedback=feedback,
         limits=_build(LimitsConfig, raw.get("limits"), "limits"),
         security=security,
         resilience=_build(ResilienceConfig, raw.get("resilience"), "resilience"),

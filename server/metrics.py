@@ -68,6 +68,8 @@ class RouterMetrics:
         self.cache_bytes = Gauge("router_cache_bytes", "Approximate bytes held (answers, plus vectors for semantic)", ["kind"], registry=registry)
         self.retrieve_seconds = histogram("router_retrieve_duration_seconds", "Embedding the question and searching the document index")
         self.engine_requests = Counter("router_engine_requests_total", "Requests handed to the engine (cache hits are not)", ["tier"], registry=registry)
+        self.feedback = Counter("router_feedback_total", "Outcomes reported with the Feedback RPC, by the tier that answered",
+                                ["tier", "result"], registry=registry)
         self.semantic_overlap_aborts = Counter(
             "router_semantic_overlap_aborts_total",
             "Engine requests started beside a semantic cache search and aborted because it found the answer", ["tier"], registry=registry)

@@ -28,6 +28,7 @@ from typing import AsyncIterator
 from .cache import BYPASS, EXACT, MISS, SEMANTIC, CachedAnswer, Lookup, ResponseCache
 from .config import LimitsConfig, ResilienceConfig
 from .errors import DeadlineExceeded, EngineFailure, FailedPrecondition, InvalidArgument, RouterError, Unavailable
+from .feedback import Answered, RecentAnswers
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy, question_text
 from .retrieval import RetrievalService, with_sources
@@ -88,8 +89,12 @@ class RequestContext:
 class Router:
     def __init__(self, policy: RoutingPolicy, tiers: Tiers, metrics: RouterMetrics,
                  cache: ResponseCache | None = None, retrieval: RetrievalService | None = None,
-                 limits: LimitsConfig | None = None, resilience: ResilienceConfig | None = None):
+                 limits: LimitsConfig | None = None, resilience: ResilienceConfig | None = None,
+                 recent: RecentAnswers | None = None, keep_text: bool = False):
         self.policy = policy
+        # What was answered lately, for the Feedback RPC (None: not taken).
+        self.recent = recent
+        self._keep_text = keep_text
         self.tiers = tiers
         self.metrics = metrics
         self.cache = cache
@@ -357,6 +362,10 @@ class Router:
             m.completion_tokens_per_request.labels(tier).observe(usage.completion_tokens)
             self.stats.record_generation(tier, t.total_ms, t.ttft_ms, t.generate_ms, usage.completion_tokens)
         self.stats.record_cache(status)
+        if self.recent is not None:
+            d = ctx.decision
+            self.recent.remember(ctx.req.request_id, Answered(d.tier, d.model, d.p_complex, d.threshold, d.reason, time.time(),
+                                                              question_text(ctx.req.messages) if self._keep_text else None))
         self._log(ctx, usage)
         return FinalEvent(finish_reason, usage, t, ctx.sampling, CacheResult(status, ctx.lookup.similarity), ctx.retrieval)
 

@@ -342,3 +342,25 @@ class GetStatsResponse(_message.Message):
     exact_hit_rate: float
     semantic_hit_rate: float
     def __init__(self, uptime_seconds: _Optional[float] = ..., total_requests: _Optional[int] = ..., completed_generations: _Optional[int] = ..., large_share: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., requests_by_code: _Optional[_Mapping[str, int]] = ..., summary: _Optional[str] = ..., cache_lookups: _Optional[int] = ..., exact_hit_rate: _Optional[float] = ..., semantic_hit_rate: _Optional[float] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("request_id", "rating", "correct", "label")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    rating: int
+    correct: bool
+    label: str
+    def __init__(self, request_id: _Optional[str] = ..., rating: _Optional[int] = ..., correct: _Optional[bool] = ..., label: _Optional[str] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("request_id", "tier_name", "p_complex")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TIER_NAME_FIELD_NUMBER: _ClassVar[int]
+    P_COMPLEX_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    tier_name: str
+    p_complex: float
+    def __init__(self, request_id: _Optional[str] = ..., tier_name: _Optional[str] = ..., p_complex: _Optional[float] = ...) -> None: ...

@@ -59,6 +59,11 @@ class RouterStub:
                 request_serializer=triage__proto_dot_router__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=triage__proto_dot_router__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/router.v1.Router/Feedback',
+                request_serializer=triage__proto_dot_router__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=triage__proto_dot_router__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -101,6 +106,15 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """How an answer the router gave recently turned out (a rating, or correct
+        or not), for re-fitting the routing. NOT_FOUND for a request id it has
+        not answered recently; FAILED_PRECONDITION when feedback is not stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +142,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=triage__proto_dot_router__pb2.GetStatsRequest.FromString,
                     response_serializer=triage__proto_dot_router__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=triage__proto_dot_router__pb2.FeedbackRequest.FromString,
+                    response_serializer=triage__proto_dot_router__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +284,33 @@ class Router:
             '/router.v1.Router/GetStats',
             triage__proto_dot_router__pb2.GetStatsRequest.SerializeToString,
             triage__proto_dot_router__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/router.v1.Router/Feedback',
+            triage__proto_dot_router__pb2.FeedbackRequest.SerializeToString,
+            triage__proto_dot_router__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
