@@ -17,11 +17,20 @@ from .test_admission import HeldEngine
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _config(tmp_path, feedback: str):
-    text = (ROOT / "config/cpu.yaml").read_text().replace("../.cache/", str(ROOT / ".cache") + "/") + feedback
+def _config_file(tmp_path, store: Path | None) -> Path:
+    """config/cpu.yaml with its feedback store at `store` (None: as shipped, off)."""
+    text = (ROOT / "config/cpu.yaml").read_text().replace("../.cache/", str(ROOT / ".cache") + "/")
+    if store is not None:
+        text = text.replace("  path: null                    # an SQLite file", f"  path: {store}  # an SQLite file")
     path = tmp_path / "cfg.yaml"
     path.write_text(text)
-    return load(path).with_ports(0, -1)
+    return path
+
+
+def _config(tmp_path, store: Path | None):
+    config = load(_config_file(tmp_path, store)).with_ports(0, -1)
+    assert config.feedback.path == (None if store is None else str(store))
+    return config
 
 
 def _serve(config):
@@ -31,7 +40,7 @@ def _serve(config):
 
 def test_feedback_is_stored_for_an_answer_the_router_gave(tmp_path):
     store = tmp_path / "feedback.sqlite"
-    with _serve(_config(tmp_path, f"\nfeedback:\n  path: {store}\n")) as (client, app):
+    with _serve(_config(tmp_path, store)) as (client, app):
         answer = client.generate("What is the capital of France?", cache="off")
         r = client.feedback(answer.request_id, rating=4, label="fine")
         assert (r.request_id, r.tier_name) == (answer.request_id, answer.decision.tier_name)
@@ -49,7 +58,7 @@ def test_feedback_is_stored_for_an_answer_the_router_gave(tmp_path):
 
 
 def test_feedback_for_an_unknown_or_malformed_request_is_refused(tmp_path):
-    with _serve(_config(tmp_path, f"\nfeedback:\n  path: {tmp_path / 'fb.sqlite'}\n")) as (client, _app):
+    with _serve(_config(tmp_path, tmp_path / "fb.sqlite")) as (client, _app):
         with pytest.raises(NotFoundError, match="request_id"):
             client.feedback("0123456789abcdef", rating=3)
         answer = client.generate("Hello there", cache="off")
@@ -63,7 +72,57 @@ def test_feedback_for_an_unknown_or_malformed_request_is_refused(tmp_path):
 
 
 def test_without_a_store_feedback_is_failed_precondition(tmp_path):
-    with _serve(_config(tmp_path, "")) as (client, _app):
+    with _serve(_config(tmp_path, None)) as (client, _app):
         answer = client.generate("Hello there", cache="off")
         with pytest.raises(FailedPreconditionError, match="feedback.path"):
             client.feedback(answer.request_id, correct=True)
+
+
+SERVER = """
+import asyncio, sys
+import classifier
+from server.app import build_app
+from server.config import load
+from tests.service.test_admission import HeldEngine
+
+config = load(sys.argv[1]).with_ports(0, -1)
+engines = {n: HeldEngine(n, t.model, t.max_model_len) for n, t in config.tiers.items()}
+
+async def main():
+    app = build_app(config, classifier.load(), engines=engines)
+    await app.server.start()
+    print(app.port, flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_acknowledged_feedback_survives_a_kill_9_of_the_server(tmp_path):
+    """The server process is killed with SIGKILL right after its last
+    Feedback answer: every outcome it acknowledged is in the store."""
+    import signal
+    import subprocess
+    import sys
+
+    from clients import TriageClient
+
+    store = tmp_path / "feedback.sqlite"
+    config = _config_file(tmp_path, store)
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(config)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        acknowledged = []
+        with TriageClient(f"127.0.0.1:{port}", timeout=30) as client:
+            for i in range(25):
+                answer = client.generate(f"Question number {i}?", cache="off")
+                client.feedback(answer.request_id, rating=1 + i % 5)
+                acknowledged.append((answer.request_id, 1 + i % 5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    stored = set(sqlite3.connect(store).execute("SELECT request_id, rating FROM feedback").fetchall())
+    assert set(acknowledged) <= stored and len(stored) == 25
