@@ -150,6 +150,8 @@ class Router:
                             if ctx.fell_back or not self.resilience.fallback:
                                 raise Unavailable(f"tier {ctx.tier.name} failed before answering") from failed
                             self._fall_back(ctx, "engine failed")
+                            if search is not None:  # the fallback's answer stands: the search must not relabel it
+                                search.cancel()
             # A cached answer needs no engine (a hit aborted the one it started).
             async for event in self._replay(ctx):
                 yield event
