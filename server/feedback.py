@@ -21,6 +21,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 MAX_LABEL_CHARS = 200
+# The `result` label of router_feedback_total.
+FEEDBACK_RESULTS = ("rating_1", "rating_2", "rating_3", "rating_4", "rating_5", "correct", "incorrect")
 TRIM_EVERY = 1000  # inserts between two trims to max_rows: the table holds at most max_rows + TRIM_EVERY
 
 SCHEMA = """

@@ -28,7 +28,7 @@ from typing import AsyncIterator
 from .cache import BYPASS, EXACT, MISS, SEMANTIC, CachedAnswer, Lookup, ResponseCache
 from .config import LimitsConfig, ResilienceConfig
 from .errors import DeadlineExceeded, EngineFailure, FailedPrecondition, InvalidArgument, RouterError, Unavailable
-from .feedback import Answered, RecentAnswers
+from .feedback import FEEDBACK_RESULTS, Answered, RecentAnswers
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy, question_text
 from .retrieval import RetrievalService, with_sources
@@ -102,6 +102,10 @@ class Router:
         self.limits = limits or LimitsConfig()
         self.resilience = resilience or ResilienceConfig()
         self.stats = Stats(tiers.names)
+        for tier in tiers.names:  # every series present at 0 from the start, for rate() and the dashboard
+            metrics.semantic_overlap_aborts.labels(tier)
+            for result in FEEDBACK_RESULTS:
+                metrics.feedback.labels(tier, result)
 
     def classify(self, messages: tuple[ChatMessage, ...], threshold: float | None) -> tuple[Decision, float]:
         check_messages(messages, self.limits)
