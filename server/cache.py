@@ -219,7 +219,6 @@ class Lookup:
     context: str | None = None
     question: str | None = None
     semantic_pending: bool = False  # the semantic search is still to run (`search_semantic`)
-
     storable: bool = True  # False: the answer comes from another tier than the one this is keyed on
 
 

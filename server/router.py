@@ -270,19 +270,12 @@ class Router:
                     # cancellation lands inside the engine call (which aborts
                     # the request) and never inside the caller's write.
                     async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(0.0, ceiling - time.monotonic())):
-                        chunk = await (_next_unless_hit(stream, search, ctx.lookup) if search is not None else anext(stream))
-                        if search is not None:
-                            # Nothing of the engine's goes out before the search
-                            # has settled (it ends in milliseconds, prefill rarely).
-                            await search
-                            if ctx.lookup.answer is not None:
-                                raise SemanticHit()
-                            search = None
+                        if search is None:
+                            chunk = await anext(stream)
+                        else:
+                            chunk = await _next_unless_hit(stream, search, ctx.lookup)
+                            search = None  # settled, a miss
                 except StopAsyncIteration:
-                    if search is not None:  # the engine ended before the search did
-                        await search
-                        if ctx.lookup.answer is not None:
-                            raise SemanticHit() from None
                     break
                 except SemanticHit:
                     raise
@@ -421,14 +414,20 @@ class Router:
 
 
 async def _next_unless_hit(stream, search: asyncio.Task, lookup: Lookup):
-    """The engine's next chunk, unless the semantic search ends first with a
-    hit: then the engine request is cancelled (vLLM aborts it, a remote
-    server sees its connection close) and SemanticHit raised."""
+    """The engine's next chunk (or its StopAsyncIteration) once the semantic
+    search has settled as a miss: nothing of the engine's goes out before
+    that (the search ends in milliseconds, prefill rarely sooner). On a hit,
+    SemanticHit; if the engine was still working, its request is cancelled
+    first (vLLM aborts it, a remote server sees its connection close). An
+    engine that failed before the search ended fails the request as usual."""
     pending = asyncio.ensure_future(anext(stream))
     try:
         await asyncio.wait({pending, search}, return_when=asyncio.FIRST_COMPLETED)
-        if not pending.done() and lookup.answer is not None:
-            raise SemanticHit()
+        engine_failed = pending.done() and not isinstance(pending.exception(), (type(None), StopAsyncIteration))
+        if not engine_failed:
+            await search
+            if lookup.answer is not None:
+                raise SemanticHit()
         return await pending
     finally:
         if not pending.done():
