@@ -21,7 +21,7 @@ from .cache import ResponseCache
 from .config import Config, ResilienceConfig, TierConfig
 from .engine import Engine, VllmEngine
 from .auth import HEALTH_SERVICE, BearerTokenAuth, tls_credentials
-from .feedback import FeedbackStore, RecentAnswers
+from .feedback import FeedbackStore, Outcomes, RecentAnswers
 from .grpc_metrics import GrpcServerMetrics
 from .loop_lag import watch_loop_lag
 from .metrics import RouterMetrics
@@ -162,7 +162,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     if tokens:
         interceptors.append(BearerTokenAuth(tokens, open_services=(HEALTH_SERVICE,) if config.security.health_open else ()))
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    add_to_server(RouterServicer(router, store), server)
+    add_to_server(RouterServicer(router, Outcomes(store, recent, metrics) if store is not None else None), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -14,11 +14,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+
+from .errors import NotFound
 
 MAX_LABEL_CHARS = 200
 # The `result` label of router_feedback_total.
@@ -114,3 +117,21 @@ class FeedbackStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class Outcomes:
+    """What the Feedback RPC does once its values are checked: find the
+    answer among the recent ones, commit the outcome, count it."""
+
+    def __init__(self, store: FeedbackStore, recent: RecentAnswers, metrics):
+        self.store, self.recent, self._metrics = store, recent, metrics
+
+    async def record(self, request_id: str, rating: int | None, correct: bool | None, label: str) -> Answered:
+        answered = self.recent.get(request_id)
+        if answered is None:
+            raise NotFound(f"request_id: no answer with id {request_id!r} among this server's recent ones")
+        # Committed (and on disk) before the caller hears OK.
+        await asyncio.to_thread(self.store.record, request_id, answered, rating, correct, label)
+        result = f"rating_{rating}" if rating is not None else ("correct" if correct else "incorrect")
+        self._metrics.feedback.labels(answered.tier, result).inc()
+        return answered

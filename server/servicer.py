@@ -19,12 +19,12 @@ from triage_proto import router_pb2 as pb
 from triage_proto import router_pb2_grpc
 
 from .cache import CACHE_MODES, CACHE_STATUSES
-from .errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, RouterError
-from .feedback import MAX_LABEL_CHARS, FeedbackStore
+from .errors import FailedPrecondition, InvalidArgument, ResourceExhausted, RouterError
+from .feedback import Outcomes
 from .grpc_metrics import status_name
 from .router import Router
 from .types import ChatMessage, Decision, DecisionEvent, DeltaEvent, EffectiveSampling, FinalEvent, GenerateInput, SamplingRequest, Timings, Usage
-from .validation import check_request_id, valid_request_id
+from .validation import check_feedback, check_request_id, valid_request_id
 
 log = logging.getLogger("triage.servicer")
 
@@ -170,10 +170,10 @@ def _effective(s: EffectiveSampling) -> pb.EffectiveSampling:
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    def __init__(self, router: Router, feedback: FeedbackStore | None = None):
+    def __init__(self, router: Router, outcomes: Outcomes | None = None):
         self.router = router
         self.tiers = router.tiers.names
-        self.feedback = feedback
+        self.outcomes = outcomes  # None: no feedback store configured
 
     @contextlib.asynccontextmanager
     async def _rpc(self, rpc: str, context: grpc.aio.ServicerContext, request=None):
@@ -273,25 +273,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def Feedback(self, request: pb.FeedbackRequest, context) -> pb.FeedbackResponse:
         async with self._rpc("Feedback", context, request) as state:
             outcome = request.WhichOneof("outcome")
-            if not request.request_id:
-                raise InvalidArgument("request_id", "required: the id of the answer this is about")
-            if outcome is None:
-                raise InvalidArgument("outcome", "set rating (1 to 5) or correct")
-            if outcome == "rating" and not 1 <= request.rating <= 5:
-                raise InvalidArgument("rating", f"must be 1 to 5, got {request.rating}")
-            if len(request.label) > MAX_LABEL_CHARS:
-                raise InvalidArgument("label", f"at most {MAX_LABEL_CHARS} characters, got {len(request.label)}")
-            if self.feedback is None:
-                raise FailedPrecondition("feedback: this server stores no feedback (set feedback.path)")
-            answered = self.router.recent.get(request.request_id)
-            if answered is None:
-                raise NotFound(f"request_id: no answer with id {request.request_id!r} among this server's recent ones")
             rating = request.rating if outcome == "rating" else None
             correct = request.correct if outcome == "correct" else None
-            # Committed (and on disk) before the client hears OK.
-            await asyncio.to_thread(self.feedback.record, request.request_id, answered, rating, correct, request.label)
-            kind = f"rating_{rating}" if rating is not None else ("correct" if correct else "incorrect")
-            self.router.metrics.feedback.labels(answered.tier, kind).inc()
+            check_feedback(request.request_id, rating, correct, request.label)
+            if self.outcomes is None:
+                raise FailedPrecondition("feedback: this server stores no feedback (set feedback.path)")
+            answered = await self.outcomes.record(request.request_id, rating, correct, request.label)
             state["tier"] = answered.tier
             return pb.FeedbackResponse(request_id=request.request_id, tier_name=answered.tier,
                                        p_complex=0.0 if math.isnan(answered.p_complex) else answered.p_complex)
