@@ -36,7 +36,7 @@ import numpy as np
 from clients import AsyncTriageClient
 from clients.loadgen import BUILTIN_MIX, run_level, summarise
 
-from .load import EXACT_QUESTION, staggered
+from .load import EXACT_QUESTION, alternating, router_vs_direct, staggered
 
 OVERHEAD_PROMPTS = [
     "What is the capital of Italy?",
@@ -141,31 +141,14 @@ async def _overhead_level(app, address: str, rounds: int, per_round: int, concur
 
     # The direct path uses the tier the router would pick, so both paths do the same work.
     tiers = {p: app.router.policy.decide((ChatMessage("user", p),))[0].tier for p in OVERHEAD_PROMPTS}
-    results = {"router": {"ttft": [], "tokens": 0, "wall": 0.0}, "direct": {"ttft": [], "tokens": 0, "wall": 0.0}}
 
-    async def run(kind: str, n: int, keep: bool = True):
+    async def run(path: str, n: int) -> dict:
         prompts = [OVERHEAD_PROMPTS[i % len(OVERHEAD_PROMPTS)] for i in range(n)]
-        block = (await _router_block(address, prompts, concurrency, max_tokens) if kind == "router"
-                 else await _direct_block(app, tiers, prompts, concurrency, max_tokens))
-        if keep:
-            r = results[kind]
-            r["wall"] += block["wall_s"]
-            r["ttft"] += block["ttft_s"]
-            r["tokens"] += block["tokens"]
+        if path == "router":
+            return await _router_block(address, prompts, concurrency, max_tokens)
+        return await _direct_block(app, tiers, prompts, concurrency, max_tokens)
 
-    await run("router", concurrency, keep=False)  # warm both paths
-    await run("direct", concurrency, keep=False)
-    for i in range(rounds):  # ABAB... so drift hits both alike
-        for kind in (("router", "direct") if i % 2 == 0 else ("direct", "router")):
-            await run(kind, per_round)
-    summary = {}
-    for kind, r in results.items():
-        ttft = np.array(r["ttft"]) * 1e3
-        summary[kind] = {"tokens_per_s": r["tokens"] / r["wall"], "ttft_p50_ms": float(np.percentile(ttft, 50)),
-                         "ttft_p99_ms": float(np.percentile(ttft, 99)), "requests": len(ttft), "tokens": r["tokens"]}
-    summary["throughput_ratio"] = summary["router"]["tokens_per_s"] / summary["direct"]["tokens_per_s"]
-    summary["added_ttft_p50_ms"] = summary["router"]["ttft_p50_ms"] - summary["direct"]["ttft_p50_ms"]
-    summary["added_ttft_p99_ms"] = summary["router"]["ttft_p99_ms"] - summary["direct"]["ttft_p99_ms"]
+    summary = router_vs_direct(await alternating(run, rounds, per_round, warm=concurrency))
     summary["setup"] = {"concurrency": concurrency, "max_tokens": max_tokens, "rounds": rounds, "per_round": per_round,
                         "client": "a separate process"}
     return summary

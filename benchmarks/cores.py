@@ -21,11 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from clients import AsyncTriageClient
 
-from .load import streamed
+from .load import streamed, summarise_blocks
 
 # (small, large): vLLM's default; each engine its own core; both on both.
 SETTINGS = {"auto (both on core 0)": ("auto", "auto"), "own core each (0 | 1)": ("0", "1"), "both on both (0-1)": ("0-1", "0-1")}
@@ -39,13 +38,13 @@ async def _workload(address: str, routes: list[str], requests_per_caller: int, m
             nonlocal tokens
             for j in range(requests_per_caller):
                 first, n = await streamed(client, f"{PROMPT} ({i}-{j})", max_tokens, route=route)
-                ttft.append(first * 1e3)
+                ttft.append(first)
                 tokens += n
 
         started = time.perf_counter()
         await asyncio.gather(*(caller(i, r) for i, r in enumerate(routes)))
         wall = time.perf_counter() - started
-    return {"tokens": tokens, "wall_s": wall, "ttft_ms": ttft}
+    return {"tokens": tokens, "wall_s": wall, "ttft_s": ttft}
 
 
 async def _one_setting(config, cores: tuple[str, str], per_tier: int, requests_per_caller: int, max_tokens: int) -> dict:
@@ -68,14 +67,6 @@ async def _one_setting(config, cores: tuple[str, str], per_tier: int, requests_p
     return {"mixed": mixed, "one_tier": one}
 
 
-def _summary(runs: list[dict]) -> dict:
-    tokens = sum(r["tokens"] for r in runs)
-    wall = sum(r["wall_s"] for r in runs)
-    ttft = np.concatenate([r["ttft_ms"] for r in runs])
-    return {"tokens_per_s": tokens / wall, "ttft_p50_ms": float(np.percentile(ttft, 50)), "ttft_p99_ms": float(np.percentile(ttft, 99)),
-            "requests": int(len(ttft))}
-
-
 async def main_async(args) -> dict:
     from server.config import load
 
@@ -91,7 +82,7 @@ async def main_async(args) -> dict:
                 print(f"  {workload}: {run['tokens'] / run['wall_s']:.1f} tokens/s", flush=True)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "config": args.config, "rounds": args.rounds,
               "setup": {"per_tier_callers": args.per_tier, "requests_per_caller": args.requests, "max_tokens": args.max_tokens},
-              "settings": {name: {"cores": SETTINGS[name], **{w: _summary(runs) for w, runs in by_workload.items()}}
+              "settings": {name: {"cores": SETTINGS[name], **{w: summarise_blocks(runs) for w, runs in by_workload.items()}}
                            for name, by_workload in raw.items()}}
     base = result["settings"]["auto (both on core 0)"]
     for s in result["settings"].values():

@@ -118,6 +118,38 @@ async def staggered(one, prompts: list, concurrency: int) -> dict:
     return {"ttft_s": [r[0] for r in results], "tokens": sum(r[-1] for r in results), "wall_s": wall}
 
 
+async def alternating(run_block, rounds: int, per_block: int, warm: int) -> dict[str, list[dict]]:
+    """`run_block(path, n)` for the "router" and "direct" paths: each once
+    with `warm` requests (not kept), then `rounds` rounds of `per_block`, in
+    ABAB... order so drift hits both alike. Each path's blocks, as
+    `run_block` returns them ({"ttft_s", "tokens", "wall_s"})."""
+    for path in ("router", "direct"):
+        await run_block(path, warm)
+    blocks: dict[str, list[dict]] = {"router": [], "direct": []}
+    for i in range(rounds):
+        for path in (("router", "direct") if i % 2 == 0 else ("direct", "router")):
+            blocks[path].append(await run_block(path, per_block))
+    return blocks
+
+
+def summarise_blocks(blocks: list[dict]) -> dict:
+    """Blocks of one path or setting as one row: generated tokens/s over
+    their time, TTFT p50 and p99 in milliseconds."""
+    ttft = np.concatenate([b["ttft_s"] for b in blocks]) * 1e3
+    tokens = sum(b["tokens"] for b in blocks)
+    return {"tokens_per_s": tokens / sum(b["wall_s"] for b in blocks), "ttft_p50_ms": float(np.percentile(ttft, 50)),
+            "ttft_p99_ms": float(np.percentile(ttft, 99)), "requests": int(len(ttft)), "tokens": tokens}
+
+
+def router_vs_direct(blocks: dict[str, list[dict]]) -> dict:
+    """Both paths summarised, with the throughput ratio and the TTFT the router adds."""
+    out = {path: summarise_blocks(b) for path, b in blocks.items()}
+    out["throughput_ratio"] = out["router"]["tokens_per_s"] / out["direct"]["tokens_per_s"]
+    out["added_ttft_p50_ms"] = out["router"]["ttft_p50_ms"] - out["direct"]["ttft_p50_ms"]
+    out["added_ttft_p99_ms"] = out["router"]["ttft_p99_ms"] - out["direct"]["ttft_p99_ms"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="load", required=True)

@@ -29,12 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from clients import AsyncTriageClient, TriageClient
 
-from .load import streamed
+from .load import alternating, router_vs_direct, streamed
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_DIR = ROOT / ".cache/models/SmolLM2-135M-Instruct"
@@ -119,36 +118,20 @@ async def _direct(http, url: str, prompt: str, max_tokens: int) -> tuple[float, 
 async def _level(address: str, url: str, concurrency: int, rounds: int, max_tokens: int) -> dict:
     import httpx
 
-    samples = {"router": {"ttft": [], "tokens": 0, "wall": 0.0}, "direct": {"ttft": [], "tokens": 0, "wall": 0.0}}
     async with AsyncTriageClient(address, timeout=300) as client, httpx.AsyncClient(timeout=300) as http:
-        async def block(kind: str, n: int, keep: bool):
+        async def block(path: str, n: int) -> dict:
             sem = asyncio.Semaphore(concurrency)
 
             async def one(i: int):
                 async with sem:
                     prompt = PROMPTS[i % len(PROMPTS)]
-                    return await (streamed(client, prompt, max_tokens, route="small") if kind == "router" else _direct(http, url, prompt, max_tokens))
+                    return await (streamed(client, prompt, max_tokens, route="small") if path == "router" else _direct(http, url, prompt, max_tokens))
 
             started = time.perf_counter()
             out = await asyncio.gather(*(one(i) for i in range(n)))
-            if keep:
-                s = samples[kind]
-                s["wall"] += time.perf_counter() - started
-                s["ttft"] += [o[0] * 1e3 for o in out]
-                s["tokens"] += sum(o[1] for o in out)
+            return {"ttft_s": [o[0] for o in out], "tokens": sum(o[1] for o in out), "wall_s": time.perf_counter() - started}
 
-        per_block = max(8, 2 * concurrency)
-        await block("router", concurrency, keep=False)  # warm both paths
-        await block("direct", concurrency, keep=False)
-        for i in range(rounds):
-            for kind in (("router", "direct") if i % 2 == 0 else ("direct", "router")):
-                await block(kind, per_block, keep=True)
-    out = {k: {"ttft_p50_ms": float(np.percentile(v["ttft"], 50)), "ttft_p99_ms": float(np.percentile(v["ttft"], 99)),
-               "tokens_per_s": v["tokens"] / v["wall"], "requests": len(v["ttft"])} for k, v in samples.items()}
-    out["throughput_ratio"] = out["router"]["tokens_per_s"] / out["direct"]["tokens_per_s"]
-    out["added_ttft_p50_ms"] = out["router"]["ttft_p50_ms"] - out["direct"]["ttft_p50_ms"]
-    out["added_ttft_p99_ms"] = out["router"]["ttft_p99_ms"] - out["direct"]["ttft_p99_ms"]
-    return out
+        return router_vs_direct(await alternating(block, rounds, per_block=max(8, 2 * concurrency), warm=concurrency))
 
 
 def main(argv=None) -> int:
