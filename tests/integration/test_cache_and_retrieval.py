@@ -12,6 +12,8 @@ import pytest
 from clients import InvalidArgumentError
 from triage_proto import router_pb2 as pb
 
+from .conftest import wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -66,16 +68,6 @@ def test_a_semantic_miss_answers_as_without_the_cache(live):
     assert miss.cache.status == pb.CACHE_MISS
     assert miss.text == uncached.text and miss.usage == uncached.usage
     assert aborts(live, "small") == aborted
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Live, ROOT, _test_config, free_port, start_server, stop_server
+from .conftest import Live, ROOT, _test_config, free_port, start_server, stop_server, wait_for
 
 MODEL = "SmolLM2-135M-Instruct"
 COMPLEX = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -101,14 +101,6 @@ def remote(tmp_path_factory):
         server.stop()
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.5)
-
-
 def test_complex_question_is_answered_by_the_remote_server(remote):
     live, server = remote
     before = server.metric("vllm:request_success_total")
@@ -179,14 +171,14 @@ def test_client_cancel_closes_the_upstream_request(remote):
             break
     assert server.metric("vllm:num_requests_running") == 1  # generating remotely right now
     stream.close()  # cancels the RPC
-    _wait(lambda: server.metric("vllm:num_requests_running") == 0, 15, "the remote server to abort the request")
-    _wait(lambda: live.metric_value("router_engine_unfinished_requests", tier="large") == 0, 5, "the router to release it")
+    wait_for(lambda: server.metric("vllm:num_requests_running") == 0, 15, "the remote server to abort the request")
+    wait_for(lambda: live.metric_value("router_engine_unfinished_requests", tier="large") == 0, 5, "the router to release it")
 
 
 def test_remote_down_falls_back_to_small_then_recovers(remote):
     live, server = remote
     server.stop()
-    _wait(lambda: live.client.health(LARGE_HEALTH) == "NOT_SERVING", 20, "the large tier to be NOT_SERVING")
+    wait_for(lambda: live.client.health(LARGE_HEALTH) == "NOT_SERVING", 20, "the large tier to be NOT_SERVING")
     assert live.client.health() == "SERVING"  # the small tier still answers
     r = live.client.generate(COMPLEX, cache="off", max_tokens=16)
     assert (r.decision.tier, r.decision.reason, r.decision.degraded) == (1, "fallback", True)  # TIER_SMALL
@@ -195,6 +187,6 @@ def test_remote_down_falls_back_to_small_then_recovers(remote):
 
     server.start()
     server.wait_healthy()
-    _wait(lambda: live.client.health(LARGE_HEALTH) == "SERVING", 30, "the large tier to come back")
+    wait_for(lambda: live.client.health(LARGE_HEALTH) == "SERVING", 30, "the large tier to come back")
     r = live.client.generate(COMPLEX, cache="off", max_tokens=16)
     assert (r.decision.tier, r.decision.reason, r.decision.degraded) == (2, "classifier", False)
