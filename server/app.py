@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from triage_proto import router_pb2
 
+from .adaptive import ShareController
 from .cache import ResponseCache
 from .config import Config, ResilienceConfig, TierConfig
 from .engine import Engine, VllmEngine
@@ -107,6 +108,25 @@ def needs_embedder(config: Config) -> bool:
     return config.cache.semantic or config.retrieval.index is not None
 
 
+def share_controller(config: Config, cut_points) -> ShareController:
+    """The routing window: with a target share it moves the cut points;
+    without one it only measures the realised shares."""
+    r, names = config.routing, list(config.tiers)
+    return ShareController(names, [r.target_share[n] for n in names[1:]] if r.target_share else None, cut_points,
+                           window_requests=r.window_requests, window_seconds=r.window_seconds, correction=r.correction,
+                           min_samples=r.min_samples)
+
+
+def export_routing(policy: RoutingPolicy, config: Config, metrics: RouterMetrics) -> None:
+    """Read at scrape time: the live cut points, the targets and the
+    window's realised shares, per tier above the cheapest."""
+    names = list(config.tiers)
+    for j, name in enumerate(names[1:], start=1):
+        metrics.cut_point.labels(name).set_function(lambda j=j: policy.live_cuts[j - 1])
+        metrics.target_share.labels(name).set(config.routing.target_share.get(name, -1.0))
+        metrics.window_share.labels(name).set_function(lambda j=j: policy.share.window_shares()[j])
+
+
 def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None = None, registry: CollectorRegistry | None = None,
               embedder=None, tokens: tuple[str, ...] = (), api_keys: Mapping[str, str] | None = None) -> App:
     """Everything but the engines' start. A retrieval index that is missing or
@@ -136,13 +156,14 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
                   config.limits, config.resilience, metrics, config.server.warmup_prompt)
     policy = RoutingPolicy(
         classifier.score, cut_points, [(n, t.model) for n, t in config.tiers.items()],
-        on_degraded=lambda: metrics.degraded.labels("classifier_error").inc(),
+        on_degraded=lambda: metrics.degraded.labels("classifier_error").inc(), share=share_controller(config, cut_points),
     )
+    export_routing(policy, config, metrics)
     fb = config.feedback
     store = FeedbackStore(fb.path, fb.max_rows) if fb.path else None
     recent = RecentAnswers(fb.remember_answers, fb.remember_seconds) if store is not None else None
     router = Router(policy, tiers, metrics, cache=cache, retrieval=retrieval, limits=config.limits, resilience=config.resilience,
-                    recent=recent, keep_text=fb.keep_text)
+                    recent=recent, keep_text=fb.keep_text, spill=config.routing.spill)
 
     lim = config.limits
     options = [
@@ -162,7 +183,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     if tokens:
         interceptors.append(BearerTokenAuth(tokens, open_services=(HEALTH_SERVICE,) if config.security.health_open else ()))
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    add_to_server(RouterServicer(router, Outcomes(store, recent, metrics) if store is not None else None), server)
+    add_to_server(RouterServicer(router, Outcomes(store, recent, metrics, router.stats.record_feedback) if store is not None else None), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -163,6 +163,40 @@ class FeedbackConfig:
 
 
 @dataclass(frozen=True)
+class SpillConfig:
+    """Spill under load: a request near a cut point whose tier cannot start
+    it soon goes to the neighbouring tier that can (docs/routing.md)."""
+
+    enabled: bool = True
+    up: bool = True  # to the more capable neighbour: better quality, more cost
+    down: bool = False  # to the cheaper one: a complex question may get a weaker answer
+    margin: float = 0.1  # how far from the cut point (in p_complex) a score may lie to move
+    # The chosen tier is "too busy" when a request would wait longer than this
+    # for a slot (its expected wait, as admission estimates it) or its queue
+    # is full; the neighbour must be able to start it sooner than this.
+    queue_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """Adaptive routing over the classifier's score (docs/routing.md)."""
+
+    # Tier -> share of the requests the classifier decides that should go to
+    # it, for every tier above the cheapest; empty: the cut points stay fixed.
+    target_share: Mapping[str, float] = field(default_factory=dict)
+    # The sliding window the share is held over: the last N decisions, or
+    # the last S seconds (set one; window_seconds wins when both are set).
+    window_requests: int = 1000
+    window_seconds: float | None = None
+    # The share drifting from the target is brought back within this fraction
+    # of the window: smaller tracks the target tighter but follows the
+    # scores' order less closely (docs/routing.md has the measured trade).
+    correction: float = 0.0625
+    min_samples: int = 100  # decisions in the window before the cut points move
+    spill: SpillConfig = field(default_factory=SpillConfig)
+
+
+@dataclass(frozen=True)
 class EmbeddingConfig:
     """The sentence-embedding model (semantic cache, retrieval)."""
     threads: int = 1  # ONNX Runtime threads for one embedding
@@ -189,6 +223,7 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
 
     def with_ports(self, port: int | None, metrics_port: int | None, host: str | None = None) -> "Config":
         server = self.server if host is None else dataclasses.replace(self.server, host=host)
@@ -291,6 +326,42 @@ def _check_tier(tier: TierConfig, where: str) -> None:
         raise ConfigError(f"{where}.replicas: only a remote tier has replicas (set backend: remote)")
 
 
+def _routing(raw: Any, tier_names: Sequence[str]) -> RoutingConfig:
+    raw = dict(raw or {})
+    spill = _build(SpillConfig, raw.pop("spill", None), "routing.spill")
+    if raw.get("target_share") is None:
+        raw["target_share"] = {}
+    if not isinstance(raw["target_share"], dict):
+        raw["target_share"] = {"?": raw["target_share"]}  # reported below, naming the key
+    raw["target_share"] = dict(raw["target_share"])
+    routing = _build(RoutingConfig, raw, "routing", spill=spill)
+    targets = routing.target_share
+    if targets:
+        above = list(tier_names[1:])
+        unknown = sorted(set(targets) - set(above))
+        if unknown:
+            raise ConfigError(f"routing.target_share: {unknown} are not tiers above the cheapest ({above}); "
+                              f"give a share for each of those, as a mapping such as {{{above[-1]}: 0.3}}")
+        missing = [t for t in above if t not in targets]
+        if missing:
+            raise ConfigError(f"routing.target_share: every tier above the cheapest needs a share; missing {missing}")
+        bad = {t: v for t, v in targets.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0}
+        if bad:
+            raise ConfigError(f"routing.target_share: shares are numbers in [0, 1], got {bad}")
+        if sum(targets.values()) > 1.0 + 1e-9:
+            raise ConfigError(f"routing.target_share: the shares add up to {sum(targets.values()):g}, more than 1")
+        routing = dataclasses.replace(routing, target_share={t: float(targets[t]) for t in above})
+    if routing.window_requests < 10 or (routing.window_seconds is not None and routing.window_seconds <= 0):
+        raise ConfigError("routing.window_requests must be >= 10 and routing.window_seconds > 0")
+    if not 0.0 < routing.correction <= 1.0:
+        raise ConfigError("routing.correction must be in (0, 1] (a fraction of the window)")
+    if routing.min_samples < 1:
+        raise ConfigError("routing.min_samples must be >= 1")
+    if not 0.0 <= spill.margin <= 1.0 or spill.queue_seconds < 0:
+        raise ConfigError("routing.spill.margin must be in [0, 1] and routing.spill.queue_seconds >= 0")
+    return routing
+
+
 def _classifier(raw: Any, n_tiers: int, base: Path) -> ClassifierConfig:
     raw = dict(raw or {})
     if raw.get("cut_points") is not None:
@@ -357,7 +428,7 @@ def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     raw = apply_overrides(raw, overrides)
-    unknown = set(raw) - {"profile", "server", "classifier", "tiers", "cache", "embedding", "retrieval", "limits", "security", "resilience", "feedback"}
+    unknown = set(raw) - {"profile", "server", "classifier", "tiers", "cache", "embedding", "retrieval", "limits", "security", "resilience", "feedback", "routing"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
     base = path.parent.resolve()
@@ -399,6 +470,7 @@ def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
     if feedback.max_rows < 1 or feedback.remember_answers < 1 or feedback.remember_seconds <= 0:
         raise ConfigError("feedback.max_rows and feedback.remember_answers must be >= 1, feedback.remember_seconds > 0")
     return Config(
+        routing=_routing(raw.get("routing"), list(tiers_raw)),
         feedback=feedback,
         limits=_build(LimitsConfig, raw.get("limits"), "limits"),
         security=security,

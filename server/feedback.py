@@ -123,8 +123,9 @@ class Outcomes:
     """What the Feedback RPC does once its values are checked: find the
     answer among the recent ones, commit the outcome, count it."""
 
-    def __init__(self, store: FeedbackStore, recent: RecentAnswers, metrics):
+    def __init__(self, store: FeedbackStore, recent: RecentAnswers, metrics, on_recorded=None):
         self.store, self.recent, self._metrics = store, recent, metrics
+        self._on_recorded = on_recorded or (lambda tier: None)  # e.g. the GetStats counts
 
     async def record(self, request_id: str, rating: int | None, correct: bool | None, label: str) -> Answered:
         answered = self.recent.get(request_id)
@@ -134,4 +135,5 @@ class Outcomes:
         await asyncio.to_thread(self.store.record, request_id, answered, rating, correct, label)
         result = f"rating_{rating}" if rating is not None else ("correct" if correct else "incorrect")
         self._metrics.feedback.labels(answered.tier, result).inc()
+        self._on_recorded(answered.tier)
         return answered

@@ -78,6 +78,13 @@ class RouterMetrics:
         self.queue_expected_wait = Gauge("router_queue_expected_wait_seconds", "Expected wait for a slot on the tier, as last estimated at admission", ["tier"], registry=registry)
         self.admission_rejections = Counter("router_admission_rejected_total", "Requests refused at an admission limit", ["scope"], registry=registry)
         self.threshold = Gauge("router_threshold", "Configured p_complex threshold", registry=registry)
+        # Adaptive routing (docs/routing.md): per tier above the cheapest.
+        self.cut_point = Gauge("router_cut_point", "The p_complex cut into the tier in force now (moves with a target share)", ["tier"], registry=registry)
+        self.target_share = Gauge("router_target_share", "The configured share of classifier-decided requests for the tier (-1: none)", ["tier"], registry=registry)
+        self.window_share = Gauge("router_window_share",
+                                  "Realised share of the classifier-decided requests in the routing window that went to the tier", ["tier"], registry=registry)
+        self.spills = Counter("router_spills_total", "Requests sent to a neighbouring tier because theirs was busy, by why it was busy",
+                              ["tier", "to_tier", "reason"], registry=registry)
         # Remote tiers: one series per configured `vllm serve` replica (the
         # replica label is its base URL from the config, so it stays bounded).
         self.replica_requests = Counter("router_replica_requests_total", "Generations sent to a remote replica", ["tier", "replica"], registry=registry)

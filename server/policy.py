@@ -3,7 +3,8 @@
 Like RouteLLM's routers, everything reduces to one number, p_complex. Tiers
 are ordered cheapest first; ascending cut points split [0, 1] between them
 (two tiers: one threshold). The classifier behind the number can change
-without touching this.
+without touching this. With a target share (adaptive.py) the cut points move
+with the traffic; the rules, in the order they apply, are in docs/routing.md.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import time
 from typing import Callable, Sequence
 
+from .adaptive import ShareController
 from .types import ChatMessage, Decision
 
 log = logging.getLogger("triage.policy")
@@ -32,9 +34,11 @@ def question_text(messages: Sequence[ChatMessage]) -> str:
 
 class RoutingPolicy:
     def __init__(self, score: Scorer, cut_points: Sequence[float], models: Sequence[tuple[str, str]],
-                 on_degraded: Callable[[], None] | None = None):
+                 on_degraded: Callable[[], None] | None = None, share: ShareController | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         """`models`: (tier, model) pairs, cheapest first; `cut_points`: one
-        fewer, ascending."""
+        fewer, ascending (the configured ones). `share` watches the realised
+        shares and, with a target, moves the live cut points."""
         if len(cut_points) != len(models) - 1:
             raise ValueError(f"{len(models)} tiers need {len(models) - 1} cut points, got {len(cut_points)}")
         self._score = score
@@ -42,22 +46,34 @@ class RoutingPolicy:
         self.tiers = tuple(name for name, _ in models)
         self._models = dict(models)
         self._on_degraded = on_degraded or (lambda: None)
+        self.share = share or ShareController(self.tiers, None, self.cut_points)
+        self._clock = clock
 
     @property
     def threshold(self) -> float:
-        """The cut into the most capable tier (with two tiers, the threshold)."""
+        """The configured cut into the most capable tier (with two tiers, the threshold)."""
         return self.cut_points[-1]
+
+    @property
+    def live_cuts(self) -> tuple[float, ...]:
+        """The cut points in force now: the configured ones, or the target
+        share's once it has moved them."""
+        return self.share.cuts if self.share.active else self.cut_points
 
     def cuts_for(self, threshold: float | None) -> tuple[float, ...]:
         """A request's own threshold replaces the top cut; lower cuts never
         rise above it."""
+        cuts = self.live_cuts
         if threshold is None:
-            return self.cut_points
-        return (*(min(c, threshold) for c in self.cut_points[:-1]), threshold)
+            return cuts
+        return (*(min(c, threshold) for c in cuts[:-1]), threshold)
 
-    def decide(self, messages: Sequence[ChatMessage], route: str | None = None, threshold: float | None = None) -> tuple[Decision, float]:
+    def decide(self, messages: Sequence[ChatMessage], route: str | None = None, threshold: float | None = None,
+               record: bool = False) -> tuple[Decision, float]:
         """Return the decision and the classification time in milliseconds.
-        `route` must name a tier (the caller checks).
+        `route` must name a tier (the caller checks). `record`: this decision
+        routes a request, so it counts in the target share's window (a
+        Classify call's does not).
 
         A classifier failure is not a request failure: the request goes to
         the most capable tier, marked degraded (the safe side for quality).
@@ -77,8 +93,14 @@ class RoutingPolicy:
         classify_ms = (time.perf_counter() - started) * 1e3
         if route is not None:
             return Decision(route, self._models[route], p, self._cut(cuts, route), "override"), classify_ms
-        tier = self.tiers[bisect.bisect_right(cuts, p)]
-        return Decision(tier, self._models[tier], p, self._cut(cuts, tier), "classifier"), classify_ms
+        index = bisect.bisect_right(cuts, p)
+        tier = self.tiers[index]
+        # Only the cuts the rule chose count in its window: a request's own
+        # threshold wins, and is not the rule's doing.
+        reason = "target_share" if threshold is None and self.share.active else "classifier"
+        if record and threshold is None:
+            self.share.record(p, index, self._clock())
+        return Decision(tier, self._models[tier], p, self._cut(cuts, tier), reason), classify_ms
 
     def _cut(self, cuts: tuple[float, ...], tier: str) -> float:
         """The cut point that bounds `tier` from below (the lowest tier: the

@@ -26,14 +26,14 @@ from dataclasses import dataclass, field, replace
 from typing import AsyncIterator
 
 from .cache import BYPASS, EXACT, MISS, SEMANTIC, CachedAnswer, Lookup, ResponseCache
-from .config import LimitsConfig, ResilienceConfig
+from .config import LimitsConfig, ResilienceConfig, SpillConfig
 from .errors import DeadlineExceeded, EngineFailure, FailedPrecondition, InvalidArgument, RouterError, Unavailable
 from .feedback import FEEDBACK_RESULTS, Answered, RecentAnswers
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy, question_text
 from .retrieval import RetrievalService, with_sources
 from .stats import Stats
-from .tiers import Tier, Tiers
+from .tiers import SPILL_REASONS, Tier, Tiers
 from .types import (
     CacheResult,
     ChatMessage,
@@ -90,8 +90,9 @@ class Router:
     def __init__(self, policy: RoutingPolicy, tiers: Tiers, metrics: RouterMetrics,
                  cache: ResponseCache | None = None, retrieval: RetrievalService | None = None,
                  limits: LimitsConfig | None = None, resilience: ResilienceConfig | None = None,
-                 recent: RecentAnswers | None = None, keep_text: bool = False):
+                 recent: RecentAnswers | None = None, keep_text: bool = False, spill: SpillConfig | None = None):
         self.policy = policy
+        self.spill = spill or SpillConfig(enabled=False)
         # What was answered lately, for the Feedback RPC (None: not taken).
         self.recent = recent
         self._keep_text = keep_text
@@ -104,6 +105,10 @@ class Router:
         self.stats = Stats(tiers.names)
         for tier in tiers.names:  # every series present at 0 from the start, for rate() and the dashboard
             metrics.semantic_overlap_aborts.labels(tier)
+            for to in tiers.names:
+                for busy in SPILL_REASONS:
+                    if to != tier:
+                        metrics.spills.labels(tier, to, busy)
             for result in FEEDBACK_RESULTS:
                 metrics.feedback.labels(tier, result)
 
@@ -112,10 +117,11 @@ class Router:
         check_threshold(threshold)
         return self._classify(messages, None, threshold)
 
-    def _classify(self, messages: tuple[ChatMessage, ...], route: str | None, threshold: float | None) -> tuple[Decision, float]:
+    def _classify(self, messages: tuple[ChatMessage, ...], route: str | None, threshold: float | None,
+                  record: bool = False) -> tuple[Decision, float]:
         """The decision on the user's own question (before any retrieved
-        context), timed."""
-        decision, classify_ms = self.policy.decide(messages, route, threshold)
+        context), timed. `record`: it routes a request (not a Classify call)."""
+        decision, classify_ms = self.policy.decide(messages, route, threshold, record=record)
         self.metrics.classify_seconds.observe(classify_ms / 1e3)
         return decision, classify_ms
 
@@ -173,7 +179,7 @@ class Router:
         """Classify, then the tier's sampling values: the tier-dependent
         checks (max_tokens cap) fail here, before any other work."""
         req = ctx.req
-        ctx.decision, ctx.timings.classify_ms = self._classify(req.messages, req.route, req.threshold)
+        ctx.decision, ctx.timings.classify_ms = self._classify(req.messages, req.route, req.threshold, record=True)
         if not math.isnan(ctx.decision.p_complex):
             self.metrics.p_complex.observe(ctx.decision.p_complex)
         ctx.tier = self.tiers[ctx.decision.tier]
@@ -214,6 +220,40 @@ class Router:
         why = ctx.tier.why_not()
         if why is not None:
             self._fall_back(ctx, why)
+        elif self.spill.enabled and ctx.decision.reason in ("classifier", "target_share") and ctx.req.threshold is None:
+            self._spill(ctx)
+
+    def _spill(self, ctx: RequestContext) -> None:
+        """Spill under load: the chosen tier would make this request wait
+        past the spill budget, its score lies within the margin of the cut
+        point it just crossed (or just missed), and the neighbour on that side
+        can start it sooner: the neighbour answers, reason "load" (not
+        degraded: the routing rule chose it). A forced tier or a request's own
+        threshold never moves."""
+        tier, cfg = ctx.tier, self.spill
+        busy = tier.busy_reason(cfg.queue_seconds)
+        if busy is None:
+            return
+        i, cuts, p = self.tiers.names.index(tier.name), self.policy.live_cuts, ctx.decision.p_complex
+        candidates = []
+        if cfg.up and i + 1 < len(self.tiers) and p >= cuts[i] - cfg.margin:
+            candidates.append(self.tiers[self.tiers.names[i + 1]])
+        if cfg.down and i > 0 and p < cuts[i - 1] + cfg.margin:
+            candidates.append(self.tiers[self.tiers.names[i - 1]])
+        for other in candidates:
+            if other.why_not() is not None or other.busy_reason(cfg.queue_seconds) is not None:
+                continue
+            try:  # the request's own max_tokens must be valid there too: a spill never shortens an answer
+                sampling = effective_sampling(ctx.req.sampling, other.config.sampling, other.name)
+            except InvalidArgument:
+                continue
+            self.metrics.spills.labels(tier.name, other.name, busy).inc()
+            self.stats.record_spill(tier.name, other.name)
+            log.info("request %s: tier %s is busy (%s): spilling to %s (p_complex %.3f)", ctx.req.request_id, tier.name, busy, other.name, p)
+            ctx.decision = replace(ctx.decision, tier=other.name, model=other.model, reason="load")
+            ctx.lookup.storable = False  # keyed on the tier it was meant for
+            ctx.tier, ctx.sampling = other, sampling
+            return
 
     def _fall_back(self, ctx: RequestContext, why: str) -> None:
         """The nearest tier that can serve, marked degraded, with its own

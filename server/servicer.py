@@ -301,8 +301,10 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def GetStats(self, request: pb.GetStatsRequest, context) -> pb.GetStatsResponse:
         async with self._rpc("GetStats", context, request):
             stats, completed = self.router.stats, self.router.stats.completed()
+            policy = self.router.policy
+            cuts, shares, targets = policy.live_cuts, policy.share.window_shares(), policy.share.targets
             tiers = []
-            for tier in self.router.tiers:
+            for j, tier in enumerate(self.router.tiers):
                 t, engine = stats.tiers[tier.name], tier.engine
                 tiers.append(
                     pb.TierStats(
@@ -313,6 +315,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                         completion_tokens=t.completion_tokens,
                         tokens_per_second=t.completion_tokens / t.generate_s if t.generate_s > 0 else 0.0,
                         engine_load_seconds=engine.load_seconds, ready=engine.ready,
+                        cut_point=cuts[j - 1] if j else 0.0, target_share=targets[j - 1] if j and targets else -1.0,
+                        window_share=shares[j], spilled_out=t.spilled_out, spilled_in=t.spilled_in, feedback=t.feedback,
                     )
                 )
             above_cheapest = completed - stats.tiers[self.tiers[0]].requests
@@ -321,6 +325,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 large_share=above_cheapest / completed if completed else 0.0,
                 tiers=tiers, requests_by_code=dict(stats.by_code), cache_lookups=stats.cache_lookups(),
                 exact_hit_rate=stats.hit_rate("EXACT"), semantic_hit_rate=stats.hit_rate("SEMANTIC"),
+                routing_window=policy.share.size,
             )
             response.summary = format_stats(response)
             return response
@@ -340,4 +345,10 @@ def format_stats(r: pb.GetStatsResponse) -> str:
             f"ttft {t.mean_ttft_ms:.0f} ms · {t.tokens_per_second:.1f} tokens/s · loaded in {t.engine_load_seconds:.1f} s · "
             f"{'ready' if t.ready else 'NOT READY'}"
         )
+    lines.append(f"routing (last {r.routing_window} decisions): tier, cut point now, target share, realised share, spilled out/in, feedback")
+    for i, t in enumerate(r.tiers):
+        cut = f"{t.cut_point:.3f}" if i else "-"
+        target = f"{t.target_share:.1%}" if t.target_share >= 0 else "none"
+        lines.append(f"  {t.tier_name:<{width}} cut {cut:>5} · target {target:>5} · realised {t.window_share:.1%} · "
+                     f"spilled {t.spilled_out}/{t.spilled_in} · feedback {t.feedback}")
     return "\n".join(lines)

@@ -24,6 +24,9 @@ class TierTotals:
     completion_tokens: int = 0
     generate_s: float = 0.0
     recent_latency_ms: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+    spilled_out: int = 0
+    spilled_in: int = 0
+    feedback: int = 0
 
     def p95_ms(self) -> float:
         return float(np.percentile(self.recent_latency_ms, 95)) if self.recent_latency_ms else 0.0
@@ -61,6 +64,13 @@ class Stats:
         t.completion_tokens += completion_tokens
         t.generate_s += generate_ms / 1e3
         t.recent_latency_ms.append(total_ms)
+
+    def record_spill(self, from_tier: str, to_tier: str) -> None:
+        self.tiers[from_tier].spilled_out += 1
+        self.tiers[to_tier].spilled_in += 1
+
+    def record_feedback(self, tier: str) -> None:
+        self.tiers[tier].feedback += 1
 
     def completed(self) -> int:
         return sum(t.requests for t in self.tiers.values())

@@ -25,6 +25,9 @@ from .types import ChatMessage, EffectiveSampling
 
 log = logging.getLogger("triage.tiers")
 
+# Why a tier is too busy to take a request soon (Tier.busy_reason).
+SPILL_REASONS = ("queue_full", "queue_wait")
+
 
 class Tier:
     """A tier as the router sees it: can it serve now, a slot on it, and
@@ -62,6 +65,16 @@ class Tier:
         if self.gate.in_flight < self.gate.max_in_flight or self.slot_seconds is None:
             return 0.0
         return (self.gate.waiting + 1) * self.slot_seconds / self.gate.max_in_flight
+
+    def busy_reason(self, budget_s: float) -> str | None:
+        """None if a request arriving now would start within `budget_s`;
+        else why not: its queue is full, or the expected wait is longer."""
+        gate = self.gate
+        if gate.in_flight >= gate.max_in_flight and gate.waiting >= gate.max_queued:
+            return "queue_full"
+        if self.expected_wait() > budget_s:
+            return "queue_wait"
+        return None
 
     @contextlib.asynccontextmanager
     async def admit(self, remaining_s: float | None = None):

@@ -285,7 +285,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TierStats(_message.Message):
-    __slots__ = ("tier", "model", "requests", "share", "mean_latency_ms", "p95_latency_ms", "mean_ttft_ms", "completion_tokens", "tokens_per_second", "engine_load_seconds", "ready", "tier_name")
+    __slots__ = ("tier", "model", "requests", "share", "mean_latency_ms", "p95_latency_ms", "mean_ttft_ms", "completion_tokens", "tokens_per_second", "engine_load_seconds", "ready", "tier_name", "cut_point", "target_share", "window_share", "spilled_out", "spilled_in", "feedback")
     TIER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
@@ -298,6 +298,12 @@ class TierStats(_message.Message):
     ENGINE_LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     TIER_NAME_FIELD_NUMBER: _ClassVar[int]
+    CUT_POINT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SHARE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SHARE_FIELD_NUMBER: _ClassVar[int]
+    SPILLED_OUT_FIELD_NUMBER: _ClassVar[int]
+    SPILLED_IN_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     tier: Tier
     model: str
     requests: int
@@ -310,10 +316,16 @@ class TierStats(_message.Message):
     engine_load_seconds: float
     ready: bool
     tier_name: str
-    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., model: _Optional[str] = ..., requests: _Optional[int] = ..., share: _Optional[float] = ..., mean_latency_ms: _Optional[float] = ..., p95_latency_ms: _Optional[float] = ..., mean_ttft_ms: _Optional[float] = ..., completion_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., engine_load_seconds: _Optional[float] = ..., ready: _Optional[bool] = ..., tier_name: _Optional[str] = ...) -> None: ...
+    cut_point: float
+    target_share: float
+    window_share: float
+    spilled_out: int
+    spilled_in: int
+    feedback: int
+    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., model: _Optional[str] = ..., requests: _Optional[int] = ..., share: _Optional[float] = ..., mean_latency_ms: _Optional[float] = ..., p95_latency_ms: _Optional[float] = ..., mean_ttft_ms: _Optional[float] = ..., completion_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., engine_load_seconds: _Optional[float] = ..., ready: _Optional[bool] = ..., tier_name: _Optional[str] = ..., cut_point: _Optional[float] = ..., target_share: _Optional[float] = ..., window_share: _Optional[float] = ..., spilled_out: _Optional[int] = ..., spilled_in: _Optional[int] = ..., feedback: _Optional[int] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("uptime_seconds", "total_requests", "completed_generations", "large_share", "tiers", "requests_by_code", "summary", "cache_lookups", "exact_hit_rate", "semantic_hit_rate")
+    __slots__ = ("uptime_seconds", "total_requests", "completed_generations", "large_share", "tiers", "requests_by_code", "summary", "cache_lookups", "exact_hit_rate", "semantic_hit_rate", "routing_window")
     class RequestsByCodeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -331,6 +343,7 @@ class GetStatsResponse(_message.Message):
     CACHE_LOOKUPS_FIELD_NUMBER: _ClassVar[int]
     EXACT_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
     SEMANTIC_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_WINDOW_FIELD_NUMBER: _ClassVar[int]
     uptime_seconds: float
     total_requests: int
     completed_generations: int
@@ -341,7 +354,8 @@ class GetStatsResponse(_message.Message):
     cache_lookups: int
     exact_hit_rate: float
     semantic_hit_rate: float
-    def __init__(self, uptime_seconds: _Optional[float] = ..., total_requests: _Optional[int] = ..., completed_generations: _Optional[int] = ..., large_share: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., requests_by_code: _Optional[_Mapping[str, int]] = ..., summary: _Optional[str] = ..., cache_lookups: _Optional[int] = ..., exact_hit_rate: _Optional[float] = ..., semantic_hit_rate: _Optional[float] = ...) -> None: ...
+    routing_window: int
+    def __init__(self, uptime_seconds: _Optional[float] = ..., total_requests: _Optional[int] = ..., completed_generations: _Optional[int] = ..., large_share: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., requests_by_code: _Optional[_Mapping[str, int]] = ..., summary: _Optional[str] = ..., cache_lookups: _Optional[int] = ..., exact_hit_rate: _Optional[float] = ..., semantic_hit_rate: _Optional[float] = ..., routing_window: _Optional[int] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
     __slots__ = ("request_id", "rating", "correct", "label")

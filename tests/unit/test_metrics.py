@@ -40,8 +40,9 @@ def test_router_metric_names_follow_the_conventions():
 
 
 # Every label any router_* series may carry, each with bounded values: never
-# a request id or user text. (A replica is a URL from the config.)
-ALLOWED_LABELS = {"tier", "model", "rpc", "code", "reason", "kind", "result", "scope", "replica"}
+# a request id or user text. (A replica is a URL from the config; to_tier a
+# tier name.)
+ALLOWED_LABELS = {"tier", "to_tier", "model", "rpc", "code", "reason", "kind", "result", "scope", "replica"}
 
 
 def test_every_router_metric_declares_only_bounded_labels():
