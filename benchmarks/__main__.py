@@ -14,6 +14,8 @@ hold on a noisy machine even when the absolute numbers move.
 5. Caches: exact hits through gRPC, the semantic lookup in and out of the router.
 6. The semantic search beside the engine request against searching first and
    against no semantic cache: miss TTFT, hit latency, engine throughput.
+9. Spill under load: a burst on the small tier, other callers' TTFT with
+   spill on and off (benchmarks/spill.py). (7 and 8 are their own commands.)
 
     python -m benchmarks --config config/cpu.yaml --out docs
     python -m benchmarks --only overlap      # one section, updating the report
@@ -37,6 +39,7 @@ from clients import AsyncTriageClient
 from clients.loadgen import BUILTIN_MIX, run_level, summarise
 
 from .load import EXACT_QUESTION, alternating, router_vs_direct, staggered
+from .spill import spill_bench, spill_lines
 
 OVERHEAD_PROMPTS = [
     "What is the capital of Italy?",
@@ -725,9 +728,10 @@ def write_markdown(results: dict, path: Path) -> None:
         *(_overlap_lines(results["overlap"]) if "overlap" in results else []),
         *_cores_lines(path.parent / "cores.json"),
         *_remote_lines(path.parent / "remote.json"),
+        *spill_lines(results.get("spill"), results.get("section_dates", {}).get("spill", results["date"])),
         "Plots from the load generator: `triage bench --concurrency 1,4,16 --stream --out reports/bench` "
         "(latency per tier, throughput against concurrency).", "",
-        "## Reproduce", "", "```sh", "make bench                      # sections 1-6, about 25 minutes on 2 cores",
+        "## Reproduce", "", "```sh", "make bench                      # sections 1-6 and 9, about 30 minutes on 2 cores",
         "python -m benchmarks --only overhead,overlap   # some sections, updating the report",
         "python -m benchmarks.cores      # section 7, about 15 minutes", "python -m benchmarks.remote     # section 8",
         "python -m benchmarks.shutdown   # stop time of an idle server", "```", "",
@@ -737,7 +741,7 @@ def write_markdown(results: dict, path: Path) -> None:
 
 SECTIONS = {  # name: the result keys it writes
     "classify": ("classify",), "overhead": ("overhead",), "batching": ("batching",), "adaptive": ("adaptive",),
-    "caches": ("cache_exact", "cache_in_router", "cache_semantic"), "overlap": ("overlap",),
+    "caches": ("cache_exact", "cache_in_router", "cache_semantic"), "overlap": ("overlap",), "spill": ("spill",),
 }
 
 
@@ -778,6 +782,10 @@ async def main_async(args, sections: list[str]) -> dict:
             results["overlap"] = r = await overlap_bench(app, address)
             print(f"  added miss TTFT p99 {r['added_miss_ttft_p99_ms']:+.1f} ms (sequential {r['added_miss_ttft_p99_ms_sequential']:+.1f}), "
                   f"hit p99 {r['hit_e2e']['overlap']['p99_ms']:.1f} ms, mix throughput x{r['mix_throughput_ratio']:.3f}", flush=True)
+        if "spill" in sections:
+            print("9. spill under load", flush=True)
+            results["spill"] = r = await spill_bench(app, address)
+            print(f"  other callers' TTFT p95: spill on / off x{r['p95_ratio_on_to_off']:.2f}", flush=True)
     finally:
         await app.stop(grace=5)
     if "caches" in sections:

@@ -4,6 +4,8 @@
     python -m classifier evaluate [--data PATH] [--threshold T] [--no-extra] [--cross-source]
     python -m classifier score < prompts.jsonl > scores.jsonl
     python -m classifier calibrate --target-large-share 0.3 --sample prompts.jsonl
+    python -m classifier calibrate --feedback STORE [--max-failure 0.2] [--dry-run]
+    python -m classifier train --feedback STORE [--tolerance 0.005] [--dry-run]
     python -m classifier bench
 """
 
@@ -43,9 +45,58 @@ def cmd_train(args) -> int:
     from .model_card import write_model_card
     from .train import train
 
+    if args.feedback:
+        return train_with_feedback(args)
     metadata = train(args.data, args.out, extra=not args.no_extra, with_cross_source=not args.no_cross_source)
     print(format_report(metadata["evaluation"]))
     write_model_card(args.out)
+    return 0
+
+
+def train_with_feedback(args) -> int:
+    """Train with the cheap tier's outcomes (those that kept their text) as
+    extra rows, into a scratch folder; write it over --out only if no
+    held-out check is worse than the current artifact's by more than
+    --tolerance, the held-out outcomes included."""
+    import shutil
+    import tempfile
+
+    from . import load
+    from .feedback import compare, ranking_auc, read_outcomes, training_rows
+    from .model_card import write_model_card
+    from .train import train
+
+    current = load(args.model)
+    try:
+        rows, held = training_rows(read_outcomes(args.feedback, args.good_rating), args.cheap_tier)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if len(rows) < args.min_rows:
+        print(f"refused: {len(rows)} outcomes of tier {args.cheap_tier}'s answers with their text to train on "
+              f"(at least {args.min_rows}; the router stores the text only with feedback.keep_text: true)", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory() as scratch:
+        metadata = train(args.data, scratch, threshold=current.threshold, extra=not args.no_extra, with_cross_source=False,
+                         feedback_rows=rows, feedback_source=Path(args.feedback).name)
+        new = load(scratch)
+        checks, worse = compare(current.metadata.get("evaluation", {}), metadata["evaluation"], args.tolerance)
+        auc_current, auc_new = ranking_auc(held, current.score), ranking_auc(held, new.score)
+        checks.append({"check": "held-out outcomes ROC AUC", "current": auc_current, "new": auc_new})
+        if auc_new == auc_new and auc_current == auc_current and auc_new < auc_current - args.tolerance:
+            worse.append(f"held-out outcomes ROC AUC: {auc_new:.3f} against {auc_current:.3f}")
+        written = not worse and not args.dry_run
+        if written:
+            out = Path(args.out)
+            out.mkdir(parents=True, exist_ok=True)
+            for name in ("model.skops", "metadata.json"):
+                shutil.copy2(Path(scratch) / name, out / name)
+            write_model_card(out)
+    print(json.dumps({"feedback_rows": len(rows), "held_out_outcomes": len(held), "checks": checks, "worse": worse,
+                      "tolerance": args.tolerance, "written": written}, indent=2))
+    if worse:
+        print("refused: the retrained artifact does worse on " + "; ".join(worse), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -96,6 +147,12 @@ def cmd_calibrate(args) -> int:
     from .calibrate import threshold_for_share, write_threshold
 
     clf = load(args.model)
+    folder = Path(args.model) if args.model else ARTIFACT_DIR
+    if args.feedback:
+        return calibrate_with_feedback(args, clf, folder)
+    if args.target_large_share is None or args.sample is None:
+        print("error: give --target-large-share and --sample, or --feedback STORE", file=sys.stderr)
+        return 2
     try:
         with open(args.sample, encoding="utf-8") as f:
             texts = [t for _, t in _texts_from_jsonl(f, args.sample)]
@@ -106,9 +163,32 @@ def cmd_calibrate(args) -> int:
         return 1
     realised = float((scores >= threshold).mean())
     if not args.dry_run:
-        folder = Path(args.model) if args.model else ARTIFACT_DIR
         write_threshold(threshold, args.target_large_share, args.sample, len(texts), realised, folder)
     print(json.dumps({"threshold": threshold, "target_large_share": args.target_large_share, "realised_large_share": realised, "n": len(texts), "written": not args.dry_run}))
+    return 0
+
+
+def calibrate_with_feedback(args, clf, folder: Path) -> int:
+    """Move the threshold to where the cheap tier's reported failures say
+    it should be (classifier/feedback.py), checked on the newest outcomes."""
+    from .calibrate import write_metadata_threshold
+    from .feedback import calibrate, read_outcomes
+
+    try:
+        report = calibrate(read_outcomes(args.feedback, args.good_rating), args.cheap_tier, clf.threshold, args.max_failure)
+    except ValueError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    report["written"] = report["accepted"] and not args.dry_run
+    if report["written"]:
+        write_metadata_threshold(folder, report["new_cut"], (
+            f"calibrated from {report['cheap_outcomes_fitted']} outcomes of tier {args.cheap_tier}'s answers in "
+            f"{Path(args.feedback).name}: {report['why']}; held out: its failure rate {report['held_out']['new']['cheap_failure_rate']:.3f} "
+            f"below the cut (was {report['held_out']['current']['cheap_failure_rate']:.3f} at {report['current_cut']:.3f})"))
+    print(json.dumps(report, indent=2))
+    if not report["accepted"]:
+        print(f"refused: {report['refused_because']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -157,6 +237,11 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _feedback_options(p) -> None:
+    p.add_argument("--cheap-tier", default="small", help="with --feedback: the tier below the cut (default small)")
+    p.add_argument("--good-rating", type=int, default=4, help="with --feedback: a rating at or above this is a good answer (default 4)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m classifier", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="artifact folder (default: the committed one)")
@@ -166,6 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ARTIFACT_DIR))
     p.add_argument("--no-extra", action="store_true", help="only shared/data/questions, not the pinned public sources (sources.py)")
     p.add_argument("--no-cross-source", action="store_true", help="skip the leave-one-source-out check (one fit per source)")
+    p.add_argument("--feedback", metavar="STORE", help="a router's feedback store (feedback.path): add the cheap tier's outcomes as rows")
+    p.add_argument("--tolerance", type=float, default=0.005, help="with --feedback: how much lower a held-out check may come out")
+    p.add_argument("--min-rows", type=int, default=50, help="with --feedback: fewest outcomes with text to train on")
+    p.add_argument("--dry-run", action="store_true", help="with --feedback: report, write nothing")
+    _feedback_options(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser(
         "evaluate", help="accuracy per held-out source, ranking by GSM8K steps and by outcomes, each next to prompt length"
@@ -179,10 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("score", help="JSON lines with text/prompt on stdin -> p_complex and label")
     p.add_argument("--threshold", type=float, default=None)
     p.set_defaults(func=cmd_score)
-    p = sub.add_parser("calibrate", help="threshold that sends a target share of a sample to the large tier")
-    p.add_argument("--target-large-share", type=float, required=True)
-    p.add_argument("--sample", required=True, help="JSON lines with text/prompt")
+    p = sub.add_parser("calibrate", help="threshold that sends a target share of a sample to the large tier, or that feedback supports")
+    p.add_argument("--target-large-share", type=float)
+    p.add_argument("--sample", help="JSON lines with text/prompt")
+    p.add_argument("--feedback", metavar="STORE", help="instead: fit the threshold to the outcomes in a router's feedback store")
+    p.add_argument("--max-failure", type=float, default=0.2,
+                   help="with --feedback: the cheap tier's failure rate the cut may let through (default 0.2)")
     p.add_argument("--dry-run", action="store_true", help="print the threshold without writing it")
+    _feedback_options(p)
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("bench", help="single-question latency and batch throughput, in process")
     p.add_argument("-n", type=int, default=5000)

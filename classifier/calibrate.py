@@ -27,10 +27,13 @@ def threshold_for_share(scores: np.ndarray, target_large_share: float) -> float:
 
 
 def write_threshold(threshold: float, target: float, sample: str, n: int, realised: float, folder: Path = ARTIFACT_DIR) -> None:
+    write_metadata_threshold(folder, threshold, f"calibrated: large share {realised:.3f} (target {target:.3f}) on {n} prompts from {Path(sample).name}")
+
+
+def write_metadata_threshold(folder: Path, threshold: float, source: str) -> None:
+    """The artifact's threshold, and where it came from, in its metadata."""
     path = Path(folder) / METADATA_FILE
     metadata = json.loads(path.read_text())
     metadata["threshold"] = threshold
-    metadata["threshold_source"] = (
-        f"calibrated: large share {realised:.3f} (target {target:.3f}) on {n} prompts from {Path(sample).name}"
-    )
+    metadata["threshold_source"] = source
     path.write_text(json.dumps(metadata, indent=2) + "\n")

@@ -58,6 +58,10 @@ def write_model_card(folder: str | Path) -> Path:
         f"| {name} | {info['rows']} | {info['origin']} | `{info['repo']}` @ `{info['commit'][:12]}` `{info['path']}` | {info['license']} | {info['rule']} |"
         for name, info in meta.get("extra_sources", {}).items()
     )
+    fb = meta.get("feedback")
+    feedback = (f"\nAlso trained on {fb['rows']} outcomes from a router's feedback store (`{fb['store']}`, "
+                "`python -m classifier train --feedback`): the cheap tier's answers reported wrong as complex, right as simple. "
+                "They are this deployment's own traffic; their license is the deployment's.\n") if fb else ""
     cross = ev.get("cross_source")
     cross_rows = "\n".join(
         f"| {s} | {m['n']} | {m['accuracy']:.3f} | {m['length_baseline']:.3f} |" for s, m in cross["per_source"].items()
@@ -93,7 +97,7 @@ the text).
 | source | rows | data set | pinned at | license | labelling rule |
 |---|---|---|---|---|---|
 {extra}
-
+{feedback}
 Not used, for training or tuning: FanOutQA, Arena-Hard, HumanEval, the
 WizardLM test set, NQ-open's dev set, EfficientQA's test set, MMLU's test
 split and RouteLLM's evaluation data (the acceptance sources).

@@ -214,7 +214,10 @@ def versions() -> dict:
 DEFAULT_THRESHOLD = 0.45
 
 
-def train(data_path: str | Path, out_dir: str | Path = ARTIFACT_DIR, threshold: float = DEFAULT_THRESHOLD, extra: bool = True, with_cross_source: bool = True) -> dict:
+def train(data_path: str | Path, out_dir: str | Path = ARTIFACT_DIR, threshold: float = DEFAULT_THRESHOLD, extra: bool = True,
+          with_cross_source: bool = True, feedback_rows: list[dict] = (), feedback_source: str | None = None) -> dict:
+    """`feedback_rows`: outcomes from a router's feedback store as training
+    rows (classifier/feedback.py), source "feedback"."""
     import skops.io as sio
 
     from .sources import load_sources
@@ -222,7 +225,7 @@ def train(data_path: str | Path, out_dir: str | Path = ARTIFACT_DIR, threshold: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     extra_rows, sources = load_sources() if extra else ([], {})
-    rows = load_rows(data_path, extra_rows)
+    rows = load_rows(data_path, [*extra_rows, *feedback_rows])
     train_rows = [r for r in rows if r["split"] == "train"]
     log.info("training on %d rows from %s", len(train_rows), sorted({r["source"] for r in train_rows}))
     started = time.monotonic()
@@ -234,6 +237,7 @@ def train(data_path: str | Path, out_dir: str | Path = ARTIFACT_DIR, threshold: 
         "data_file": Path(data_path).name,
         "data_sha256": file_sha256(data_path),
         "extra_sources": sources,
+        **({"feedback": {"store": feedback_source, "rows": len(feedback_rows)}} if feedback_rows else {}),
         "train_counts": {f"{s}/{l}": n for (s, l), n in sorted(Counter((r["source"], r["label"]) for r in train_rows).items())},
         "features": ["word TF-IDF 1-2 grams on normalised text", *DENSE_FEATURE_NAMES],
         "hyperparameters": {k: list(v) if isinstance(v, tuple) else v for k, v in HYPERPARAMETERS.items()},

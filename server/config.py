@@ -174,7 +174,7 @@ class SpillConfig:
     # The chosen tier is "too busy" when a request would wait longer than this
     # for a slot (its expected wait, as admission estimates it) or its queue
     # is full; the neighbour must be able to start it sooner than this.
-    queue_seconds: float = 2.0
+    queue_seconds: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ def served(tmp_path):
     text = text.replace("    max_in_flight: 16\n    max_queued: 32", "    max_in_flight: 1\n    max_queued: 4")
     text = text.replace("  threshold: null ", "  threshold: 0.45 ")
     path = tmp_path / "cfg.yaml"
-    path.write_text(text + "\nrouting:\n  spill: {margin: 0.1, queue_seconds: 0.3}\n")
-    config = load(path).with_ports(0, -1)
+    path.write_text(text)
+    config = load(path, ["routing.spill.margin=0.1", "routing.spill.queue_seconds=0.3"]).with_ports(0, -1)
     engines = {n: HeldEngine(n, t.model, t.max_model_len) for n, t in config.tiers.items()}
     with serve_in_thread(config, engines, timeout=30) as (client, app):
         app.router.policy._score = lambda texts: [SCORES[t.split(" #")[0]] for t in texts]

@@ -118,9 +118,13 @@ def test_the_policy_uses_the_live_cut_and_names_the_rule():
 
 
 def _profile(tmp_path, routing: str):
-    text = (ROOT / "config/cpu.yaml").read_text().replace("../.cache/", str(ROOT / ".cache") + "/")
+    """The CPU profile with its routing section replaced."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "config/cpu.yaml").read_text().replace("../.cache/", str(ROOT / ".cache") + "/"))
+    cfg["routing"] = yaml.safe_load(textwrap.dedent(routing))
     path = tmp_path / "p.yaml"
-    path.write_text(text + "\nrouting:\n" + textwrap.indent(textwrap.dedent(routing), "  "))
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
 

@@ -1,0 +1,184 @@
+"""Outcomes reported to a running router (the Feedback RPC, server/feedback.py)
+as evidence for the routing: `calibrate --feedback` moves the cut, `train
+--feedback` adds the outcomes as training rows. Both hold out the newest
+quarter of the outcomes and refuse to write a result that does worse there
+(and, for training, on the artifact's own held-out checks) than what is in
+use now.
+
+What the outcomes can and cannot say. An outcome is observed only for the
+tier that answered. A good or bad answer from the cheap tier says whether
+the cheap tier was enough for that question: that is the evidence a cut
+needs. An answer from the capable tier says nothing about whether the cheap
+tier would have done as well, so those rows are counted but never used to
+move the cut. The cheap tier's answers sit below the cut (plus whatever
+spills, overrides and a target share sent there), so the cut can rise only
+as far as such answers reach: no further than the evidence.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HOLDOUT_SHARE = 0.25  # the newest quarter of the outcomes checks what the older three quarters fitted
+MIN_CHEAP_OUTCOMES = 100  # fewer of the cheap tier's outcomes than this in the fitting part: nothing to fit
+
+
+@dataclass(frozen=True)
+class Outcome:
+    received_at: float
+    tier: str
+    p_complex: float
+    threshold: float
+    reason: str
+    good: bool
+    question: str | None
+
+
+def read_outcomes(path: str | Path, good_rating: int = 4) -> list[Outcome]:
+    """Every scored outcome in the store, oldest first. A rating counts as
+    good at `good_rating` or above; correct/incorrect as it says. Opened
+    read-only: a running router may be writing to it."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such feedback store")
+    try:
+        db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+        rows = db.execute("SELECT received_at, tier, p_complex, threshold, reason, rating, correct, question FROM feedback "
+                          "WHERE p_complex IS NOT NULL ORDER BY received_at").fetchall()
+        db.close()
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{path}: not a feedback store ({exc})") from None
+    return [Outcome(at, tier, p, cut, reason, bool(correct) if correct is not None else rating >= good_rating, question)
+            for at, tier, p, cut, reason, rating, correct, question in rows]
+
+
+def split(outcomes: list[Outcome]) -> tuple[list[Outcome], list[Outcome]]:
+    """(older, newest): the newest HOLDOUT_SHARE are held out."""
+    k = int(round(len(outcomes) * (1 - HOLDOUT_SHARE)))
+    return outcomes[:k], outcomes[k:]
+
+
+def failure_curve(outcomes: list[Outcome]):
+    """The cheap tier's failure rate as a non-decreasing function of the
+    score (isotonic regression): a harder-looking question never fails less
+    often. Returns the fitted model."""
+    from sklearn.isotonic import IsotonicRegression
+
+    p = np.array([o.p_complex for o in outcomes])
+    failed = np.array([not o.good for o in outcomes], dtype=float)
+    return IsotonicRegression(increasing=True, out_of_bounds="clip").fit(p, failed)
+
+
+def fit_cut(cheap: list[Outcome], max_failure: float, min_rows: int = MIN_CHEAP_OUTCOMES) -> tuple[float, str]:
+    """The highest cut below which the cheap tier's fitted failure rate
+    stays at or under `max_failure`, within the scores its outcomes cover;
+    and why it stops there."""
+    if len(cheap) < min_rows:
+        raise ValueError(f"only {len(cheap)} outcomes of the cheap tier's answers to fit from (at least {min_rows} needed)")
+    curve = failure_curve(cheap)
+    scores = np.sort(np.unique([o.p_complex for o in cheap]))
+    rates = curve.predict(scores)
+    over = np.flatnonzero(rates > max_failure)
+    if over.size:
+        return float(scores[over[0]]), f"its failure rate passes {max_failure:g} at p_complex {scores[over[0]]:.3f}"
+    return float(np.nextafter(scores[-1], np.inf)), f"its failure rate stays under {max_failure:g} up to its highest scored answer"
+
+
+def failure_below(outcomes: list[Outcome], cut: float) -> tuple[float, int]:
+    """The failure rate of the cheap tier's answers with scores below `cut`
+    (the ones a router with that cut would still send there), and how many."""
+    kept = [o for o in outcomes if o.p_complex < cut]
+    return (sum(not o.good for o in kept) / len(kept) if kept else 0.0), len(kept)
+
+
+def share_at_or_above(outcomes: list[Outcome], cut: float) -> float:
+    return sum(o.p_complex >= cut for o in outcomes) / len(outcomes) if outcomes else 0.0
+
+
+def ranking_auc(outcomes: list[Outcome], score) -> float:
+    """How well a score orders the cheap tier's failures above its
+    successes (ROC AUC; 0.5 is chance). `score(texts)` gives p_complex."""
+    from sklearn.metrics import roc_auc_score
+
+    rows = [o for o in outcomes if o.question is not None]
+    failed = [not o.good for o in rows]
+    if len(set(failed)) < 2:
+        return float("nan")
+    return float(roc_auc_score(failed, score([o.question for o in rows])))
+
+
+def calibrate(outcomes: list[Outcome], cheap_tier: str, current_cut: float, max_failure: float) -> dict:
+    """Fit a cut on the older outcomes, check it on the newest, against the
+    current cut. `accepted` is False (with the reason) when the new cut
+    lets the cheap tier fail more often on the held-out answers than the
+    current one does, beyond `max_failure`."""
+    older, newest = split(outcomes)
+    cheap_older = [o for o in older if o.tier == cheap_tier]
+    cheap_newest = [o for o in newest if o.tier == cheap_tier]
+    cut, why = fit_cut(cheap_older, max_failure)
+    new_failure, new_n = failure_below(cheap_newest, cut)
+    old_failure, old_n = failure_below(cheap_newest, current_cut)
+    report = {
+        "outcomes": len(outcomes), "cheap_tier": cheap_tier, "cheap_outcomes_fitted": len(cheap_older),
+        "cheap_outcomes_held_out": len(cheap_newest), "max_failure": max_failure,
+        "current_cut": current_cut, "new_cut": cut, "why": why,
+        "held_out": {
+            "current": {"cheap_failure_rate": old_failure, "cheap_answers_kept": old_n, "share_above_cut": share_at_or_above(newest, current_cut)},
+            "new": {"cheap_failure_rate": new_failure, "cheap_answers_kept": new_n, "share_above_cut": share_at_or_above(newest, cut)},
+        },
+    }
+    if not cheap_newest:
+        report["accepted"], report["refused_because"] = False, "no held-out outcomes of the cheap tier to check the new cut on"
+    elif new_failure > max(max_failure, old_failure):
+        report["accepted"] = False
+        report["refused_because"] = (f"on the held-out outcomes the cheap tier would fail {new_failure:.1%} of the answers the new cut "
+                                     f"keeps there, against {old_failure:.1%} with the current cut (allowed: {max_failure:.0%})")
+    else:
+        report["accepted"] = True
+    return report
+
+
+def training_rows(outcomes: list[Outcome], cheap_tier: str) -> tuple[list[dict], list[Outcome]]:
+    """The cheap tier's outcomes that kept their question's text, as
+    training rows (a failure: complex; a success: simple), from the older
+    part; and the newest part, held out."""
+    older, newest = split(outcomes)
+    rows = [{"text": o.question, "label": "simple" if o.good else "complex", "source": "feedback", "split": "train"}
+            for o in older if o.tier == cheap_tier and o.question]
+    return rows, [o for o in newest if o.tier == cheap_tier]
+
+
+# The held-out checks a retrained artifact must not do worse on (report key,
+# path into the evaluation), each higher-is-better.
+CHECKS = {
+    "macro accuracy, held-out sources": ("all_sources_macro_accuracy",),
+    "macro accuracy, never-trained sources": ("dev_cross_macro_accuracy",),
+    "GSM8K Spearman with steps": ("steps_ranking", "spearman_steps"),
+    "outcomes APGR, GSM8K": ("outcome_ranking", "gsm8k_test_direct_vs_cot", "apgr"),
+    "outcomes APGR, arithmetic": ("outcome_ranking", "arithmetic_mixed_direct_vs_cot", "apgr"),
+}
+
+
+def _get(report: dict, path: tuple[str, ...]) -> float | None:
+    for key in path:
+        if not isinstance(report, dict) or key not in report:
+            return None
+        report = report[key]
+    return float(report)
+
+
+def compare(current: dict, new: dict, tolerance: float) -> tuple[list[dict], list[str]]:
+    """Each check's current and new value; the checks the new artifact
+    fails (lower by more than `tolerance`)."""
+    rows, worse = [], []
+    for name, path in CHECKS.items():
+        a, b = _get(current, path), _get(new, path)
+        if a is None or b is None or a != a or b != b:
+            continue
+        rows.append({"check": name, "current": a, "new": b})
+        if b < a - tolerance:
+            worse.append(f"{name}: {b:.3f} against {a:.3f}")
+    return rows, worse
