@@ -25,6 +25,7 @@ Pure: no grpc, no engines, no clock of its own (the caller passes `now`).
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 from collections import deque
 from typing import Sequence
@@ -110,14 +111,12 @@ class ShareController:
 
     def _leaving(self, now: float, horizon: int) -> list[tuple[float, float, int]]:
         """The decisions that leave the window over the next `horizon` ones
-        (count window) or the next correction x window seconds (time window)."""
-        n = len(self._entries)
+        (count window) or the next correction x window seconds (time
+        window): the oldest, so only they are walked."""
         if self.window_seconds is None:
-            k = max(0, n + horizon - self.window_requests)
-        else:
-            cutoff = now - self.window_seconds * (1.0 - self.correction)
-            k = bisect.bisect_left([e[0] for e in self._entries], cutoff)
-        return [self._entries[i] for i in range(min(k, n))]
+            return list(itertools.islice(self._entries, max(0, len(self._entries) + horizon - self.window_requests)))
+        cutoff = now - self.window_seconds * (1.0 - self.correction)
+        return list(itertools.takewhile(lambda entry: entry[0] < cutoff, self._entries))
 
     def _update(self, now: float) -> None:
         self._since_update = 0
