@@ -101,6 +101,10 @@ def make_engine(tier: TierConfig, resilience: ResilienceConfig, metrics: RouterM
         from .remote import RemoteEngine
 
         return RemoteEngine(tier, resilience, metrics, api_key=api_key)
+    if tier.backend == "smg":
+        from .gateway import GatewayEngine
+
+        return GatewayEngine(tier, resilience, api_key=api_key)
     return VllmEngine(tier)
 
 

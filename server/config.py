@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-BACKENDS = ("in_process", "remote")
+BACKENDS = ("in_process", "remote", "smg")
 
 
 class ConfigError(ValueError):
@@ -66,9 +66,12 @@ class TierConfig:
     cpu_cores: str = "auto"
     # "in_process": a vLLM AsyncLLM in this process. "remote": `vllm serve`
     # instances at `replicas` (base URLs), which scale across GPUs and nodes
-    # themselves; the router only balances between them.
+    # themselves; the router only balances between them. "smg": one gateway
+    # (SMG in front of a worker pool, or anything speaking OpenAI chat
+    # completions) at `gateway_url`, which places requests on its workers.
     backend: str = "in_process"
     replicas: tuple[str, ...] = ()
+    gateway_url: str | None = None
     # Name of an environment variable holding the servers' --api-key (never the key itself).
     api_key_env: str | None = None
 
@@ -282,6 +285,8 @@ def _tier(name: str, raw: Any, base: Path) -> TierConfig:
         raw["cpu_cores"] = str(raw["cpu_cores"])
     if "replicas" in raw:
         raw["replicas"] = tuple(str(url).rstrip("/") for url in raw["replicas"] or ())
+    if raw.get("gateway_url"):
+        raw["gateway_url"] = str(raw["gateway_url"]).rstrip("/")
     tier = _build(TierConfig, raw, where, name=name, sampling=sampling)
     _check_tier(tier, where)
     # A local folder must be there now, not fail an engine start later (a
@@ -324,6 +329,13 @@ def _check_tier(tier: TierConfig, where: str) -> None:
             raise ConfigError(f"{where}.engine_args: a remote tier's engine options belong on its `vllm serve` command line")
     elif tier.replicas:
         raise ConfigError(f"{where}.replicas: only a remote tier has replicas (set backend: remote)")
+    if tier.backend == "smg":
+        if not tier.gateway_url or not re.fullmatch(r"https?://[^/\s]+(/[^\s]*)?", tier.gateway_url):
+            raise ConfigError(f"{where}.gateway_url: an smg tier needs its gateway's http(s) base URL, got {tier.gateway_url!r}")
+        if tier.engine_args:
+            raise ConfigError(f"{where}.engine_args: an smg tier's engine options belong on its workers' command lines")
+    elif tier.gateway_url:
+        raise ConfigError(f"{where}.gateway_url: only an smg tier has a gateway (set backend: smg)")
 
 
 def _routing(raw: Any, tier_names: Sequence[str]) -> RoutingConfig:

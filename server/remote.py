@@ -302,7 +302,8 @@ def completion_body(model: str, prompt_ids: list[int], s: EffectiveSampling) -> 
 
 
 async def sse_chunks(lines: AsyncIterator[str]) -> AsyncIterator[EngineChunk]:
-    """vLLM's server-sent completion events as EngineChunks."""
+    """Server-sent completion or chat completion events (vLLM's server,
+    SMG) as EngineChunks."""
     tokens = 0
     finished = False
     async for line in lines:
@@ -327,7 +328,9 @@ async def sse_chunks(lines: AsyncIterator[str]) -> AsyncIterator[EngineChunk]:
         tokens = usage.get("completion_tokens", tokens + 1)
         reason = choice.get("finish_reason")
         finished = finished or reason is not None
-        yield EngineChunk(delta=choice.get("text") or "", completion_tokens=tokens, finished=reason is not None, finish_reason=reason)
+        # A completion's choice has text; a chat completion's (gateway.py) a delta.
+        text = choice["text"] if "text" in choice else (choice.get("delta") or {}).get("content")
+        yield EngineChunk(delta=text or "", completion_tokens=tokens, finished=reason is not None, finish_reason=reason)
     raise ReplicaError("the connection closed before the answer finished")
 
 

@@ -1,0 +1,180 @@
+"""A tier served through a gateway that speaks OpenAI chat completions: SMG
+(Shepherd Model Gateway) in front of a pool of vLLM workers, or a single
+`vllm serve`. The gateway places each request on a worker, retries, and
+checks its workers' health; Triage decides the tier and keeps the tier-level
+breaker and fallback (tiers.py), as for any engine.
+
+- The conversation is rendered here with the tier's own tokenizer
+  (`model_path`, required): the ids count the prompt for the length check and
+  the usage reported, exactly as for the other backends. The gateway is sent
+  the messages (SMG's `/v1/completions` takes no token ids, and it has no
+  `/tokenize`) and applies the same chat template itself.
+- Every sampling value is explicit (a disabled top_k is -1, which SMG
+  requires), so no `generation_config.json` default applies.
+- Readiness is the gateway's `/readiness` (SMG's `/health` answers 200 with
+  no worker behind it), then `/v1/models` must list the tier's model.
+- A status the gateway gives because of its workers (5xx, 429, a model it
+  cannot place) is an engine failure: UNAVAILABLE, and the router may fall
+  back to another tier. Only 400 and 422, a request the gateway finds
+  malformed after the router's own checks, are INVALID_ARGUMENT.
+- Closing the generator closes the HTTP stream; the gateway aborts the
+  worker's request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, AsyncIterator, Sequence
+
+from .config import ResilienceConfig, TierConfig
+from .errors import EngineFailure, InvalidArgument, Unavailable
+from .prompt import PromptIds, load_tokenizer, render
+from .remote import CONNECT_TIMEOUT_S, HEALTH_TIMEOUT_S, _error_text, _transport_errors, sse_chunks
+from .types import ChatMessage, EffectiveSampling, EngineChunk
+
+log = logging.getLogger("triage.gateway")
+
+CLIENT_ERRORS = (400, 422)  # the gateway says the request itself is wrong
+
+
+class GatewayError(EngineFailure):
+    """The gateway could not serve (connection, its workers, a broken stream)."""
+
+
+class GatewayEngine:
+    """One tier behind one gateway URL (`gateway_url`)."""
+
+    restartable = False  # the gateway and its workers are run by the deployment
+
+    def __init__(self, tier: TierConfig, resilience: ResilienceConfig, transport=None, api_key: str | None = None):
+        self.tier, self.model, self.max_model_len = tier.name, tier.model, tier.max_model_len
+        self.url = tier.gateway_url
+        self.load_seconds = 0.0
+        self._config = tier
+        self._interval = resilience.health_interval_s
+        self._transport = transport
+        self._api_key = api_key
+        self._client: Any = None
+        self._tokenizer: Any = None
+        self._checker: asyncio.Task | None = None
+        self._healthy = False
+        self.problem = "not checked yet"
+        self._in_flight = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._client is not None and self._healthy
+
+    def mark_ready(self) -> None:
+        """Readiness is the gateway's, checked in the background."""
+
+    def unfinished_requests(self) -> int:
+        return self._in_flight
+
+    async def start(self) -> None:
+        import httpx
+
+        started = time.monotonic()
+        self._tokenizer = await asyncio.to_thread(load_tokenizer, self._config.model_path)
+        if self._tokenizer is None:
+            raise EngineFailure(f"tier {self.tier}: no tokenizer at model_path {self._config.model_path!r}; a gateway tier renders "
+                                "and counts prompts with the served model's tokenizer files, which must be there")
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        timeout = httpx.Timeout(connect=CONNECT_TIMEOUT_S, read=self._config.generation_timeout_s, write=10.0, pool=CONNECT_TIMEOUT_S)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=32)  # admission bounds what is out
+        self._client = httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers, transport=self._transport)
+        self._checker = asyncio.create_task(self._check_forever())
+        log.info("tier %s: waiting for the gateway at %s", self.tier, self.url)
+        next_warning = time.monotonic() + 30
+        while not self._healthy:
+            await asyncio.sleep(0.2)
+            if time.monotonic() >= next_warning:
+                next_warning += 30
+                log.warning("tier %s: gateway %s not ready yet: %s", self.tier, self.url, self.problem)
+        self.load_seconds = time.monotonic() - started
+        log.info("tier %s: gateway ready after %.1f s", self.tier, self.load_seconds)
+
+    async def shutdown(self) -> None:
+        if self._checker is not None:
+            self._checker.cancel()
+            try:
+                await self._checker
+            except asyncio.CancelledError:
+                pass
+            self._checker = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        self._healthy = False
+
+    async def _check_forever(self) -> None:
+        while True:
+            await self._check()
+            await asyncio.sleep(self._interval)
+
+    async def _check(self) -> None:
+        problem = None
+        try:
+            resp = await self._client.get(f"{self.url}/readiness", timeout=HEALTH_TIMEOUT_S)
+            if resp.status_code != 200:
+                problem = f"/readiness answered {resp.status_code} (no healthy worker?)"
+            elif not self._healthy:  # coming (back) up: does it serve this tier's model?
+                models = (await self._client.get(f"{self.url}/v1/models", timeout=HEALTH_TIMEOUT_S)).json()
+                served = sorted(m.get("id") for m in models.get("data", []))
+                if self.model not in served:
+                    problem = f"serves {served}, not {self.model}"
+        except Exception as exc:  # any failure to answer is "not ready"; the reason goes to the log
+            problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        was = self._healthy
+        self._healthy, self.problem = problem is None, problem or ""
+        if self._healthy and not was:
+            log.info("tier %s: gateway %s is ready", self.tier, self.url)
+        elif was and not self._healthy:
+            log.error("tier %s: gateway %s is not ready: %s", self.tier, self.url, problem)
+
+    async def render(self, messages: Sequence[ChatMessage]) -> PromptIds:
+        if self._tokenizer is None:
+            raise Unavailable(f"tier {self.tier} is not started")
+        return PromptIds(await render(self._tokenizer, messages), messages)
+
+    async def generate(self, prompt_ids: PromptIds, sampling: EffectiveSampling, request_id: str) -> AsyncIterator[EngineChunk]:
+        if self._client is None:
+            raise Unavailable(f"tier {self.tier} is not started")
+        body = chat_body(self.model, prompt_ids.messages, sampling)
+        self._in_flight += 1
+        try:
+            async with self._client.stream("POST", f"{self.url}/v1/chat/completions", json=body,
+                                           headers={"X-Request-Id": request_id}) as resp:
+                if resp.status_code in CLIENT_ERRORS:
+                    raise InvalidArgument("messages", f"the {self.tier} tier's gateway refused the request: {_error_text(await resp.aread())}")
+                if resp.status_code != 200:
+                    raise GatewayError(f"tier {self.tier}: gateway answered {resp.status_code}: {_error_text(await resp.aread())}")
+                async for chunk in sse_chunks(resp.aiter_lines()):
+                    yield chunk
+        except _transport_errors() as exc:
+            raise GatewayError(f"tier {self.tier}: gateway {self.url}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._in_flight -= 1
+
+
+def chat_body(model: str, messages: Sequence[ChatMessage], s: EffectiveSampling) -> dict:
+    """Every value explicit, in the form SMG and vLLM's server both take."""
+    return {
+        "model": model,
+        "messages": [{"role": m.role, "content": m.content} for m in messages],
+        "n": 1,
+        "max_tokens": s.max_tokens,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "top_k": s.top_k if s.top_k > 0 else -1,
+        "min_p": 0.0,
+        "repetition_penalty": s.repetition_penalty,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "seed": s.seed,
+        "stop": list(s.stop),
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+    }
