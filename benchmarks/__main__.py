@@ -664,6 +664,22 @@ def _remote_lines(path: Path) -> list[str]:
     return lines + [""]
 
 
+def _smg_lines(path: Path) -> list[str]:
+    """Section 10, from `python -m benchmarks.smg` (its own command: it starts a worker and a gateway)."""
+    if not path.is_file():
+        return []
+    r = json.loads(path.read_text())
+    rows = [f"| {c} | {v['direct']['ttft_p50_ms']:.1f} | {v['gateway']['ttft_p50_ms']:.1f} | {v['added_ttft_p50_ms']:+.1f} | "
+            f"{v['direct']['ttft_p99_ms']:.1f} | {v['gateway']['ttft_p99_ms']:.1f} | {v['added_ttft_p99_ms']:+.1f} |" for c, v in r["levels"].items()]
+    return ["## 10. The SMG path against its worker called directly", "",
+            f"Measured {r['date']} with `python -m benchmarks.smg`: one vLLM gRPC CPU worker (core 1) behind SMG 1.13.0; the same "
+            f"questions, {r['max_tokens']} new tokens, streamed, through SMG's chat completions (what a `backend: smg` tier sends) and "
+            f"straight to the worker's gRPC `Generate` from token ids rendered in the caller, in {r['rounds']} alternating rounds of "
+            f"{r['per_block']} per path.", "",
+            "| concurrency | direct TTFT p50 ms | through SMG p50 ms | added p50 | direct p99 | through SMG p99 | added p99 |",
+            "|---|---|---|---|---|---|---|", *rows, ""]
+
+
 def write_markdown(results: dict, path: Path) -> None:
     m, c, o, b, a = results["machine"], results["classify"], results["overhead"], results["batching"], results["adaptive"]
     lines = [
@@ -729,11 +745,13 @@ def write_markdown(results: dict, path: Path) -> None:
         *_cores_lines(path.parent / "cores.json"),
         *_remote_lines(path.parent / "remote.json"),
         *spill_lines(results.get("spill"), results.get("section_dates", {}).get("spill", results["date"])),
+        *_smg_lines(path.parent / "smg.json"),
         "Plots from the load generator: `triage bench --concurrency 1,4,16 --stream --out reports/bench` "
         "(latency per tier, throughput against concurrency).", "",
         "## Reproduce", "", "```sh", "make bench                      # sections 1-6 and 9, about 30 minutes on 2 cores",
         "python -m benchmarks --only overhead,overlap   # some sections, updating the report",
         "python -m benchmarks.cores      # section 7, about 15 minutes", "python -m benchmarks.remote     # section 8",
+        "python -m benchmarks.smg        # section 10, about 4 minutes",
         "python -m benchmarks.shutdown   # stop time of an idle server", "```", "",
     ]
     path.write_text("\n".join(lines))

@@ -113,3 +113,50 @@ def test_images_expose_the_profile_ports_and_start_the_server(dockerfile, profil
     assert int(arg(cmd, "--metrics-port")) == config.server.metrics_port
     healthcheck = re.search(r"^\s+CMD (.+) \|\| exit 1$", text, re.M).group(1)
     assert shlex.split(healthcheck)[-1] == "health" and f"127.0.0.1:{config.server.port}" in healthcheck
+
+
+SMG = load(ROOT / "config/smg.yaml")
+
+
+def test_smg_profile_gateways_front_worker_pools_that_exist_in_compose_and_kubernetes():
+    """config/smg.yaml's gateways are compose services (profile smg) and
+    Kubernetes Services; each fronts workers that serve the tier's model with
+    a long enough context, probed on the endpoints that mean "a worker can
+    serve"; Prometheus scrapes every gateway's metrics port."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    objects = all_k8s()
+    scrape = yaml.safe_load((DEPLOY / "prometheus/compose.yml").read_text())
+    targets = {t for job in scrape["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    router = compose["router-smg"]
+    assert (ROOT / arg(router["command"], "--config")).resolve() == (ROOT / "config/smg.yaml").resolve()
+    assert f"router-smg:{SMG.server.metrics_port}" in targets
+    smg_image = (DEPLOY / "docker/Dockerfile.smg").read_text()
+    entry = yaml.safe_load(re.search(r"^ENTRYPOINT (.+)$", smg_image, re.M).group(1))
+    gateway_port, gateway_metrics = int(arg(entry, "--port")), int(arg(entry, "--prometheus-port"))
+    for name, tier in SMG.tiers.items():
+        assert tier.backend == "smg"
+        url = urlparse(tier.gateway_url)
+        assert url.port == gateway_port
+        gateway = compose[url.hostname]
+        assert gateway["profiles"] == ["smg"] and arg(gateway["command"], "--model-path") == tier.model_path
+        workers = gateway["command"][gateway["command"].index("--worker-urls") + 1:gateway["command"].index("--model-path")]
+        assert len(workers) >= 2
+        for worker_url in workers:
+            worker = compose[urlparse(worker_url).hostname]
+            assert worker_url.startswith("grpc://") and urlparse(worker_url).port == 50051
+            assert arg(worker["command"], "--served-model-name") == tier.model
+            assert int(arg(worker["command"], "--max-model-len")) >= tier.max_model_len
+        assert f"{url.hostname}:{gateway_metrics}" in targets
+        # Kubernetes: the gateway's Service and probes, and the worker pool it discovers.
+        service = objects[("Service", url.hostname)]
+        assert {p["port"] for p in service["spec"]["ports"]} == {gateway_port, gateway_metrics}
+        pod = objects[("Deployment", url.hostname)]["spec"]["template"]
+        container = pod["spec"]["containers"][0]
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readiness", "port": gateway_port}
+        assert int(pod["metadata"]["annotations"]["prometheus.io/port"]) == gateway_metrics
+        selector = dict([arg(container["args"], "--selector").split("=")])
+        pool = objects[("Deployment", f"worker-{name}")]["spec"]["template"]
+        assert selector.items() <= pool["metadata"]["labels"].items()
+        worker = pool["spec"]["containers"][0]
+        assert arg(worker["args"], "--served-model-name") == tier.model and int(arg(worker["args"], "--max-model-len")) >= tier.max_model_len
+        assert worker["readinessProbe"]["grpc"] == {"port": int(arg(container["args"], "--service-discovery-port"))}
