@@ -31,16 +31,12 @@ from typing import Any, AsyncIterator, Sequence
 from .config import ResilienceConfig, TierConfig
 from .errors import EngineFailure, InvalidArgument, Unavailable
 from .prompt import PromptIds, load_tokenizer, render
-from .remote import CONNECT_TIMEOUT_S, HEALTH_TIMEOUT_S, _error_text, _transport_errors, sse_chunks
 from .types import ChatMessage, EffectiveSampling, EngineChunk
+from .upstream import HEALTH_TIMEOUT_S, UpstreamError, close, error_text, http_client, sse_chunks, streamed_sampling, transport_errors
 
 log = logging.getLogger("triage.gateway")
 
 CLIENT_ERRORS = (400, 422)  # the gateway says the request itself is wrong
-
-
-class GatewayError(EngineFailure):
-    """The gateway could not serve (connection, its workers, a broken stream)."""
 
 
 class GatewayEngine:
@@ -74,17 +70,12 @@ class GatewayEngine:
         return self._in_flight
 
     async def start(self) -> None:
-        import httpx
-
         started = time.monotonic()
         self._tokenizer = await asyncio.to_thread(load_tokenizer, self._config.model_path)
         if self._tokenizer is None:
             raise EngineFailure(f"tier {self.tier}: no tokenizer at model_path {self._config.model_path!r}; a gateway tier renders "
                                 "and counts prompts with the served model's tokenizer files, which must be there")
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        timeout = httpx.Timeout(connect=CONNECT_TIMEOUT_S, read=self._config.generation_timeout_s, write=10.0, pool=CONNECT_TIMEOUT_S)
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=32)  # admission bounds what is out
-        self._client = httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers, transport=self._transport)
+        self._client = http_client(self._config, self._api_key, self._transport)
         self._checker = asyncio.create_task(self._check_forever())
         log.info("tier %s: waiting for the gateway at %s", self.tier, self.url)
         next_warning = time.monotonic() + 30
@@ -97,16 +88,8 @@ class GatewayEngine:
         log.info("tier %s: gateway ready after %.1f s", self.tier, self.load_seconds)
 
     async def shutdown(self) -> None:
-        if self._checker is not None:
-            self._checker.cancel()
-            try:
-                await self._checker
-            except asyncio.CancelledError:
-                pass
-            self._checker = None
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await close(self._checker, self._client)
+        self._checker = self._client = None
         self._healthy = False
 
     async def _check_forever(self) -> None:
@@ -148,33 +131,19 @@ class GatewayEngine:
             async with self._client.stream("POST", f"{self.url}/v1/chat/completions", json=body,
                                            headers={"X-Request-Id": request_id}) as resp:
                 if resp.status_code in CLIENT_ERRORS:
-                    raise InvalidArgument("messages", f"the {self.tier} tier's gateway refused the request: {_error_text(await resp.aread())}")
+                    raise InvalidArgument("messages", f"the {self.tier} tier's gateway refused the request: {error_text(await resp.aread())}")
                 if resp.status_code != 200:
-                    raise GatewayError(f"tier {self.tier}: gateway answered {resp.status_code}: {_error_text(await resp.aread())}")
+                    raise UpstreamError(f"tier {self.tier}: gateway answered {resp.status_code}: {error_text(await resp.aread())}")
                 async for chunk in sse_chunks(resp.aiter_lines()):
                     yield chunk
-        except _transport_errors() as exc:
-            raise GatewayError(f"tier {self.tier}: gateway {self.url}: {type(exc).__name__}: {exc}") from exc
+        except transport_errors() as exc:
+            raise UpstreamError(f"tier {self.tier}: gateway {self.url}: {type(exc).__name__}: {exc}") from exc
         finally:
             self._in_flight -= 1
 
 
 def chat_body(model: str, messages: Sequence[ChatMessage], s: EffectiveSampling) -> dict:
-    """Every value explicit, in the form SMG and vLLM's server both take."""
-    return {
-        "model": model,
-        "messages": [{"role": m.role, "content": m.content} for m in messages],
-        "n": 1,
-        "max_tokens": s.max_tokens,
-        "temperature": s.temperature,
-        "top_p": s.top_p,
-        "top_k": s.top_k if s.top_k > 0 else -1,
-        "min_p": 0.0,
-        "repetition_penalty": s.repetition_penalty,
-        "presence_penalty": 0.0,
-        "frequency_penalty": 0.0,
-        "seed": s.seed,
-        "stop": list(s.stop),
-        "stream": True,
-        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
-    }
+    """Every value explicit, in the form SMG and vLLM's server both take (a
+    disabled top_k is -1: SMG refuses 0)."""
+    return {"model": model, "messages": [{"role": m.role, "content": m.content} for m in messages],
+            **streamed_sampling(s, disabled_top_k=-1)}

@@ -26,26 +26,18 @@ do not change.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any, AsyncIterator, Sequence
 
 from .breaker import CircuitBreaker
 from .config import ResilienceConfig, TierConfig
-from .errors import EngineFailure, InvalidArgument, Unavailable
+from .errors import InvalidArgument, Unavailable
 from .prompt import load_tokenizer, render, render_ids
 from .types import ChatMessage, EffectiveSampling, EngineChunk
+from .upstream import HEALTH_TIMEOUT_S, UpstreamError, close, error_text, http_client, sse_chunks, streamed_sampling, transport_errors
 
 log = logging.getLogger("triage.remote")
-
-HEALTH_TIMEOUT_S = 2.0
-CONNECT_TIMEOUT_S = 5.0
-
-
-class ReplicaError(EngineFailure):
-    """A replica could not serve (connection, HTTP 5xx, broken stream)."""
-
 
 class Replica:
     def __init__(self, url: str, breaker: CircuitBreaker):
@@ -102,20 +94,9 @@ class RemoteEngine:
     async def start(self) -> None:
         """Start health checking; return once a replica is healthy (the
         router stays NOT_SERVING until then, as while a local engine loads)."""
-        import httpx
-
         started = time.monotonic()
         self._tokenizer = await asyncio.to_thread(load_tokenizer, self._config.model_path)
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        # The read timeout is per chunk; the tier's generation ceiling and the
-        # caller's deadline bound the whole answer in the router.
-        timeout = httpx.Timeout(connect=CONNECT_TIMEOUT_S, read=self._config.generation_timeout_s, write=10.0, pool=CONNECT_TIMEOUT_S)
-        # No pool limit: every streamed answer holds a connection, and with
-        # httpx's default of 100 the health checks would queue behind busy
-        # streams and time out, taking a healthy replica out under load. The
-        # router's admission limits already bound how many requests are out.
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=32)
-        self._client = httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers, transport=self._transport)
+        self._client = http_client(self._config, self._api_key, self._transport)
         m = self._metrics
         for r in self.replicas:  # every series present from the start
             m.replica_healthy.labels(self.tier, r.url).set(0)
@@ -152,16 +133,8 @@ class RemoteEngine:
 
     async def shutdown(self) -> None:
         self._started = False
-        if self._checker is not None:
-            self._checker.cancel()
-            try:
-                await self._checker
-            except asyncio.CancelledError:
-                pass
-            self._checker = None
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await close(self._checker, self._client)
+        self._checker = self._client = None
 
     # -- health ------------------------------------------------------------------
 
@@ -203,7 +176,7 @@ class RemoteEngine:
         for replica in candidates:
             if replica.breaker.allow():
                 return replica
-        raise ReplicaError(f"tier {self.tier}: no healthy replica can take a request")
+        raise UpstreamError(f"tier {self.tier}: no healthy replica can take a request")
 
     def _failed(self, replica: Replica, exc: BaseException) -> None:
         replica.breaker.failure()
@@ -232,14 +205,14 @@ class RemoteEngine:
             try:
                 resp = await self._client.post(f"{replica.url}/tokenize", json=body)
                 if resp.status_code >= 500:
-                    raise ReplicaError(f"/tokenize answered {resp.status_code}")
+                    raise UpstreamError(f"/tokenize answered {resp.status_code}")
                 if resp.status_code != 200:
-                    raise InvalidArgument("messages", f"the {self.tier} tier's server refused them: {_error_text(resp.content)}")
+                    raise InvalidArgument("messages", f"the {self.tier} tier's server refused them: {error_text(resp.content)}")
                 return list(resp.json()["tokens"])
-            except (ReplicaError, ValueError, KeyError, _transport_errors()) as exc:
+            except (UpstreamError, ValueError, KeyError, transport_errors()) as exc:
                 self._failed(replica, exc)
                 if not self._may_retry(tried, produced=False):
-                    raise ReplicaError(f"tier {self.tier}: replica {replica.url}: {exc}") from exc
+                    raise UpstreamError(f"tier {self.tier}: replica {replica.url}: {exc}") from exc
 
     async def generate(self, prompt_ids: list[int], sampling: EffectiveSampling, request_id: str) -> AsyncIterator[EngineChunk]:
         if self._client is None:
@@ -257,19 +230,19 @@ class RemoteEngine:
             try:
                 async with self._client.stream("POST", f"{replica.url}/v1/completions", json=body, headers={"X-Request-Id": request_id}) as resp:
                     if resp.status_code >= 500:
-                        raise ReplicaError(f"HTTP {resp.status_code}: {_error_text(await resp.aread())}")
+                        raise UpstreamError(f"HTTP {resp.status_code}: {error_text(await resp.aread())}")
                     if resp.status_code != 200:
                         # The router validated the request; the server still says no.
-                        raise InvalidArgument("messages", f"the {self.tier} tier's server refused the request: {_error_text(await resp.aread())}")
+                        raise InvalidArgument("messages", f"the {self.tier} tier's server refused the request: {error_text(await resp.aread())}")
                     async for chunk in sse_chunks(resp.aiter_lines()):
                         produced = True
                         yield chunk
                 replica.breaker.success()
                 return
-            except (ReplicaError, _transport_errors()) as exc:
+            except (UpstreamError, transport_errors()) as exc:
                 self._failed(replica, exc)
                 if not self._may_retry(tried, produced):
-                    raise ReplicaError(f"tier {self.tier}: replica {replica.url}: {exc}") from exc
+                    raise UpstreamError(f"tier {self.tier}: replica {replica.url}: {exc}") from exc
                 log.warning("request %s: retrying on another %s replica before the first token", request_id, self.tier)
             finally:
                 replica.in_flight -= 1
@@ -279,75 +252,5 @@ class RemoteEngine:
 def completion_body(model: str, prompt_ids: list[int], s: EffectiveSampling) -> dict:
     """Every value explicit: an unset one would be taken from the model's
     generation_config.json by vLLM's OpenAI server."""
-    return {
-        "model": model,
-        "prompt": prompt_ids,
-        "add_special_tokens": False,  # the template already placed them
-        "n": 1,
-        "max_tokens": s.max_tokens,
-        "temperature": s.temperature,
-        "top_p": s.top_p,
-        "top_k": s.top_k if s.top_k > 0 else 0,
-        "min_p": 0.0,
-        "repetition_penalty": s.repetition_penalty,
-        "presence_penalty": 0.0,
-        "frequency_penalty": 0.0,
-        "seed": s.seed,
-        "stop": list(s.stop),
-        "stream": True,
-        # Cumulative completion tokens on every chunk: inter-token latency
-        # and usage are measured by the router exactly as in process.
-        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
-    }
-
-
-async def sse_chunks(lines: AsyncIterator[str]) -> AsyncIterator[EngineChunk]:
-    """Server-sent completion or chat completion events (vLLM's server,
-    SMG) as EngineChunks."""
-    tokens = 0
-    finished = False
-    async for line in lines:
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            if not finished:
-                raise ReplicaError("the stream ended without a finish reason")
-            return
-        try:
-            event = json.loads(data)
-        except ValueError:
-            raise ReplicaError(f"not JSON in the event stream: {data[:100]!r}") from None
-        if "error" in event:
-            raise ReplicaError(f"error event: {_error_text(json.dumps(event).encode())}")
-        usage = event.get("usage") or {}
-        choices = event.get("choices") or []
-        if not choices:  # the closing usage-only event
-            continue
-        choice = choices[0]
-        tokens = usage.get("completion_tokens", tokens + 1)
-        reason = choice.get("finish_reason")
-        finished = finished or reason is not None
-        # A completion's choice has text; a chat completion's (gateway.py) a delta.
-        text = choice["text"] if "text" in choice else (choice.get("delta") or {}).get("content")
-        yield EngineChunk(delta=text or "", completion_tokens=tokens, finished=reason is not None, finish_reason=reason)
-    raise ReplicaError("the connection closed before the answer finished")
-
-
-def _error_text(raw: bytes) -> str:
-    """A server's error message, short, for a status message or the log."""
-    try:
-        body = json.loads(raw)
-        message = body.get("error", body)
-        message = message.get("message", message) if isinstance(message, dict) else message
-        return str(message)[:300]
-    except (ValueError, AttributeError):
-        return raw[:300].decode(errors="replace")
-
-
-def _transport_errors():
-    """httpx's errors (connection refused or reset, timeouts, a broken
-    stream); imported on use, like every heavy dependency."""
-    import httpx
-
-    return httpx.HTTPError
+    return {"model": model, "prompt": prompt_ids, "add_special_tokens": False,  # the template already placed them
+            **streamed_sampling(s, disabled_top_k=0)}

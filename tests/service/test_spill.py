@@ -6,7 +6,6 @@ engines is measured by `python -m benchmarks --only spill` (docs/routing.md)."""
 from __future__ import annotations
 
 import dataclasses
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from server.config import load
 
 from .conftest import serve_in_thread
-from .test_admission import ROOT, HeldEngine
+from .test_admission import ROOT, HeldEngine, _wait_for
 
 SCORES = {"far below": 0.05, "just below": 0.40, "just above": 0.50, "far above": 0.95}
 
@@ -35,13 +34,6 @@ def served(tmp_path):
         finally:
             for e in engines.values():
                 e.release.set()
-
-
-def _wait_for(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
 
 
 def _make_busy(client, engines, app, pool, tier: str, question: str):

@@ -90,12 +90,12 @@ def test_engine_crash_falls_back_before_the_first_token_without_leaking_details(
 def test_an_engine_that_cannot_render_falls_back_to_the_other_tier(served, monkeypatch):
     """A remote replica lost between two health checks fails at /tokenize:
     that is the tier failing before its first token, not an internal error."""
-    from server.remote import ReplicaError
+    from server.upstream import UpstreamError
 
     client, engines, _ = served
 
     async def unreachable(messages):
-        raise ReplicaError("tier large: replica http://127.0.0.1:9: ConnectError")
+        raise UpstreamError("tier large: replica http://127.0.0.1:9: ConnectError")
 
     monkeypatch.setattr(engines["large"], "render", unreachable)
     r = client.generate("hello", route="large", cache="off")

@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry
 from server.config import ResilienceConfig, SamplingDefaults, TierConfig
 from server.errors import InvalidArgument
 from server.metrics import RouterMetrics
-from server.remote import RemoteEngine, ReplicaError, completion_body
+from server.remote import RemoteEngine, completion_body
+from server.upstream import UpstreamError
 from server.types import EffectiveSampling
 
 A, B = "http://a:8000", "http://b:8000"
@@ -138,7 +139,7 @@ def test_no_retry_after_the_first_token():
         engine.replicas[1].in_flight = 1
         got = []
         try:
-            with pytest.raises(ReplicaError):
+            with pytest.raises(UpstreamError):
                 async for c in engine.generate([1], GREEDY, "r2"):
                     got.append(c.delta)
         finally:
