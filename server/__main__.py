@@ -21,6 +21,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default=None, help="address to listen on (default: the profile's server.host; 0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, default=None, help="gRPC port (0 picks a free one and prints it)")
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (0 = free port, -1 = off)")
+    parser.add_argument("--http-port", type=int, default=None, help="OpenAI-compatible HTTP port (0 = free port, -1 = off)")
     parser.add_argument("--log-level", default=os.environ.get("TRIAGE_LOG_LEVEL", "INFO"))
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one setting of the profile (repeatable), e.g. --set retrieval.index=./my-index")
@@ -46,7 +47,7 @@ async def _main(args: argparse.Namespace) -> int:
     from .app import build_app, serve
 
     try:
-        config = load(args.config, args.set).with_ports(args.port, args.metrics_port, args.host)
+        config = load(args.config, args.set).with_ports(args.port, args.metrics_port, args.host, args.http_port)
     except ConfigError as exc:
         print(f"triage: bad config: {exc}", file=sys.stderr)
         return 2

@@ -30,6 +30,7 @@ from .policy import RoutingPolicy
 from .router import Router
 from .servicer import RouterServicer, add_to_server
 from .tiers import Tier, Tiers
+from .tracing import from_environment_or_config
 
 log = logging.getLogger("triage.app")
 
@@ -51,6 +52,13 @@ class App:
     metrics_port: int | None
     _metrics_http: object = field(default=None, repr=False)
     _lag_watcher: asyncio.Task | None = field(default=None, repr=False)
+    http: object = field(default=None, repr=False)  # http_api.OpenAIHttp, when server.http_port is set
+    http_port: int | None = None
+
+    async def start_http(self) -> None:
+        """The OpenAI-compatible endpoint, on this loop, beside gRPC."""
+        if self.http is not None:
+            self.http_port = await self.http.start(self.config.server.host, self.config.server.http_port, self.config.server.grace_seconds)
 
     async def update_health(self) -> None:
         """Per tier: `router.v1.Router/<tier>` is SERVING while its engine is
@@ -84,7 +92,10 @@ class App:
         if self._lag_watcher is not None:
             self._lag_watcher.cancel()
         started = time.monotonic()
-        await self.server.stop(grace)
+        if self.http is not None:  # its requests drain with the gRPC ones (begin_drain above)
+            await asyncio.gather(self.server.stop(grace), self.http.stop())
+        else:
+            await self.server.stop(grace)
         log.info("gRPC server stopped in %.1f s", time.monotonic() - started)
         started = time.monotonic()
         # The metrics endpoint's shutdown waits out its serve loop's 0.5 s
@@ -93,6 +104,7 @@ class App:
         if self._metrics_http is not None:
             closing.append(asyncio.to_thread(self._metrics_http.shutdown))
         await asyncio.gather(*closing)
+        self.router.tracing.shutdown()  # flushes the spans still batched
         log.info("engines shut down in %.1f s", time.monotonic() - started)
 
 
@@ -167,7 +179,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     store = FeedbackStore(fb.path, fb.max_rows) if fb.path else None
     recent = RecentAnswers(fb.remember_answers, fb.remember_seconds) if store is not None else None
     router = Router(policy, tiers, metrics, cache=cache, retrieval=retrieval, limits=config.limits, resilience=config.resilience,
-                    recent=recent, keep_text=fb.keep_text, spill=config.routing.spill)
+                    recent=recent, keep_text=fb.keep_text, spill=config.routing.spill, tracing=from_environment_or_config(config.tracing))
 
     lim = config.limits
     options = [
@@ -203,6 +215,10 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
         metrics_http, _ = start_http_server(config.server.metrics_port, addr=config.server.host, registry=registry)
         metrics_port = metrics_http.server_port
     app = App(config, router, tiers, server, health_servicer, port, metrics_port, metrics_http)
+    if config.server.http_port >= 0:
+        from .http_api import OpenAIHttp
+
+        app.http = OpenAIHttp(router, tokens, config.server.http_auto_model, config.security)
     tiers.on_change = app.update_health
     return app
 
@@ -212,9 +228,11 @@ async def serve(app: App, stop: asyncio.Event) -> None:
     load), load engines, serve until `stop` is set, then drain."""
     await app.update_health()  # NOT_SERVING everywhere until the engines are warm
     await app.server.start()
+    await app.start_http()
     log.info("listening on %s:%d (gRPC), metrics on %s", app.config.server.host, app.port,
              f"http://{app.config.server.host}:{app.metrics_port}/metrics" if app.metrics_port else "off")
-    print(f"triage: gRPC on {app.config.server.host}:{app.port}, metrics on port {app.metrics_port}", flush=True)
+    http = f", HTTP on port {app.http_port}" if app.http_port is not None else ""
+    print(f"triage: gRPC on {app.config.server.host}:{app.port}, metrics on port {app.metrics_port}{http}", flush=True)
     loader = asyncio.create_task(app.start_engines())
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait({loader, stopper}, return_when=asyncio.FIRST_COMPLETED)

@@ -38,7 +38,7 @@ def load_tokens(token_file: str | None, token_env: str | None) -> tuple[str, ...
     return tuple(tokens)
 
 
-def _matches(presented: bytes, tokens: tuple[bytes, ...]) -> bool:
+def matches(presented: bytes, tokens: tuple[bytes, ...]) -> bool:
     # compare_digest on every token, no early exit: the time taken does not
     # depend on which token (or how much of one) matched.
     ok = False
@@ -77,7 +77,7 @@ class BearerTokenAuth(grpc.aio.ServerInterceptor):
                 if value[:7].lower() == b"bearer ":
                     presented = value[7:].strip()
                 break
-        if presented and _matches(presented, self._tokens):
+        if presented and matches(presented, self._tokens):
             return await continuation(details)
         handler = await continuation(details)
         if handler is None:

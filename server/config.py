@@ -81,6 +81,10 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 9464  # 0 picks a free port; -1 disables /metrics
+    # OpenAI-compatible HTTP (server/http_api.py, docs/http.md): 0 picks a
+    # free port; -1 (the default) serves none.
+    http_port: int = -1
+    http_auto_model: str = "auto"  # the `model` that lets the classifier decide
     grace_seconds: float = 30.0  # in-flight requests get this long on SIGTERM
     warmup_prompt: str = "Say hello."
 
@@ -200,6 +204,16 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry traces (server/tracing.py): off unless an endpoint is set
+    (here, or OTEL_EXPORTER_OTLP_ENDPOINT in the environment)."""
+
+    otlp_endpoint: str | None = None  # OTLP over HTTP, e.g. http://otel-collector:4318
+    sample_ratio: float = 1.0  # of requests without a sampled parent
+    service_name: str = "triage"
+
+
+@dataclass(frozen=True)
 class EmbeddingConfig:
     """The sentence-embedding model (semantic cache, retrieval)."""
     threads: int = 1  # ONNX Runtime threads for one embedding
@@ -227,9 +241,12 @@ class Config:
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
-    def with_ports(self, port: int | None, metrics_port: int | None, host: str | None = None) -> "Config":
+    def with_ports(self, port: int | None, metrics_port: int | None, host: str | None = None, http_port: int | None = None) -> "Config":
         server = self.server if host is None else dataclasses.replace(self.server, host=host)
+        if http_port is not None:
+            server = dataclasses.replace(server, http_port=http_port)
         if port is not None:
             server = dataclasses.replace(server, port=port)
         if metrics_port is not None:
@@ -440,7 +457,7 @@ def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     raw = apply_overrides(raw, overrides)
-    unknown = set(raw) - {"profile", "server", "classifier", "tiers", "cache", "embedding", "retrieval", "limits", "security", "resilience", "feedback", "routing"}
+    unknown = set(raw) - {"profile", "server", "classifier", "tiers", "cache", "embedding", "retrieval", "limits", "security", "resilience", "feedback", "routing", "tracing"}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
     base = path.parent.resolve()
@@ -481,7 +498,11 @@ def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
             raise ConfigError(f"feedback.path: the folder of {feedback.path} does not exist")
     if feedback.max_rows < 1 or feedback.remember_answers < 1 or feedback.remember_seconds <= 0:
         raise ConfigError("feedback.max_rows and feedback.remember_answers must be >= 1, feedback.remember_seconds > 0")
+    tracing = _build(TracingConfig, raw.get("tracing"), "tracing")
+    if not 0.0 <= tracing.sample_ratio <= 1.0:
+        raise ConfigError("tracing.sample_ratio must be in [0, 1]")
     return Config(
+        tracing=tracing,
         routing=_routing(raw.get("routing"), list(tiers_raw)),
         feedback=feedback,
         limits=_build(LimitsConfig, raw.get("limits"), "limits"),

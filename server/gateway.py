@@ -31,6 +31,7 @@ from typing import Any, AsyncIterator, Sequence
 from .config import ResilienceConfig, TierConfig
 from .errors import EngineFailure, InvalidArgument, Unavailable
 from .prompt import PromptIds, load_tokenizer, render
+from .tracing import upstream_headers
 from .types import ChatMessage, EffectiveSampling, EngineChunk
 from .upstream import HEALTH_TIMEOUT_S, UpstreamError, close, error_text, http_client, sse_chunks, streamed_sampling, transport_errors
 
@@ -129,7 +130,7 @@ class GatewayEngine:
         self._in_flight += 1
         try:
             async with self._client.stream("POST", f"{self.url}/v1/chat/completions", json=body,
-                                           headers={"X-Request-Id": request_id}) as resp:
+                                           headers={"X-Request-Id": request_id, **upstream_headers()}) as resp:
                 if resp.status_code in CLIENT_ERRORS:
                     raise InvalidArgument("messages", f"the {self.tier} tier's gateway refused the request: {error_text(await resp.aread())}")
                 if resp.status_code != 200:

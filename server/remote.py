@@ -35,6 +35,7 @@ from .config import ResilienceConfig, TierConfig
 from .errors import InvalidArgument, Unavailable
 from .prompt import load_tokenizer, render, render_ids
 from .types import ChatMessage, EffectiveSampling, EngineChunk
+from .tracing import upstream_headers
 from .upstream import HEALTH_TIMEOUT_S, UpstreamError, close, error_text, http_client, sse_chunks, streamed_sampling, transport_errors
 
 log = logging.getLogger("triage.remote")
@@ -228,7 +229,7 @@ class RemoteEngine:
             gauge.inc()
             self._metrics.replica_requests.labels(self.tier, replica.url).inc()
             try:
-                async with self._client.stream("POST", f"{replica.url}/v1/completions", json=body, headers={"X-Request-Id": request_id}) as resp:
+                async with self._client.stream("POST", f"{replica.url}/v1/completions", json=body, headers={"X-Request-Id": request_id, **upstream_headers()}) as resp:
                     if resp.status_code >= 500:
                         raise UpstreamError(f"HTTP {resp.status_code}: {error_text(await resp.aread())}")
                     if resp.status_code != 200:

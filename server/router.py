@@ -34,6 +34,7 @@ from .policy import RoutingPolicy, question_text
 from .retrieval import RetrievalService, with_sources
 from .stats import Stats
 from .tiers import SPILL_REASONS, Tier, Tiers
+from .tracing import Tracing
 from .types import (
     CacheResult,
     ChatMessage,
@@ -80,6 +81,7 @@ class RequestContext:
     announced: bool = False  # the DecisionEvent has gone out
     first_token_at: float | None = None
     parts: list[str] = field(default_factory=list)
+    span: object = None  # the request's trace span, when tracing is on (tracing.py)
 
     @property
     def retrieval(self) -> RetrievalResult | None:
@@ -90,8 +92,10 @@ class Router:
     def __init__(self, policy: RoutingPolicy, tiers: Tiers, metrics: RouterMetrics,
                  cache: ResponseCache | None = None, retrieval: RetrievalService | None = None,
                  limits: LimitsConfig | None = None, resilience: ResilienceConfig | None = None,
-                 recent: RecentAnswers | None = None, keep_text: bool = False, spill: SpillConfig | None = None):
+                 recent: RecentAnswers | None = None, keep_text: bool = False, spill: SpillConfig | None = None,
+                 tracing: Tracing | None = None):
         self.policy = policy
+        self.tracing = tracing or Tracing()
         self.spill = spill or SpillConfig(enabled=False)
         # What was answered lately, for the Feedback RPC (None: not taken).
         self.recent = recent
@@ -129,6 +133,20 @@ class Router:
 
     async def generate(self, req: GenerateInput, arrived: float | None = None) -> AsyncIterator[DecisionEvent | DeltaEvent | FinalEvent]:
         ctx = RequestContext(req, time.perf_counter() if arrived is None else arrived)
+        ctx.span = self.tracing.begin(req.trace_parent, ctx.arrived)
+        try:
+            # aclosing: a caller that closes this generator closes the inner
+            # one at once, and with it the engine request (not at GC time).
+            async with contextlib.aclosing(self._generate(ctx)) as events:
+                async for event in events:
+                    yield event
+        except BaseException as exc:  # the span says how the request ended; the exception goes on unchanged
+            self.tracing.abandon(ctx.span, exc.status if isinstance(exc, RouterError) else
+                                 "CANCELLED" if isinstance(exc, (asyncio.CancelledError, GeneratorExit)) else "INTERNAL")
+            raise
+
+    async def _generate(self, ctx: RequestContext) -> AsyncIterator[DecisionEvent | DeltaEvent | FinalEvent]:
+        req = ctx.req
         self._check_accepting()
         check_request(req, self.limits, self.tiers.names)
         self._decide(ctx)
@@ -326,7 +344,10 @@ class Router:
                 except Exception as exc:
                     tier.failed()
                     log.error("request %s: tier %s engine failed: %s", ctx.req.request_id, tier.name, exc, exc_info=exc)
-                    if not ctx.parts:
+                    if not ctx.parts or not ctx.req.stream:
+                        # Nothing the caller has seen: another tier may still answer, from the start.
+                        ctx.parts.clear()
+                        ctx.first_token_at = None
                         raise EngineFailedEarly(tier.name) from exc
                     raise Unavailable(f"tier {tier.name} failed while answering") from None
                 if self.tiers.past_drain_deadline():
@@ -345,11 +366,12 @@ class Router:
                             itl.observe(gap)
                     last_token_at = now
                 if chunk.delta:
-                    # The decision goes out with the first text, once the tier is sure.
-                    for event in self._announce(ctx):
-                        yield event
                     ctx.parts.append(chunk.delta)
-                    yield DeltaEvent(chunk.delta)
+                    if ctx.req.stream:
+                        # The decision goes out with the first text, once the tier is sure.
+                        for event in self._announce(ctx):
+                            yield event
+                        yield DeltaEvent(chunk.delta)
                 if chunk.finished:
                     finish_reason = chunk.finish_reason or "stop"
         finally:
@@ -358,6 +380,8 @@ class Router:
         tier.succeeded()
         for event in self._announce(ctx):
             yield event
+        if not ctx.req.stream and ctx.parts:
+            yield DeltaEvent("".join(ctx.parts))  # held back until the answer was whole
         usage = Usage(len(prompt_ids), completion_tokens)
         if self.cache is not None and ctx.lookup.status == MISS:
             # Only here, after a normal end: a cancelled stream never gets this far.
@@ -406,6 +430,7 @@ class Router:
             self.recent.remember(ctx.req.request_id, Answered(d.tier, d.model, d.p_complex, d.threshold, d.reason, time.time(),
                                                               question_text(ctx.req.messages) if self._keep_text else None))
         self._log(ctx, usage)
+        self.tracing.finish(ctx.span, ctx.req.request_id, ctx.decision, t, usage, status, ctx.arrived, done, first_token_at)
         return FinalEvent(finish_reason, usage, t, ctx.sampling, CacheResult(status, ctx.lookup.similarity), ctx.retrieval)
 
     # -- helpers -----------------------------------------------------------------

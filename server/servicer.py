@@ -100,7 +100,7 @@ def _sampling(s: pb.SamplingParams) -> SamplingRequest:
     )
 
 
-def _request(req: pb.GenerateRequest, tiers: tuple[str, ...], deadline_s: float | None = None) -> GenerateInput:
+def _request(req: pb.GenerateRequest, tiers: tuple[str, ...], deadline_s: float | None = None, metadata=(), stream: bool = True) -> GenerateInput:
     """Decode only; every check on the values is validation.check_request's."""
     ends = {pb.TIER_UNSPECIFIED: None, pb.TIER_SMALL: tiers[0], pb.TIER_LARGE: tiers[-1]}
     if req.route not in ends:
@@ -119,6 +119,8 @@ def _request(req: pb.GenerateRequest, tiers: tuple[str, ...], deadline_s: float 
         retrieval=retrieval.enabled if retrieval.HasField("enabled") else None,
         retrieval_top_k=retrieval.top_k if retrieval.HasField("top_k") else None,
         deadline_s=deadline_s,
+        trace_parent=next((v for k, v in metadata or () if k == "traceparent"), None),
+        stream=stream,
     )
 
 
@@ -225,7 +227,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         arrived = time.perf_counter()
         response = pb.GenerateResponse()
         async with self._rpc("Generate", context, request) as state:
-            req = _request(request, self.tiers, context.time_remaining())
+            req = _request(request, self.tiers, context.time_remaining(), context.invocation_metadata(), stream=False)
             response.request_id = req.request_id
             parts: list[str] = []
             async for event in self.router.generate(req, arrived):
@@ -248,7 +250,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateStreamResponse]:
         arrived = time.perf_counter()
         async with self._rpc("GenerateStream", context, request) as state:
-            req = _request(request, self.tiers, context.time_remaining())
+            req = _request(request, self.tiers, context.time_remaining(), context.invocation_metadata())
             rid = req.request_id
             async for event in self.router.generate(req, arrived):
                 if isinstance(event, DeltaEvent):

@@ -53,6 +53,11 @@ class GenerateInput:
     retrieval: bool | None = None  # None: the tier's configured default
     retrieval_top_k: int | None = None
     deadline_s: float | None = None  # the caller's remaining time when the RPC arrived, if it set one
+    trace_parent: str | None = None  # the caller's W3C traceparent (gRPC metadata or HTTP header), if any
+    # False: the caller sees nothing before the whole answer (unary), so the
+    # router holds the text back, and an engine that fails midway may still
+    # be replaced by another tier.
+    stream: bool = True
 
 
 @dataclass(frozen=True)

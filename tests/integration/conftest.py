@@ -38,6 +38,7 @@ class Live:
     log_path: Path
     health_before_ready: str
     client: TriageClient
+    http_port: int | None = None  # the OpenAI-compatible endpoint, when the profile serves one
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
@@ -127,7 +128,7 @@ def start_server(config: Path, tmp: Path, client_factory=None, env: dict | None 
     log_path = tmp / "server.log"
     log_file = log_path.open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "--config", str(config), "--port", "0", "--metrics-port", "0"],
+        [sys.executable, "-m", "server", "--config", str(config), "--port", "0", "--metrics-port", "0", "--http-port", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     line = proc.stdout.readline()
@@ -143,7 +144,8 @@ def start_server(config: Path, tmp: Path, client_factory=None, env: dict | None 
             proc.kill()
             pytest.fail(f"server never became SERVING (exit {proc.poll()}):\n{log_path.read_text()[-5000:]}")
         time.sleep(1)
-    return Live(m.group(1), int(m.group(2)), proc, log_path, early, client)
+    http = re.search(r"HTTP on port (\d+)", line)
+    return Live(m.group(1), int(m.group(2)), proc, log_path, early, client, int(http.group(1)) if http else None)
 
 
 def stop_server(live: Live, grace_s: float = 60) -> int | None:

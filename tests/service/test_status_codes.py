@@ -30,6 +30,7 @@ class FakeEngine:
         self.load_seconds = 0.0
         self.ready = True
         self.crash = False
+        self.crash_midway = False  # one chunk of text, then the engine dies
 
     def mark_ready(self):
         pass
@@ -40,6 +41,9 @@ class FakeEngine:
     async def generate(self, prompt_ids, sampling, request_id):
         if self.crash:
             raise RuntimeError("secret internal detail /etc/passwd")
+        if self.crash_midway:
+            yield EngineChunk(f"{self.tier} began ", 1)
+            raise RuntimeError("worker killed")
         yield EngineChunk("ok", 1, finished=True, finish_reason="stop")
 
     def unfinished_requests(self):
@@ -85,6 +89,23 @@ def test_engine_crash_falls_back_before_the_first_token_without_leaking_details(
     finally:
         engines["large"].crash = engines["small"].crash = False
     assert "passwd" not in err.value.message and "Traceback" not in err.value.message
+
+
+def test_an_engine_that_dies_midway_falls_back_for_a_unary_caller_and_is_unavailable_for_a_stream(served):
+    """A unary caller has seen nothing before the whole answer: the tier's
+    partial text is dropped and another tier answers from the start
+    (degraded). A streaming caller has seen text: UNAVAILABLE, never a
+    second answer spliced onto the first."""
+    client, engines, _ = served
+    client.generate("a success resets the tier's breaker", route="large", cache="off")
+    engines["large"].crash_midway = True
+    try:
+        r = client.generate("hello there", route="large", cache="off")
+        assert (r.text, r.decision.tier_name, r.decision.reason, r.decision.degraded) == ("ok", "small", "fallback", True)
+        with pytest.raises(UnavailableError, match="failed while answering"):
+            list(client.generate_stream("hello there", route="large", cache="off"))
+    finally:
+        engines["large"].crash_midway = False
 
 
 def test_an_engine_that_cannot_render_falls_back_to_the_other_tier(served, monkeypatch):

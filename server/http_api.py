@@ -1,0 +1,321 @@
+"""OpenAI-compatible HTTP on the same router core: `POST /v1/chat/completions`
+(unary, or server-sent events with `stream: true`) and `GET /v1/models`.
+
+One routing path: a request becomes the same `GenerateInput` a gRPC call
+becomes and goes through `Router.generate`, so limits, caches, metrics,
+fallback and the explicit sampling rules are the gRPC ones. This module only
+translates: JSON in, events out, errors to OpenAI's error body and an HTTP
+status. Served by aiohttp on the router's own event loop (`server.http_port`;
+-1: off).
+
+- `model`: `auto` (or `http_auto_model`) lets the classifier decide; a tier
+  name or a tier's served model name forces that tier; anything else is 404.
+- Every field that would change the answer and is not supported is a 400
+  naming it: never silently ignored.
+- The decision travels in `x-triage-*` headers and a `triage` object.
+- A client that disconnects cancels the handler, which closes the router's
+  generator, which aborts the engine request, as on gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import time
+import uuid
+
+from .auth import matches
+from .errors import InvalidArgument, NotFound, ResourceExhausted, RouterError
+from .router import Router
+from .types import ChatMessage, DecisionEvent, DeltaEvent, FinalEvent, GenerateInput, SamplingRequest
+from .validation import check_request_id, valid_request_id
+
+log = logging.getLogger("triage.http")
+
+# Status and OpenAI error type for each router status.
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": (400, "invalid_request_error"), "FAILED_PRECONDITION": (400, "invalid_request_error"),
+    "UNAUTHENTICATED": (401, "authentication_error"), "NOT_FOUND": (404, "not_found_error"),
+    "RESOURCE_EXHAUSTED": (429, "rate_limit_error"), "UNAVAILABLE": (503, "service_unavailable"),
+    "DEADLINE_EXCEEDED": (504, "timeout"), "INTERNAL": (500, "internal_error"),
+}
+# Fields taken from a request; any other is refused by name.
+SUPPORTED = {"model", "messages", "stream", "stream_options", "temperature", "top_p", "max_tokens", "max_completion_tokens",
+             "stop", "seed", "n", "user"}
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class HttpError(Exception):
+    def __init__(self, status: str, message: str, param: str | None = None, retry_after_ms: int | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.retry_after_ms = status, message, param, retry_after_ms
+
+
+def _error_response(web, err: HttpError):
+    code, kind = HTTP_STATUS.get(err.status, (500, "internal_error"))
+    headers = {"Retry-After": str(max(1, math.ceil(err.retry_after_ms / 1000)))} if err.retry_after_ms else {}
+    body = {"error": {"message": err.message, "type": kind, "param": err.param, "code": err.status.lower()}}
+    return web.json_response(body, status=code, headers=headers)
+
+
+def _number(body: dict, name: str, kind=float):
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
+        raise InvalidArgument(name, f"expected {'an integer' if kind is int else 'a number'}, got {json.dumps(value)[:40]}")
+    return kind(value)
+
+
+def parse(body, tiers, auto_model: str, request_id: str) -> tuple[GenerateInput, bool, bool]:
+    """A chat completion request as the router's input; (input, stream,
+    include_usage). Raises InvalidArgument / NotFound naming the field."""
+    if not isinstance(body, dict):
+        raise InvalidArgument("body", "expected a JSON object")
+    unknown = sorted(set(body) - SUPPORTED)
+    if unknown:
+        raise InvalidArgument(unknown[0], "not supported by this server (it would change the answer, so it is refused rather than ignored)")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidArgument("model", f"expected a model name: {auto_model!r}, a tier ({', '.join(t.name for t in tiers)}) or a served model")
+    route = None
+    if model != auto_model:
+        route = next((t.name for t in tiers if model in (t.name, t.model)), None)
+        if route is None:
+            raise NotFound(f"model: {model!r} is not served here; use {auto_model!r} or one of {[t.name for t in tiers]}")
+    raw = body.get("messages")
+    if not isinstance(raw, list):
+        raise InvalidArgument("messages", "expected a list of {role, content} objects")
+    messages = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str):
+            raise InvalidArgument(f"messages[{i}]", "expected an object with a string role and a string content")
+        if set(m) - {"role", "content", "name"}:
+            raise InvalidArgument(f"messages[{i}].{sorted(set(m) - {'role', 'content', 'name'})[0]}", "not supported")
+        messages.append(ChatMessage(m["role"], m["content"]))
+    n = _number(body, "n", int)
+    if n not in (None, 1):
+        raise InvalidArgument("n", "only n=1 is supported")
+    if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
+        raise InvalidArgument("max_completion_tokens", "set max_tokens or max_completion_tokens, not both")
+    stop = body.get("stop")
+    if stop is None:
+        stop = ()
+    elif isinstance(stop, str):
+        stop = (stop,)
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        stop = tuple(stop)
+    else:
+        raise InvalidArgument("stop", "expected a string or a list of strings")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidArgument("stream", "expected true or false")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise InvalidArgument("stream_options", "only include_usage is supported")
+    sampling = SamplingRequest(
+        temperature=_number(body, "temperature"), top_p=_number(body, "top_p"),
+        max_tokens=_number(body, "max_tokens", int) if body.get("max_tokens") is not None else _number(body, "max_completion_tokens", int),
+        stop=stop, seed=_number(body, "seed", int),
+    )
+    return GenerateInput(request_id, tuple(messages), sampling, route=route), stream, bool(options.get("include_usage"))
+
+
+def _decision_headers(d, cache: str | None = None) -> dict[str, str]:
+    headers = {"x-triage-tier": d.tier, "x-triage-model": d.model, "x-triage-threshold": f"{d.threshold:.6g}",
+               "x-triage-reason": d.reason, "x-triage-p-complex": "" if math.isnan(d.p_complex) else f"{d.p_complex:.6g}"}
+    if cache is not None:
+        headers["x-triage-cache"] = cache
+    return headers
+
+
+def _decision_json(d, cache: str | None) -> dict:
+    return {"tier": d.tier, "model": d.model, "p_complex": None if math.isnan(d.p_complex) else d.p_complex,
+            "threshold": d.threshold, "reason": d.reason, "degraded": d.degraded, "cache": cache}
+
+
+def _usage(usage) -> dict:
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+
+
+class OpenAIHttp:
+    """The aiohttp application and its site, on the router's loop."""
+
+    def __init__(self, router: Router, tokens: tuple[str, ...], auto_model: str = "auto", security=None):
+        self.router, self.auto_model = router, auto_model
+        self._security = security  # TLS (and mutual TLS) as for gRPC
+        self._tokens = tuple(t.encode() for t in tokens)
+        self._runner = None
+        self.port: int | None = None
+
+    def app(self):
+        from aiohttp import web
+
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_get("/v1/models", self.models)
+        return app
+
+    async def start(self, host: str, port: int, grace_s: float = 30.0) -> int:
+        """Listen; on stop, requests in flight get `grace_s` (the router's
+        drain ends them at their next token by then anyway)."""
+        from aiohttp import web
+
+        # handler_cancellation: a client that disconnects cancels its handler,
+        # and with it the engine request (aiohttp's default lets it run on).
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=grace_s, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=self._ssl_context())
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return self.port
+
+    def _ssl_context(self):
+        """The gRPC server's certificate (and client CA) for HTTPS too: one
+        port plaintext and the other encrypted would be a hole."""
+        sec = self._security
+        if sec is None or not sec.tls_cert:
+            return None
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(sec.tls_cert, sec.tls_key)
+        if sec.tls_client_ca:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(sec.tls_client_ca)
+        return context
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- handlers ---------------------------------------------------------------
+
+    def _authorised(self, request) -> bool:
+        if not self._tokens:
+            return True
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        return scheme.lower() == "bearer" and matches(token.strip().encode(), self._tokens)
+
+    async def models(self, request):
+        from aiohttp import web
+
+        if not self._authorised(request):
+            return _error_response(web, HttpError("UNAUTHENTICATED", "missing or invalid bearer token"))
+        created = int(time.time())
+        data = [{"id": self.auto_model, "object": "model", "created": created, "owned_by": "triage"}]
+        data += [{"id": t.name, "object": "model", "created": created, "owned_by": "triage", "root": t.model,
+                  "max_model_len": t.config.max_model_len} for t in self.router.tiers]
+        return web.json_response({"object": "list", "data": data})
+
+    async def chat_completions(self, request):
+        from aiohttp import web
+
+        arrived = time.perf_counter()
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        state = {"tier": "", "reason": "", "code": "OK"}
+        try:
+            if not self._authorised(request):
+                raise HttpError("UNAUTHENTICATED", "missing or invalid bearer token")
+            check_request_id(request_id)
+            try:
+                body = await request.json()
+            except (ValueError, UnicodeDecodeError):
+                raise InvalidArgument("body", "not valid JSON") from None
+            req, stream, include_usage = parse(body, self.router.tiers, self.auto_model, request_id)
+            req = dataclasses.replace(req, trace_parent=request.headers.get("traceparent"), stream=stream)
+            events = self.router.generate(req, arrived)
+            if stream:
+                return await self._stream(request, events, req, include_usage, state)
+            return await self._unary(events, req, state)
+        except HttpError as exc:
+            state["code"] = exc.status
+            return _error_response(web, exc)
+        except RouterError as exc:
+            state["code"] = exc.status
+            if isinstance(exc, ResourceExhausted):
+                self.router.metrics.admission_rejections.labels(exc.scope or "router").inc()
+            return _error_response(web, HttpError(exc.status, exc.message, getattr(exc, "field", None), getattr(exc, "retry_after_ms", None)))
+        except (asyncio.CancelledError, ConnectionResetError):
+            state["code"] = "CANCELLED"  # the client went away; the engine request was aborted
+            raise
+        except Exception:
+            state["code"] = "INTERNAL"
+            shown = request_id if valid_request_id(request_id) else "(invalid id)"
+            log.exception("request %s failed", shown)
+            return _error_response(web, HttpError("INTERNAL", f"internal error (request {shown})"))
+        finally:
+            m, code = self.router.metrics, state["code"]
+            m.requests.labels("http.chat_completions", state["tier"], state["reason"], code).inc()
+            m.request_seconds.labels("http.chat_completions", state["tier"], code).observe(time.perf_counter() - arrived)
+            if code != "OK":
+                m.errors.labels(code).inc()
+            self.router.stats.record_status(code)
+
+    async def _unary(self, events, req: GenerateInput, state: dict):
+        from aiohttp import web
+
+        decision, parts, final = None, [], None
+        async for event in events:
+            if isinstance(event, DecisionEvent):
+                decision = event.decision
+                state["tier"], state["reason"] = decision.tier, decision.reason
+            elif isinstance(event, DeltaEvent):
+                parts.append(event.text)
+            elif isinstance(event, FinalEvent):
+                final = event
+        cache = final.cache.status
+        body = {
+            "id": f"chatcmpl-{req.request_id}", "object": "chat.completion", "created": int(time.time()), "model": decision.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)}, "finish_reason": final.finish_reason}],
+            "usage": _usage(final.usage), "triage": _decision_json(decision, cache),
+        }
+        return web.json_response(body, headers={**_decision_headers(decision, cache), "x-request-id": req.request_id})
+
+    async def _stream(self, request, events, req: GenerateInput, include_usage: bool, state: dict):
+        """Server-sent events as OpenAI sends them. Nothing is written before
+        the decision, so an error before it is still a plain HTTP error."""
+        from aiohttp import web
+
+        response, decision = None, None
+        created, cid = int(time.time()), f"chatcmpl-{req.request_id}"
+
+        def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
+            body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": decision.model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+            return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+        try:
+            async for event in events:
+                if isinstance(event, DecisionEvent):
+                    decision = event.decision
+                    state["tier"], state["reason"] = decision.tier, decision.reason
+                    response = web.StreamResponse(headers={**_decision_headers(decision), "x-request-id": req.request_id,
+                                                           "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+                    await response.prepare(request)
+                    await response.write(chunk({"role": "assistant", "content": ""}))
+                elif isinstance(event, DeltaEvent):
+                    await response.write(chunk({"content": event.text}))
+                elif isinstance(event, FinalEvent):
+                    await response.write(chunk({}, event.finish_reason, triage=_decision_json(decision, event.cache.status)))
+                    if include_usage:
+                        usage = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": decision.model,
+                                 "choices": [], "usage": _usage(event.usage)}
+                        await response.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
+        except RouterError as exc:
+            if response is None:
+                raise
+            state["code"] = exc.status  # the stream had begun: the error goes in it, as OpenAI's servers send it
+            err = {"error": {"message": exc.message, "type": HTTP_STATUS.get(exc.status, (500, "internal_error"))[1], "code": exc.status.lower()}}
+            await response.write(b"data: " + json.dumps(err).encode() + b"\n\n")
+        finally:
+            await events.aclose()  # a write that failed (the client left) aborts the engine request here
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response

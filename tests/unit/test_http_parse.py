@@ -1,0 +1,46 @@
+"""The OpenAI request translation (server/http_api.py `parse`): pure code.
+The endpoint itself is tested with real clients in tests/integration/test_http.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.errors import InvalidArgument, NotFound
+from server.http_api import parse
+
+
+class T:
+    def __init__(self, name, model):
+        self.name, self.model = name, model
+
+
+TIERS = [T("small", "S-1.5B"), T("large", "L-7B")]
+HI = [{"role": "user", "content": "hi"}]
+
+
+def test_auto_routes_by_classifier_a_tier_or_model_name_forces_it():
+    req, stream, usage = parse({"model": "auto", "messages": HI}, TIERS, "auto", "rid")
+    assert req.route is None and not stream and not usage and req.messages[0].content == "hi"
+    assert parse({"model": "large", "messages": HI}, TIERS, "auto", "r")[0].route == "large"
+    assert parse({"model": "S-1.5B", "messages": HI}, TIERS, "auto", "r")[0].route == "small"
+    with pytest.raises(NotFound, match="gpt-4"):
+        parse({"model": "gpt-4", "messages": HI}, TIERS, "auto", "r")
+
+
+def test_sampling_values_map_onto_the_explicit_rules():
+    req, stream, usage = parse({"model": "auto", "messages": HI, "temperature": 0.2, "top_p": 0.9, "max_completion_tokens": 12,
+                                "stop": "\n", "seed": 7, "stream": True, "stream_options": {"include_usage": True}}, TIERS, "auto", "r")
+    s = req.sampling
+    assert (s.temperature, s.top_p, s.max_tokens, s.stop, s.seed) == (0.2, 0.9, 12, ("\n",), 7) and stream and usage
+
+
+@pytest.mark.parametrize("extra, field", [
+    ({"logprobs": True}, "logprobs"), ({"tools": []}, "tools"), ({"n": 3}, "n"), ({"temperature": "hot"}, "temperature"),
+    ({"max_tokens": 1.5}, "max_tokens"), ({"stop": [1]}, "stop"), ({"max_tokens": 4, "max_completion_tokens": 4}, "max_completion_tokens"),
+    ({"messages": "hi"}, "messages"), ({"messages": [{"role": "user"}]}, "messages[0]"), ({"stream": "yes"}, "stream"),
+    ({"stream_options": {"continuous_usage_stats": True}}, "stream_options"), ({"model": None}, "model"),
+])
+def test_anything_that_would_change_the_answer_and_is_not_supported_is_refused_by_name(extra, field):
+    with pytest.raises(InvalidArgument) as err:
+        parse({"model": "auto", "messages": HI, **extra}, TIERS, "auto", "r")
+    assert err.value.field == field
