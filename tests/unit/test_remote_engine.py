@@ -55,6 +55,7 @@ class Servers:
             return httpx.Response(200, json={"data": [{"id": m, "max_model_len": 4096} for m in self.models.get(base, ["M"])]})
         self.calls.append(base)
         self.bodies.append(json.loads(request.content))
+        self.headers = dict(request.headers)
         behaviour = self.completions.get(base, sse("ok"))
         if isinstance(behaviour, int):
             return httpx.Response(behaviour, json={"error": {"message": f"status {behaviour}"}})
@@ -100,6 +101,26 @@ def test_stream_becomes_engine_chunks_with_cumulative_tokens():
     assert "".join(c.delta for c in chunks) == "Paris."
     assert [c.completion_tokens for c in chunks] == [1, 2, 3]
     assert chunks[-1].finished and chunks[-1].finish_reason == "stop"
+
+
+def test_the_requests_trace_context_goes_to_the_replica():
+    """tracing.begin puts the request span's traceparent in TRACEPARENT; the
+    replica gets it as a header, so its own spans hang under the router's."""
+    from server.tracing import TRACEPARENT
+
+    servers = Servers()
+    value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+    async def go():
+        engine = await started(servers, A)
+        try:
+            TRACEPARENT.set(value)
+            await collect(engine)
+        finally:
+            await engine.shutdown()
+
+    run(go())
+    assert servers.headers["traceparent"] == value and servers.headers["x-request-id"] == "r1"
 
 
 def test_a_replica_failing_before_the_first_token_is_retried_once_on_another():
