@@ -251,12 +251,7 @@ class OpenAIHttp:
             log.exception("request %s failed", shown)
             return _error_response(web, HttpError("INTERNAL", f"internal error (request {shown})"))
         finally:
-            m, code = self.router.metrics, state["code"]
-            m.requests.labels("http.chat_completions", state["tier"], state["reason"], code).inc()
-            m.request_seconds.labels("http.chat_completions", state["tier"], code).observe(time.perf_counter() - arrived)
-            if code != "OK":
-                m.errors.labels(code).inc()
-            self.router.stats.record_status(code)
+            self.router.account("http.chat_completions", state["tier"], state["reason"], state["code"], time.perf_counter() - arrived)
 
     async def _unary(self, events, req: GenerateInput, state: dict):
         from aiohttp import web

@@ -116,6 +116,15 @@ class Router:
             for result in FEEDBACK_RESULTS:
                 metrics.feedback.labels(tier, result)
 
+    def account(self, rpc: str, tier: str, reason: str, code: str, seconds: float) -> None:
+        """One call's outcome, counted once, for gRPC and HTTP alike."""
+        m = self.metrics
+        m.requests.labels(rpc, tier, reason, code).inc()
+        m.request_seconds.labels(rpc, tier, code).observe(seconds)
+        if code != "OK":
+            m.errors.labels(code).inc()
+        self.stats.record_status(code)
+
     def classify(self, messages: tuple[ChatMessage, ...], threshold: float | None) -> tuple[Decision, float]:
         check_messages(messages, self.limits)
         check_threshold(threshold)

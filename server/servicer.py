@@ -216,12 +216,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             log.exception("request %s failed", shown)
             await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {shown})")
         finally:
-            m, code = self.router.metrics, state["code"]
-            m.requests.labels(rpc, state["tier"], state["reason"], code).inc()
-            m.request_seconds.labels(rpc, state["tier"], code).observe(time.perf_counter() - started)
-            if code != "OK":
-                m.errors.labels(code).inc()
-            self.router.stats.record_status(code)
+            self.router.account(rpc, state["tier"], state["reason"], state["code"], time.perf_counter() - started)
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         arrived = time.perf_counter()
