@@ -79,8 +79,6 @@ async def _main(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # httpx logs every request at INFO: one line per replica per health check.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     code = asyncio.run(_main(args))
     # Everything the router owns is closed by now (server, engines and their
     # processes, caches, metrics endpoint). What is left is the interpreter

@@ -33,7 +33,7 @@ from .errors import EngineFailure, InvalidArgument, Unavailable
 from .prompt import PromptIds, load_tokenizer, render
 from .tracing import upstream_headers
 from .types import ChatMessage, EffectiveSampling, EngineChunk
-from .upstream import HEALTH_TIMEOUT_S, UpstreamError, close, error_text, http_client, sse_chunks, streamed_sampling, transport_errors
+from .upstream import UpstreamError, close, error_text, get_json, get_status, http_client, lines, post_stream, sse_chunks, streamed_sampling, transport_errors
 
 log = logging.getLogger("triage.gateway")
 
@@ -45,13 +45,13 @@ class GatewayEngine:
 
     restartable = False  # the gateway and its workers are run by the deployment
 
-    def __init__(self, tier: TierConfig, resilience: ResilienceConfig, transport=None, api_key: str | None = None):
+    def __init__(self, tier: TierConfig, resilience: ResilienceConfig, connector=None, api_key: str | None = None):
         self.tier, self.model, self.max_model_len = tier.name, tier.model, tier.max_model_len
         self.url = tier.gateway_url
         self.load_seconds = 0.0
         self._config = tier
         self._interval = resilience.health_interval_s
-        self._transport = transport
+        self._connector = connector  # tests pass one that reaches a stand-in server
         self._api_key = api_key
         self._client: Any = None
         self._tokenizer: Any = None
@@ -76,7 +76,7 @@ class GatewayEngine:
         if self._tokenizer is None:
             raise EngineFailure(f"tier {self.tier}: no tokenizer at model_path {self._config.model_path!r}; a gateway tier renders "
                                 "and counts prompts with the served model's tokenizer files, which must be there")
-        self._client = http_client(self._config, self._api_key, self._transport)
+        self._client = http_client(self._config, self._api_key, self._connector)
         self._checker = asyncio.create_task(self._check_forever())
         log.info("tier %s: waiting for the gateway at %s", self.tier, self.url)
         next_warning = time.monotonic() + 30
@@ -101,11 +101,13 @@ class GatewayEngine:
     async def _check(self) -> None:
         problem = None
         try:
-            resp = await self._client.get(f"{self.url}/readiness", timeout=HEALTH_TIMEOUT_S)
-            if resp.status_code != 200:
-                problem = f"/readiness answered {resp.status_code} (no healthy worker?)"
+            status = await get_status(self._client, f"{self.url}/readiness")
+            if status != 200:
+                problem = f"/readiness answered {status} (no healthy worker?)"
             elif not self._healthy:  # coming (back) up: does it serve this tier's model?
-                models = (await self._client.get(f"{self.url}/v1/models", timeout=HEALTH_TIMEOUT_S)).json()
+                status, models = await get_json(self._client, f"{self.url}/v1/models")
+                if status != 200:
+                    raise UpstreamError(f"/v1/models answered {status}")
                 served = sorted(m.get("id") for m in models.get("data", []))
                 if self.model not in served:
                     problem = f"serves {served}, not {self.model}"
@@ -129,13 +131,13 @@ class GatewayEngine:
         body = chat_body(self.model, prompt_ids.messages, sampling)
         self._in_flight += 1
         try:
-            async with self._client.stream("POST", f"{self.url}/v1/chat/completions", json=body,
-                                           headers={"X-Request-Id": request_id, **upstream_headers()}) as resp:
-                if resp.status_code in CLIENT_ERRORS:
-                    raise InvalidArgument("messages", f"the {self.tier} tier's gateway refused the request: {error_text(await resp.aread())}")
-                if resp.status_code != 200:
-                    raise UpstreamError(f"tier {self.tier}: gateway answered {resp.status_code}: {error_text(await resp.aread())}")
-                async for chunk in sse_chunks(resp.aiter_lines()):
+            async with post_stream(self._client, f"{self.url}/v1/chat/completions", body,
+                                   {"X-Request-Id": request_id, **upstream_headers()}) as resp:
+                if resp.status in CLIENT_ERRORS:
+                    raise InvalidArgument("messages", f"the {self.tier} tier's gateway refused the request: {error_text(await resp.read())}")
+                if resp.status != 200:
+                    raise UpstreamError(f"tier {self.tier}: gateway answered {resp.status}: {error_text(await resp.read())}")
+                async for chunk in sse_chunks(lines(resp)):
                     yield chunk
         except transport_errors() as exc:
             raise UpstreamError(f"tier {self.tier}: gateway {self.url}: {type(exc).__name__}: {exc}") from exc

@@ -10,6 +10,8 @@ import asyncio
 import logging
 import os
 import re
+import threading
+import weakref
 from typing import Sequence
 
 from .types import ChatMessage
@@ -45,21 +47,70 @@ def render_ids(tokenizer, messages: Sequence[ChatMessage]) -> list[int]:
     can be found before any user text is in place; the text between them is
     then tokenised with the messages put back and special tokens split. A
     fast tokenizer cuts text at added tokens before anything else, so for
-    ordinary messages this gives exactly the ids of apply_chat_template."""
-    marked = [{"role": m.role, "content": _PLACEHOLDER.format(i)} for i, m in enumerate(messages)]
+    ordinary messages this gives exactly the ids of apply_chat_template.
+
+    With placeholders for contents, the rendering depends only on the
+    roles, so it is worked out once per sequence of roles (`_layout`): per
+    request only the pieces holding a message are tokenised."""
+    ids: list[int] = []
+    for part in _layout(tokenizer, tuple(m.role for m in messages)):
+        if isinstance(part, str):
+            part = _PLACEHOLDERS.sub(lambda m: messages[int(m.group(1))].content, part)
+            ids += tokenizer.encode(part, add_special_tokens=False, split_special_tokens=True)
+        else:
+            ids += part
+    return ids
+
+
+# Per tokenizer, per sequence of roles: the template's text cut at its added
+# tokens, each piece either ids (an added token, or text with no message in
+# it) or text with placeholders, tokenised per request. Bounded: a new shape
+# past the bound evicts the oldest.
+_LAYOUTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LAYOUTS_PER_TOKENIZER = 256
+_LAYOUTS_LOCK = threading.Lock()  # long prompts render in worker threads
+
+
+def _layout(tokenizer, roles: tuple[str, ...]) -> list:
+    try:
+        cached = _LAYOUTS.get(tokenizer)
+    except TypeError:  # a tokenizer that cannot be weakly referenced: worked out every time
+        return _work_out_layout(tokenizer, roles)
+    if cached is None:
+        # A template that reads the clock or draws at random renders
+        # differently from call to call: never reuse its rendering.
+        source = str(getattr(tokenizer, "chat_template", "") or "")
+        cached = None if ("strftime_now" in source or "random" in source) else {}
+        with _LAYOUTS_LOCK:
+            _LAYOUTS[tokenizer] = cached
+    if cached is None:
+        return _work_out_layout(tokenizer, roles)
+    layout = cached.get(roles)
+    if layout is None:
+        layout = _work_out_layout(tokenizer, roles)
+        with _LAYOUTS_LOCK:
+            if len(cached) >= _LAYOUTS_PER_TOKENIZER:
+                cached.pop(next(iter(cached)), None)
+            cached[roles] = layout
+    return layout
+
+
+def _work_out_layout(tokenizer, roles: tuple[str, ...]) -> list:
+    marked = [{"role": role, "content": _PLACEHOLDER.format(i)} for i, role in enumerate(roles)]
     text = tokenizer.apply_chat_template(marked, add_generation_prompt=True, tokenize=False)
-    if [int(m.group(1)) for m in _PLACEHOLDERS.finditer(text)] != list(range(len(messages))):
+    if [int(m.group(1)) for m in _PLACEHOLDERS.finditer(text)] != list(range(len(roles))):
         raise ValueError("the chat template does not place each message's content once, in order")
     added = tokenizer.get_added_vocab()
     splitter = re.compile("(" + "|".join(re.escape(t) for t in sorted(added, key=len, reverse=True)) + ")") if added else None
-    ids: list[int] = []
+    layout: list = []
     for piece in (splitter.split(text) if splitter else [text]):
         if piece in added:
-            ids.append(added[piece])
+            layout.append([added[piece]])
+        elif _PLACEHOLDERS.search(piece):
+            layout.append(piece)
         elif piece:
-            piece = _PLACEHOLDERS.sub(lambda m: messages[int(m.group(1))].content, piece)
-            ids += tokenizer.encode(piece, add_special_tokens=False, split_special_tokens=True)
-    return ids
+            layout.append(tokenizer.encode(piece, add_special_tokens=False, split_special_tokens=True))
+    return layout
 
 
 async def render(tokenizer, messages: Sequence[ChatMessage]) -> list[int]:
@@ -93,6 +144,7 @@ class TemplateTokenizer:
             template = {t.get("name"): t.get("template") for t in template}.get("default")
         if not template:
             raise ValueError(f"{folder} has no chat template")
+        self.chat_template = template  # as transformers' tokenizers expose it
         self._template = _compile_template(template)
         self._specials = {k: (v.get("content") if isinstance(v, dict) else v) for k, v in config.items()
                           if k.endswith("_token") and isinstance(v, (str, dict))}

@@ -26,6 +26,7 @@ do not change.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any, AsyncIterator, Sequence
@@ -36,7 +37,8 @@ from .errors import InvalidArgument, Unavailable
 from .prompt import load_tokenizer, render, render_ids
 from .types import ChatMessage, EffectiveSampling, EngineChunk
 from .tracing import upstream_headers
-from .upstream import HEALTH_TIMEOUT_S, UpstreamError, close, error_text, http_client, sse_chunks, streamed_sampling, transport_errors
+from .upstream import (UpstreamError, close, error_text, get_json, get_status, http_client, lines, post_json, post_stream, sse_chunks,
+                       streamed_sampling, transport_errors)
 
 log = logging.getLogger("triage.remote")
 
@@ -56,7 +58,7 @@ class RemoteEngine:
     # not by the router: the router only notices them leave and come back.
     restartable = False
 
-    def __init__(self, tier: TierConfig, resilience: ResilienceConfig, metrics=None, transport=None, api_key: str | None = None):
+    def __init__(self, tier: TierConfig, resilience: ResilienceConfig, metrics=None, connector=None, api_key: str | None = None):
         self.tier = tier.name
         self.model = tier.model
         self.max_model_len = tier.max_model_len
@@ -71,7 +73,7 @@ class RemoteEngine:
 
             metrics = RouterMetrics(CollectorRegistry())
         self._metrics = metrics
-        self._transport = transport  # tests may pass an httpx transport
+        self._connector = connector  # tests pass one that reaches a stand-in server
         self._api_key = api_key  # the replicas' --api-key, read from tier.api_key_env by __main__
         self._client: Any = None
         self._tokenizer: Any = None  # None: the replicas' /tokenize renders
@@ -97,7 +99,7 @@ class RemoteEngine:
         router stays NOT_SERVING until then, as while a local engine loads)."""
         started = time.monotonic()
         self._tokenizer = await asyncio.to_thread(load_tokenizer, self._config.model_path)
-        self._client = http_client(self._config, self._api_key, self._transport)
+        self._client = http_client(self._config, self._api_key, self._connector)
         m = self._metrics
         for r in self.replicas:  # every series present from the start
             m.replica_healthy.labels(self.tier, r.url).set(0)
@@ -147,11 +149,13 @@ class RemoteEngine:
     async def _check(self, replica: Replica) -> None:
         problem = None
         try:
-            resp = await self._client.get(f"{replica.url}/health", timeout=HEALTH_TIMEOUT_S)
-            if resp.status_code != 200:
-                problem = f"/health answered {resp.status_code}"
+            status = await get_status(self._client, f"{replica.url}/health")
+            if status != 200:
+                problem = f"/health answered {status}"
             elif not replica.healthy:  # coming (back) up: is it serving what this tier promises?
-                models = (await self._client.get(f"{replica.url}/v1/models", timeout=HEALTH_TIMEOUT_S)).json()
+                status, models = await get_json(self._client, f"{replica.url}/v1/models")
+                if status != 200:
+                    raise UpstreamError(f"/v1/models answered {status}")
                 cards = {m.get("id"): m for m in models.get("data", [])}
                 if self.model not in cards:
                     problem = f"serves {sorted(cards)}, not {self.model}"
@@ -204,13 +208,13 @@ class RemoteEngine:
             replica = self._pick(tried)
             tried.append(replica)
             try:
-                resp = await self._client.post(f"{replica.url}/tokenize", json=body)
-                if resp.status_code >= 500:
-                    raise UpstreamError(f"/tokenize answered {resp.status_code}")
-                if resp.status_code != 200:
-                    raise InvalidArgument("messages", f"the {self.tier} tier's server refused them: {error_text(resp.content)}")
-                return list(resp.json()["tokens"])
-            except (UpstreamError, ValueError, KeyError, transport_errors()) as exc:
+                status, content = await post_json(self._client, f"{replica.url}/tokenize", body)
+                if status >= 500:
+                    raise UpstreamError(f"/tokenize answered {status}")
+                if status != 200:
+                    raise InvalidArgument("messages", f"the {self.tier} tier's server refused them: {error_text(content)}")
+                return list(json.loads(content)["tokens"])
+            except (UpstreamError, ValueError, KeyError, *transport_errors()) as exc:
                 self._failed(replica, exc)
                 if not self._may_retry(tried, produced=False):
                     raise UpstreamError(f"tier {self.tier}: replica {replica.url}: {exc}") from exc
@@ -229,18 +233,19 @@ class RemoteEngine:
             gauge.inc()
             self._metrics.replica_requests.labels(self.tier, replica.url).inc()
             try:
-                async with self._client.stream("POST", f"{replica.url}/v1/completions", json=body, headers={"X-Request-Id": request_id, **upstream_headers()}) as resp:
-                    if resp.status_code >= 500:
-                        raise UpstreamError(f"HTTP {resp.status_code}: {error_text(await resp.aread())}")
-                    if resp.status_code != 200:
+                async with post_stream(self._client, f"{replica.url}/v1/completions", body,
+                                       {"X-Request-Id": request_id, **upstream_headers()}) as resp:
+                    if resp.status >= 500:
+                        raise UpstreamError(f"HTTP {resp.status}: {error_text(await resp.read())}")
+                    if resp.status != 200:
                         # The router validated the request; the server still says no.
-                        raise InvalidArgument("messages", f"the {self.tier} tier's server refused the request: {error_text(await resp.aread())}")
-                    async for chunk in sse_chunks(resp.aiter_lines()):
+                        raise InvalidArgument("messages", f"the {self.tier} tier's server refused the request: {error_text(await resp.read())}")
+                    async for chunk in sse_chunks(lines(resp)):
                         produced = True
                         yield chunk
                 replica.breaker.success()
                 return
-            except (UpstreamError, transport_errors()) as exc:
+            except (UpstreamError, *transport_errors()) as exc:
                 self._failed(replica, exc)
                 if not self._may_retry(tried, produced):
                     raise UpstreamError(f"tier {self.tier}: replica {replica.url}: {exc}") from exc

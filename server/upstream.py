@@ -22,20 +22,72 @@ class UpstreamError(EngineFailure):
     broken stream): the tier failed, and another tier may answer."""
 
 
-def http_client(tier: TierConfig, api_key: str | None, transport=None):
-    """An httpx client for a tier's servers (remote replicas, or a gateway)."""
-    import httpx
+def http_client(tier: TierConfig, api_key: str | None, connector=None):
+    """An aiohttp session for a tier's servers (remote replicas, or a
+    gateway). aiohttp, not httpx: on loopback httpx took 1.3 ms to a
+    streamed answer's first event and aiohttp 0.2 ms, and a remote tier pays
+    that on every request (`python -m benchmarks.upstream_client`).
+    `connector`: tests pass one that reaches a stand-in server."""
+    import aiohttp
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    # The read timeout is per chunk; the tier's generation ceiling and the
-    # caller's deadline bound the whole answer in the router.
-    timeout = httpx.Timeout(connect=CONNECT_TIMEOUT_S, read=tier.generation_timeout_s, write=10.0, pool=CONNECT_TIMEOUT_S)
-    # No pool limit: every streamed answer holds a connection, and with
-    # httpx's default of 100 the health checks would queue behind busy
-    # streams and time out, taking a healthy server out under load. The
-    # router's admission limits already bound how many requests are out.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=32)
-    return httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers, transport=transport)
+    # sock_read is per chunk; the tier's generation ceiling and the caller's
+    # deadline bound the whole answer in the router.
+    timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_read=tier.generation_timeout_s)
+    # No connection limit: every streamed answer holds a connection, and a
+    # limit would queue the health checks behind busy streams until they
+    # time out, taking a healthy server out under load. The router's
+    # admission limits already bound how many requests are out.
+    # An idle connection is dropped after 4 s, before the 5 s after which
+    # vLLM's server (uvicorn) closes it: a request never goes out on a
+    # connection the server is closing.
+    connector = connector or aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=4.0)
+    # read_bufsize bounds one event-stream line: 1 MB, far above any chunk.
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers, read_bufsize=2**20,
+                                 cookie_jar=aiohttp.DummyCookieJar())
+
+
+async def get_status(client, url: str) -> int:
+    """A health check's status (its body, whatever it is, is not read)."""
+    import aiohttp
+
+    async with client.get(url, timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as resp:
+        return resp.status
+
+
+async def get_json(client, url: str) -> tuple[int, object]:
+    """A model list's status and (with 200) its JSON body."""
+    import aiohttp
+
+    async with client.get(url, timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as resp:
+        return resp.status, (await resp.json(content_type=None) if resp.status == 200 else None)
+
+
+async def post_json(client, url: str, body: dict) -> tuple[int, bytes]:
+    """A short POST (a replica's /tokenize): its status and body."""
+    async with client.post(url, json=body) as resp:
+        return resp.status, await resp.read()
+
+
+@contextlib.asynccontextmanager
+async def post_stream(client, url: str, body: dict, headers: dict):
+    """A streamed POST's response. Left early (the caller went away, a
+    deadline, an error), the connection is closed rather than returned to
+    the pool, so the server sees the disconnect and aborts the request."""
+    resp = await client.post(url, json=body, headers=headers)
+    try:
+        yield resp
+    except BaseException:
+        resp.close()
+        raise
+    finally:
+        resp.release()
+
+
+async def lines(resp) -> AsyncIterator[str]:
+    """A response body's lines, as text."""
+    async for raw in resp.content:
+        yield raw.decode()
 
 
 def streamed_sampling(s: EffectiveSampling, disabled_top_k: int) -> dict:
@@ -67,7 +119,7 @@ async def close(checker: asyncio.Task | None, client) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await checker
     if client is not None:
-        await client.aclose()
+        await client.close()
 
 
 async def sse_chunks(lines: AsyncIterator[str]) -> AsyncIterator[EngineChunk]:
@@ -114,9 +166,10 @@ def error_text(raw: bytes) -> str:
         return raw[:300].decode(errors="replace")
 
 
-def transport_errors():
-    """httpx's errors (connection refused or reset, timeouts, a broken
-    stream); imported on use, like every heavy dependency."""
-    import httpx
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """aiohttp's errors (connection refused or reset, a broken stream) and a
+    read that timed out; aiohttp is imported on use, like every dependency
+    only some tiers need."""
+    import aiohttp
 
-    return httpx.HTTPError
+    return (aiohttp.ClientError, asyncio.TimeoutError)

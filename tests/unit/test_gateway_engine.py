@@ -1,5 +1,5 @@
-"""The gateway engine's own rules (server/gateway.py), against httpx's
-MockTransport standing in for SMG: readiness from /readiness and the served
+"""The gateway engine's own rules (server/gateway.py), against a stand-in
+for SMG (tests/unit/upstream_double.py): readiness from /readiness and the served
 model, chat completions with every sampling value explicit, the gateway's
 statuses mapped to the router's errors (only a malformed request is
 INVALID_ARGUMENT; anything about its workers may fall back), and the prompt
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
 import pytest
 
 from server.config import ResilienceConfig, SamplingDefaults, TierConfig
@@ -20,6 +19,7 @@ from server.gateway import GatewayEngine, chat_body
 from server.types import ChatMessage, EffectiveSampling
 
 from .test_render import PREPARED
+from .upstream_double import Reply, Seen, Upstream
 
 URL = "http://smg:30000"
 GREEDY = EffectiveSampling(0.0, 1.0, 0, 8, ("\n\n",), None, 1.0)
@@ -39,23 +39,29 @@ class Gateway:
     def __init__(self):
         self.ready, self.status, self.bodies = 200, 200, []
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/readiness":
-            return httpx.Response(self.ready)
-        if request.url.path == "/v1/models":
-            return httpx.Response(200, json={"data": [{"id": "M"}]})
-        self.bodies.append(json.loads(request.content))
+    def __call__(self, request: Seen) -> Reply:
+        if request.path == "/readiness":
+            return Reply(self.ready, b"ready" if self.ready == 200 else b"no healthy worker")  # not JSON
+        if request.path == "/v1/models":
+            return Reply(200, {"data": [{"id": "M"}]})
+        self.bodies.append(request.json())
         if self.status != 200:
-            return httpx.Response(self.status, json={"error": {"message": f"status {self.status}"}})
-        return httpx.Response(200, content=chat_sse("Par", "is"), headers={"content-type": "text/event-stream"})
+            return Reply(self.status, {"error": {"message": f"status {self.status}"}})
+        return Reply(200, chunks=[chat_sse("Par", "is")])
 
 
-def run(coro):
-    return asyncio.run(coro)
+def run(go):
+    """`go(gateway, upstream)` with a stand-in gateway serving."""
+    async def main():
+        gateway = Gateway()
+        async with Upstream(gateway) as upstream:
+            return await go(gateway, upstream)
+
+    return asyncio.run(main())
 
 
-async def _started(gateway: Gateway) -> GatewayEngine:
-    engine = GatewayEngine(tier(), ResilienceConfig(health_interval_s=0.05), transport=httpx.MockTransport(gateway))
+async def _started(upstream: Upstream) -> GatewayEngine:
+    engine = GatewayEngine(tier(), ResilienceConfig(health_interval_s=0.05), connector=upstream.connector())
     await asyncio.wait_for(engine.start(), 10)
     return engine
 
@@ -66,15 +72,14 @@ async def _answer(engine, messages):
 
 
 def test_a_ready_gateway_answers_a_chat_completion_with_every_value_explicit():
-    async def go():
-        gateway = Gateway()
-        engine = await _started(gateway)
+    async def go(gateway, upstream):
+        engine = await _started(upstream)
         messages = [ChatMessage("user", "Capital of France?")]
         ids, chunks = await _answer(engine, messages)
         await engine.shutdown()
         return gateway, ids, chunks
 
-    gateway, ids, chunks = run(go())
+    gateway, ids, chunks = run(go)
     assert "".join(c.delta for c in chunks) == "Paris" and chunks[-1].finish_reason == "stop"
     assert [c.completion_tokens for c in chunks] == [1, 2]  # counted per chunk when the gateway sends no running usage
     body = gateway.bodies[0]
@@ -87,9 +92,8 @@ def test_a_ready_gateway_answers_a_chat_completion_with_every_value_explicit():
 @pytest.mark.parametrize("status, error", [(400, InvalidArgument), (422, InvalidArgument), (503, EngineFailure),
                                            (429, EngineFailure), (404, EngineFailure), (500, EngineFailure)])
 def test_only_a_malformed_request_is_invalid_argument_the_rest_may_fall_back(status, error):
-    async def go():
-        gateway = Gateway()
-        engine = await _started(gateway)
+    async def go(gateway, upstream):
+        engine = await _started(upstream)
         gateway.status = status
         try:
             with pytest.raises(error) as raised:
@@ -98,14 +102,13 @@ def test_only_a_malformed_request_is_invalid_argument_the_rest_may_fall_back(sta
         finally:
             await engine.shutdown()
 
-    exc = run(go())
+    exc = run(go)
     assert not isinstance(exc, InvalidArgument) or "refused the request" in str(exc.args)
 
 
 def test_readiness_follows_the_gateways_readiness_not_its_health():
-    async def go():
-        gateway = Gateway()
-        engine = await _started(gateway)
+    async def go(gateway, upstream):
+        engine = await _started(upstream)
         assert engine.ready
         gateway.ready = 503  # SMG with no healthy worker
         await asyncio.sleep(0.3)
@@ -116,22 +119,17 @@ def test_readiness_follows_the_gateways_readiness_not_its_health():
         await engine.shutdown()
         return down, up
 
-    assert run(go()) == (False, True)
+    assert run(go) == (False, True)
 
 
 def test_an_unreachable_gateway_is_an_engine_failure():
-    def refuse(request):
-        if request.url.path in ("/readiness", "/v1/models"):
-            return Gateway()(request)
-        raise httpx.ConnectError("connection refused")
-
-    async def go():
-        engine = GatewayEngine(tier(), ResilienceConfig(health_interval_s=0.05), transport=httpx.MockTransport(refuse))
-        await asyncio.wait_for(engine.start(), 10)
+    async def go(gateway, upstream):
+        engine = await _started(upstream)
+        await upstream.stop()  # the gateway goes away: connections are refused
         try:
-            with pytest.raises(EngineFailure, match="ConnectError"):
+            with pytest.raises(EngineFailure, match=r"tier large: gateway http://smg:30000: \w*Client\w*Error"):
                 await _answer(engine, [ChatMessage("user", "hi")])
         finally:
             await engine.shutdown()
 
-    run(go())
+    run(go)

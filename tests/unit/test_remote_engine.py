@@ -1,4 +1,4 @@
-"""The remote engine's own rules, against httpx's MockTransport: replica
+"""The remote engine's own rules, against stand-in replicas: replica
 choice, the one retry before the first token (never after), health checks
 that verify the served model, and failures mapped to the router's errors.
 The feature itself is shown end to end against a real `vllm serve` in
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -19,6 +18,8 @@ from server.metrics import RouterMetrics
 from server.remote import RemoteEngine, completion_body
 from server.upstream import UpstreamError
 from server.types import EffectiveSampling
+
+from .upstream_double import Reply, Seen, Upstream
 
 A, B = "http://a:8000", "http://b:8000"
 GREEDY = EffectiveSampling(0.0, 1.0, 0, 8, ("\n\n",), None, 1.0)
@@ -46,31 +47,39 @@ class Servers:
         self.calls: list[str] = []
         self.bodies: list[dict] = []
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        base = f"{request.url.scheme}://{request.url.host}:{request.url.port}"
-        path = request.url.path
+    def __call__(self, request: Seen) -> Reply:
+        base, path = request.base, request.path
         if path == "/health":
-            return httpx.Response(200)
+            return Reply(200, b"ok")  # not JSON: a health check reads only the status
         if path == "/v1/models":
-            return httpx.Response(200, json={"data": [{"id": m, "max_model_len": 4096} for m in self.models.get(base, ["M"])]})
+            return Reply(200, {"data": [{"id": m, "max_model_len": 4096} for m in self.models.get(base, ["M"])]})
         self.calls.append(base)
-        self.bodies.append(json.loads(request.content))
-        self.headers = dict(request.headers)
+        self.bodies.append(request.json())
+        self.headers = {k.lower(): v for k, v in request.headers.items()}
         behaviour = self.completions.get(base, sse("ok"))
         if isinstance(behaviour, int):
-            return httpx.Response(behaviour, json={"error": {"message": f"status {behaviour}"}})
-        if callable(behaviour):
-            return httpx.Response(200, stream=behaviour())
-        return httpx.Response(200, content=behaviour)
+            return Reply(behaviour, {"error": {"message": f"status {behaviour}"}})
+        if isinstance(behaviour, Reply):
+            return behaviour
+        return Reply(200, chunks=[behaviour])
 
 
 def run(coro):
     return asyncio.run(coro)
 
 
-async def started(servers: Servers, *replicas: str, registry=None) -> RemoteEngine:
+def run_with(servers: Servers, go):
+    """`go(upstream)` with the stand-in replicas serving."""
+    async def main():
+        async with Upstream(servers) as upstream:
+            return await go(upstream)
+
+    return asyncio.run(main())
+
+
+async def started(upstream: Upstream, *replicas: str, registry=None) -> RemoteEngine:
     metrics = RouterMetrics(registry or CollectorRegistry())
-    engine = RemoteEngine(tier(*replicas), ResilienceConfig(health_interval_s=0.05), metrics, transport=httpx.MockTransport(servers))
+    engine = RemoteEngine(tier(*replicas), ResilienceConfig(health_interval_s=0.05), metrics, connector=upstream.connector())
     await asyncio.wait_for(engine.start(), 5)
     return engine
 
@@ -90,14 +99,14 @@ def test_stream_becomes_engine_chunks_with_cumulative_tokens():
     servers = Servers()
     servers.completions[A] = sse("Par", "is", ".", finish="stop")
 
-    async def go():
-        engine = await started(servers, A)
+    async def go(upstream):
+        engine = await started(upstream, A)
         try:
             return await collect(engine)
         finally:
             await engine.shutdown()
 
-    chunks = run(go())
+    chunks = run_with(servers, go)
     assert "".join(c.delta for c in chunks) == "Paris."
     assert [c.completion_tokens for c in chunks] == [1, 2, 3]
     assert chunks[-1].finished and chunks[-1].finish_reason == "stop"
@@ -111,15 +120,15 @@ def test_the_requests_trace_context_goes_to_the_replica():
     servers = Servers()
     value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
-    async def go():
-        engine = await started(servers, A)
+    async def go(upstream):
+        engine = await started(upstream, A)
         try:
             TRACEPARENT.set(value)
             await collect(engine)
         finally:
             await engine.shutdown()
 
-    run(go())
+    run_with(servers, go)
     assert servers.headers["traceparent"] == value and servers.headers["x-request-id"] == "r1"
 
 
@@ -129,15 +138,15 @@ def test_a_replica_failing_before_the_first_token_is_retried_once_on_another():
     servers.completions[B] = sse("fine")
     registry = CollectorRegistry()
 
-    async def go():
-        engine = await started(servers, A, B, registry=registry)
+    async def go(upstream):
+        engine = await started(upstream, A, B, registry=registry)
         engine.replicas[1].in_flight = 1  # A is preferred (fewer outstanding), and fails
         try:
             return await collect(engine), engine
         finally:
             await engine.shutdown()
 
-    chunks, engine = run(go())
+    chunks, engine = run_with(servers, go)
     assert "".join(c.delta for c in chunks) == "fine"
     assert servers.calls == [A, B]
     assert engine.replicas[0].breaker.failures == 1
@@ -147,16 +156,12 @@ def test_a_replica_failing_before_the_first_token_is_retried_once_on_another():
 def test_no_retry_after_the_first_token():
     servers = Servers()
 
-    class BreaksAfterOneChunk(httpx.AsyncByteStream):
-        async def __aiter__(self):
-            yield b'data: {"choices": [{"text": "Hel", "finish_reason": null}], "usage": {"completion_tokens": 1}}\n\n'
-            raise httpx.ReadError("connection reset")
-
-    servers.completions[A] = BreaksAfterOneChunk
+    servers.completions[A] = Reply(200, chunks=[b'data: {"choices": [{"text": "Hel", "finish_reason": null}], "usage": {"completion_tokens": 1}}\n\n'],
+                                   reset=True)  # the connection drops after one chunk
     servers.completions[B] = sse("never")
 
-    async def go():
-        engine = await started(servers, A, B)
+    async def go(upstream):
+        engine = await started(upstream, A, B)
         engine.replicas[1].in_flight = 1
         got = []
         try:
@@ -167,22 +172,22 @@ def test_no_retry_after_the_first_token():
             await engine.shutdown()
         return got
 
-    assert run(go()) == ["Hel"]
+    assert run_with(servers, go) == ["Hel"]
     assert servers.calls == [A]
 
 
 def test_the_replica_with_fewest_outstanding_requests_is_chosen():
     servers = Servers()
 
-    async def go():
-        engine = await started(servers, A, B)
+    async def go(upstream):
+        engine = await started(upstream, A, B)
         engine.replicas[0].in_flight = 2
         try:
             await collect(engine)
         finally:
             await engine.shutdown()
 
-    run(go())
+    run_with(servers, go)
     assert servers.calls == [B]
 
 
@@ -190,23 +195,23 @@ def test_a_request_the_server_refuses_is_invalid_argument():
     servers = Servers()
     servers.completions[A] = 400
 
-    async def go():
-        engine = await started(servers, A)
+    async def go(upstream):
+        engine = await started(upstream, A)
         try:
             with pytest.raises(InvalidArgument, match="status 400"):
                 await collect(engine)
         finally:
             await engine.shutdown()
 
-    run(go())
+    run_with(servers, go)
 
 
 def test_a_replica_serving_another_model_is_not_healthy():
     servers = Servers()
     servers.models[A] = ["other-model"]
 
-    async def go():
-        engine = RemoteEngine(tier(A, B), ResilienceConfig(health_interval_s=0.05), None, transport=httpx.MockTransport(servers))
+    async def go(upstream):
+        engine = RemoteEngine(tier(A, B), ResilienceConfig(health_interval_s=0.05), None, connector=upstream.connector())
         await asyncio.wait_for(engine.start(), 5)  # B is fine
         await asyncio.sleep(0.2)
         try:
@@ -214,6 +219,6 @@ def test_a_replica_serving_another_model_is_not_healthy():
         finally:
             await engine.shutdown()
 
-    a, b = run(go())
+    a, b = run_with(servers, go)
     assert not a.healthy and "other-model" in a.problem
     assert b.healthy
