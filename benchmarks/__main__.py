@@ -63,12 +63,20 @@ def _load(address: str, c: int, seconds: float, rpc: str) -> dict:
     return _child("classify", address, str(c), str(seconds), "--rpc", rpc)
 
 
-def classify_bench(address: str, levels=(1, 8, 32, 64), seconds: float = 5.0) -> list[dict]:
+def classify_bench(address: str, levels=(1, 8, 32, 64), seconds: float = 3.0, rounds: int = 3) -> list[dict]:
+    """Per level, Classify and Health/Check loads in alternating blocks
+    (CHHC CH...), so drift on a noisy machine hits both; each row is the
+    block with the median rate of its RPC."""
     results = []
     for c in levels:
-        r = _load(address, c, seconds, "classify")
-        r["health_ceiling"] = _load(address, c, seconds, "health")
-        r["ratio_to_ceiling"] = r["rps"] / r["health_ceiling"]["rps"]
+        runs = {"classify": [], "health": []}
+        for i in range(rounds):
+            for rpc in (("classify", "health") if i % 2 == 0 else ("health", "classify")):
+                runs[rpc].append(_load(address, c, seconds, rpc))
+        r, ceiling = (sorted(runs[rpc], key=lambda x: x["rps"])[rounds // 2] for rpc in ("classify", "health"))
+        r["health_ceiling"] = ceiling
+        r["ratio_to_ceiling"] = r["rps"] / ceiling["rps"]
+        r["ratios_by_round"] = [a["rps"] / b["rps"] for a, b in zip(runs["classify"], runs["health"])]
         results.append(r)
         print(f"  classify c={c}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms; "
               f"health ceiling {r['health_ceiling']['rps']:.0f} req/s (ratio {r['ratio_to_ceiling']:.2f})", flush=True)
@@ -84,11 +92,12 @@ async def _direct_stream(engine, prompt: str, max_tokens: int, rid: str) -> tupl
     ids = await engine.render([ChatMessage("user", prompt)])
     sampling = EffectiveSampling(0.0, 1.0, 0, max_tokens, (), None, 1.0)
     ttft, tokens = None, 0
+    handed = time.perf_counter()
     async for chunk in engine.generate(ids, sampling, rid):
         if ttft is None and chunk.completion_tokens > 0:
             ttft = time.perf_counter() - started
         tokens = chunk.completion_tokens
-    return ttft, time.perf_counter() - started, tokens
+    return ttft, handed - started, tokens
 
 
 def _lag_buckets(app) -> dict[float, float]:
@@ -106,13 +115,59 @@ def _lag_summary(before: dict, after: dict) -> dict:
     return {"ticks": total, "share_over_5ms": (total - delta[0.005]) / total if total else 0.0, "p99_bucket_s": p99}
 
 
+def _gc_totals(app) -> dict:
+    """Collections so far (all generations): count, seconds, and cumulative bucket counts."""
+    out = {"collections": 0.0, "seconds": 0.0, "buckets": {}}
+    for m in app.router.metrics.gc_pause_seconds.collect():
+        for sample in m.samples:
+            if sample.name.endswith("_count"):
+                out["collections"] += sample.value
+            elif sample.name.endswith("_sum"):
+                out["seconds"] += sample.value
+            elif sample.name.endswith("_bucket"):
+                le = float(sample.labels["le"])
+                out["buckets"][le] = out["buckets"].get(le, 0.0) + sample.value
+    return out
+
+
+def _gc_summary(before: dict, after: dict) -> dict:
+    """Collections between two snapshots, their total time, and the bucket holding the longest."""
+    n = after["collections"] - before["collections"]
+    longest = next((le for le in sorted(after["buckets"]) if after["buckets"][le] - before["buckets"].get(le, 0.0) >= n), float("inf"))
+    return {"collections": n, "seconds": after["seconds"] - before["seconds"], "max_bucket_s": longest}
+
+
+def full_collection_ms(rounds: int = 3) -> dict:
+    """A full garbage collection's duration in this process with the heap
+    frozen (as the server runs after start-up) and unfrozen (as it ran
+    before), alternating; the heap is left frozen."""
+    import gc
+
+    from server.stalls import freeze_heap
+
+    times: dict[str, list[float]] = {"frozen": [], "unfrozen": []}
+    for _ in range(rounds):
+        for state in ("unfrozen", "frozen"):
+            if state == "unfrozen":
+                gc.unfreeze()
+            else:
+                freeze_heap()
+            started = time.perf_counter()
+            gc.collect()
+            times[state].append((time.perf_counter() - started) * 1e3)
+    return {state: float(np.median(v)) for state, v in times.items()} | {"tracked_objects_frozen": gc.get_freeze_count()}
+
+
 async def overhead_bench(app, address: str, levels=(4, 16), rounds: int = 6, max_tokens: int = 32) -> dict:
     """Each concurrency level in its own rounds, router and direct alternating."""
-    out = {}
+    out = {"full_collection_ms": full_collection_ms()}
+    print(f"  a full garbage collection: {out['full_collection_ms']['unfrozen']:.1f} ms with the heap unfrozen, "
+          f"{out['full_collection_ms']['frozen']:.1f} ms frozen", flush=True)
     for concurrency in levels:
-        before = _lag_buckets(app)
+        before, gc_before = _lag_buckets(app), _gc_totals(app)
         out[str(concurrency)] = r = await _overhead_level(app, address, rounds, 4 * concurrency, concurrency, max_tokens)
         r["loop_lag"] = _lag_summary(before, _lag_buckets(app))
+        r["gc"] = _gc_summary(gc_before, _gc_totals(app))
         print(f"  c={concurrency}: ratio {r['throughput_ratio']:.3f}, added TTFT p50 {r['added_ttft_p50_ms']:+.1f} ms, "
               f"p99 {r['added_ttft_p99_ms']:+.1f} ms; loop lag over 5 ms in {r['loop_lag']['share_over_5ms']:.1%} of ticks", flush=True)
     return out
@@ -135,8 +190,7 @@ async def _router_block(address: str, prompts: list[str], concurrency: int, max_
 
 async def _direct_block(app, tiers: dict, prompts: list[str], concurrency: int, max_tokens: int) -> dict:
     async def one(prompt: str):
-        ttft, _, tokens = await _direct_stream(app.tiers[tiers[prompt]].engine, prompt, max_tokens, f"direct-{time.monotonic_ns()}")
-        return ttft, tokens
+        return await _direct_stream(app.tiers[tiers[prompt]].engine, prompt, max_tokens, f"direct-{time.monotonic_ns()}")
 
     return await staggered(one, prompts, concurrency)
 
@@ -639,9 +693,40 @@ def _in_router_line(r: dict) -> str:
             "and shares the process with gRPC and the engines' clients; vLLM pins both CPU engines to core 0 and leaves core 1 to the router.")
 
 
+def _added(o: dict, q: int, digits: int = 1) -> str:
+    """An added TTFT percentile, with its bootstrap interval when the run recorded one."""
+    text = f"{o[f'added_ttft_p{q}_ms']:+.{digits}f} ms"
+    ci = o.get(f"added_ttft_p{q}_ci_ms")
+    return text + (f" (95 % interval {ci[0]:+.{digits}f} to {ci[1]:+.{digits}f})" if ci else "")
+
+
+def _classify_ratio_lines(path: Path) -> list[str]:
+    """From `python -m benchmarks.classify_handler --ratios` (its own run)."""
+    if not path.is_file():
+        return []
+    r = json.loads(path.read_text())
+    return [f"Where the gap to the ceiling is (`python -m benchmarks.classify_handler --ratios`, {r['date']}, {r['concurrency']} callers, "
+            f"{r['rounds']} alternating rounds per row, each row its own server): Classify's rate against Health/Check with the handler "
+            "cut down step by step.", "",
+            "| Classify handler | Classify req/s | Health/Check req/s | ratio |", "|---|---|---|---|",
+            *[f"| {v['variant']} | {v['classify_rps']:.0f} | {v['health_rps']:.0f} | {v['ratio']:.3f} |" for v in r["rows"]], ""]
+
+
+def _own_text(o: dict) -> str:
+    """The per-request time outside the engine's own time to first token, when the run recorded it."""
+    if "own_p99_ms" not in o:
+        return ""
+    p50, p99 = o["own_p50_ms"], o["own_p99_ms"]
+    return (f"; outside the engine's own time to first token, per request: router path p50 {p50['router']:.2f} / p99 {p99['router']:.2f} ms, "
+            f"direct path p50 {p50['direct']:.2f} / p99 {p99['direct']:.2f} ms, so the router adds **p50 {o['added_own_p50_ms']:+.2f} ms, "
+            f"p99 {o['added_own_p99_ms']:+.2f} ms**")
+
+
 def _overhead_lines(levels: dict) -> list[str]:
     if "router" in levels:  # a report from before levels: one level, 4
         levels = {str(levels["setup"]["concurrency"]): levels}
+    gc_full = levels.get("full_collection_ms")
+    levels = {c: o for c, o in levels.items() if c != "full_collection_ms"}
     lines = ["## 2. Router overhead (streaming, same engine, interleaved rounds)", "",
              "| concurrency | path | requests | tokens/s | TTFT p50 ms | TTFT p99 ms |", "|---|---|---|---|---|---|"]
     for c, o in levels.items():
@@ -652,8 +737,16 @@ def _overhead_lines(levels: dict) -> list[str]:
         lag = o.get("loop_lag")
         lag_text = (f"; the event loop ran {lag['ticks']:.0f} lag ticks, {lag['share_over_5ms']:.1%} of them over 5 ms late, "
                     f"99th percentile within {lag['p99_bucket_s'] * 1e3:g} ms") if lag else ""
+        gc_text = ""
+        if o.get("gc"):
+            gc_text = (f"; {o['gc']['collections']:.0f} garbage collections took {o['gc']['seconds'] * 1e3:.0f} ms in all, the longest "
+                       f"within {o['gc']['max_bucket_s'] * 1e3:g} ms")
         lines.append(f"- Concurrency {c}: throughput ratio router/direct **{o['throughput_ratio']:.3f}** (target ≥ 0.95); added TTFT p50 "
-                     f"**{o['added_ttft_p50_ms']:+.1f} ms**, p99 **{o['added_ttft_p99_ms']:+.1f} ms** (target: p99 under 5 ms){lag_text}.")
+                     f"**{_added(o, 50)}**, p99 **{_added(o, 99)}** (target: p99 under 5 ms){_own_text(o)}{lag_text}{gc_text}.")
+    if gc_full:
+        lines.append(f"- A full garbage collection in the server's process, measured in the same run: {gc_full['unfrozen']:.1f} ms with "
+                     f"everything on the heap collectable (as before 2026-11-26), {gc_full['frozen']:.1f} ms with the "
+                     f"{gc_full['tracked_objects_frozen']:,} objects alive after start-up frozen (`server/stalls.py`, as the server now runs).")
     any_level = next(iter(levels.values()))
     auto = Path(__file__).resolve().parents[1] / "docs/overhead-auto-cores.json"
     if auto.is_file():  # the same section with vLLM's default binding, for where the added time comes from
@@ -662,7 +755,7 @@ def _overhead_lines(levels: dict) -> list[str]:
                   "--config CONFIG` with `cpu_cores: auto`, results in docs/overhead-auto-cores.json):"]
         lines += [f"- Concurrency {c}: ratio {o['throughput_ratio']:.3f}; added TTFT p50 {o['added_ttft_p50_ms']:+.1f} ms, p99 "
                   f"{o['added_ttft_p99_ms']:+.1f} ms; loop lag over 5 ms in {o['loop_lag']['share_over_5ms']:.1%} of ticks."
-                  for c, o in a["overhead"].items()]
+                  for c, o in a["overhead"].items() if c != "full_collection_ms"]
     client = any_level["setup"].get("client", "the server's process and event loop")
     lines += ["", f"{any_level['setup']['max_tokens']} new tokens, greedy. The router path's gRPC client runs in {client}; the direct "
               "path calls the same in-process engine (render, generate) from the benchmark's event loop.", ""]
@@ -702,7 +795,12 @@ def _remote_lines(path: Path) -> list[str]:
              "| concurrency | router TTFT p50 / p99 ms | direct TTFT p50 / p99 ms | added p50 / p99 ms | throughput ratio |", "|---|---|---|---|---|"]
     for c, v in r["levels"].items():
         lines.append(f"| {c} | {v['router']['ttft_p50_ms']:.1f} / {v['router']['ttft_p99_ms']:.1f} | {v['direct']['ttft_p50_ms']:.1f} / "
-                     f"{v['direct']['ttft_p99_ms']:.1f} | {v['added_ttft_p50_ms']:+.2f} / {v['added_ttft_p99_ms']:+.2f} | {v['throughput_ratio']:.3f} |")
+                     f"{v['direct']['ttft_p99_ms']:.1f} | {_added(v, 50, 2)} / {_added(v, 99, 2)} | {v['throughput_ratio']:.3f} |")
+    lines += [""] + [f"- Concurrency {c}{_own_text(v)}." for c, v in r["levels"].items() if "own_p99_ms" in v]
+    any_level = next(iter(r["levels"].values()))
+    lines += ["", f"{any_level['router']['requests']} requests per path at one caller. The intervals are 95 % bootstrap intervals of the "
+              "difference: how far the samples alone could move it. The direct path is read with aiohttp, the router's own upstream "
+              "client (`python -m benchmarks.upstream_client`: the first event of a stream 1.1 ms sooner than with httpx)."]
     return lines + [""]
 
 
@@ -738,7 +836,9 @@ def write_markdown(results: dict, path: Path) -> None:
           f"{r['health_ceiling']['p99_ms']:.2f} | {r['ratio_to_ceiling']:.2f} |" for r in c],
         "", "Target: at least 2,000 requests/s with p99 under 10 ms at 32 concurrent callers. The ceiling column is "
         "`grpc.health.v1.Health/Check`, the cheapest RPC on the same server, measured the same way in the same run: "
-        "what a Python grpc.aio server and client on these 2 cores cost before any router work.", "",
+        "what a Python grpc.aio server and client on these 2 cores cost before any router work. Each row is the median of "
+        "alternating Classify and Health/Check blocks when the run recorded several (`ratios_by_round` in the JSON).", "",
+        *_classify_ratio_lines(path.parent / "classify-ratios.json"),
         *_overhead_lines(o),
         "## 3. Continuous batching (small tier, streaming, 64 new tokens)", "",
         "| concurrency | generated tokens/s | × concurrency 1 |", "|---|---|---|",

@@ -1,11 +1,20 @@
-"""Where a Classify RPC's server time goes, in process (no network):
+"""Where a Classify RPC's server time goes:
 
     python -m benchmarks.classify_handler [-n 5000]
+    python -m benchmarks.classify_handler --ratios [--concurrency 32] [--out docs]
 
-Prints the mean time of the servicer's Classify handler (error mapping,
-metrics, decoding, the policy, the response) and of `policy.decide` alone
-(the classifier), over the built-in mix, then the top of a cProfile of the
-handler. The RPC's rate against Health/Check is section 1 of `make bench`.
+The first prints, in process (no network), the mean time of the servicer's
+Classify handler (error mapping, metrics, decoding, the policy, the
+response) and of `policy.decide` alone (the classifier), over the built-in
+mix, then the top of a cProfile of the handler.
+
+`--ratios` serves Classify four ways on a real grpc.aio server and loads each
+from a child process in blocks alternating with Health/Check, as section 1
+of `make bench` does: the rate against Health/Check of a handler that
+returns an empty response at once, of the servicer's bookkeeping alone
+(request id, status mapping, metrics), of the whole handler with a
+classifier that costs nothing, and of the real handler. The steps between
+the rows are what each part costs the RPC's rate.
 """
 
 from __future__ import annotations
@@ -13,9 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import json
 import pstats
 import sys
 import time
+from pathlib import Path
 
 
 class _Context:
@@ -64,12 +75,91 @@ async def main_async(n: int) -> None:
     pstats.Stats(profile).sort_stats("tottime").print_stats(12)
 
 
+VARIANTS = ("empty response", "bookkeeping only", "free classifier", "real")
+
+
+def _serve_variant(servicer_cls, router, variant: str):
+    """A servicer whose Classify is cut down to `variant`."""
+    from triage_proto import router_pb2 as pb
+
+    class Variant(servicer_cls):
+        async def Classify(self, request, context):
+            if variant == "empty response":
+                return pb.ClassifyResponse()
+            if variant == "bookkeeping only":
+                async with self._rpc("Classify", context, request):
+                    return pb.ClassifyResponse()
+            return await super().Classify(request, context)
+
+    if variant == "free classifier":
+        import numpy as np
+
+        router.policy._score = lambda texts: np.full(len(texts), 0.3)
+    return Variant
+
+
+async def ratios_async(concurrency: int, seconds: float, rounds: int) -> list[dict]:
+    import json
+    import statistics
+    import subprocess
+
+    import classifier
+    from server import app as app_module
+    from server.app import build_app
+    from server.config import load
+    from server.servicer import RouterServicer
+
+    config = load("config/cpu.yaml").with_ports(0, -1, http_port=-1)
+    rows = []
+    for variant in VARIANTS:
+        real = app_module.RouterServicer
+        app_module.RouterServicer = lambda router, *a, **k: _serve_variant(RouterServicer, router, variant)(router, *a, **k)
+        try:
+            app = build_app(config, classifier.load(config.classifier.path))
+        finally:
+            app_module.RouterServicer = real
+        await app.server.start()
+        address = f"{config.server.host}:{app.port}"
+        rates = {"classify": [], "health": []}
+        try:
+            for i in range(rounds):
+                for rpc in (("classify", "health") if i % 2 == 0 else ("health", "classify")):
+                    out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "benchmarks.load", "classify", address,
+                                                                   str(concurrency), str(seconds), "--rpc", rpc],
+                                                  capture_output=True, text=True, check=True)
+                    rates[rpc].append(json.loads(out.stdout)["rps"])
+        finally:
+            await app.server.stop(1)
+        ratio = statistics.median(c / h for c, h in zip(rates["classify"], rates["health"]))
+        rows.append({"variant": variant, "classify_rps": statistics.median(rates["classify"]),
+                     "health_rps": statistics.median(rates["health"]), "ratio": ratio})
+        print(f"{variant:17s} Classify {rows[-1]['classify_rps']:5.0f} req/s, Health/Check {rows[-1]['health_rps']:5.0f} req/s: "
+              f"ratio {ratio:.3f}", flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.classify_handler", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=5000)
+    parser.add_argument("--ratios", action="store_true", help="the RPC's rate against Health/Check, handler cut down step by step")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--out", default="docs", help="where --ratios writes classify-ratios.json (docs/benchmarks.md quotes it)")
     args = parser.parse_args(argv)
-    asyncio.run(main_async(args.n))
+    if args.ratios:
+        import logging
+
+        logging.basicConfig(level=logging.WARNING)
+        rows = asyncio.run(ratios_async(args.concurrency, args.seconds, args.rounds))
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "classify-ratios.json").write_text(json.dumps({
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "concurrency": args.concurrency, "seconds": args.seconds,
+            "rounds": args.rounds, "rows": rows}, indent=2) + "\n")
+    else:
+        asyncio.run(main_async(args.n))
     return 0
 
 

@@ -37,7 +37,7 @@ async def _workload(address: str, routes: list[str], requests_per_caller: int, m
         async def caller(i: int, route: str):
             nonlocal tokens
             for j in range(requests_per_caller):
-                first, n = await streamed(client, f"{PROMPT} ({i}-{j})", max_tokens, route=route)
+                first, _, n = await streamed(client, f"{PROMPT} ({i}-{j})", max_tokens, route=route)
                 ttft.append(first)
                 tokens += n
 

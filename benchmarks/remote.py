@@ -1,7 +1,7 @@
 """The router as a light front: both tiers remote, against the same
 `vllm serve` called directly, in one run.
 
-    python -m benchmarks.remote [--levels 1,4,16] [--rounds 4] [--out docs]
+    python -m benchmarks.remote [--levels 1,4,16] [--rounds 8] [--out docs]
 
 Starts one `vllm serve` (the prepared SmolLM2 folder, CPU build) and the
 router as its own process (`python -m server`) with both tiers pointing at
@@ -100,11 +100,15 @@ def _mapped(pid: int, names=("torch", "transformers", "vllm")) -> list[str]:
 
 
 async def _direct(http, url: str, prompt: str, max_tokens: int) -> tuple[float, int]:
+    """One streamed chat completion straight to the server, read with aiohttp
+    (the fastest client here: `python -m benchmarks.upstream_client`), so the
+    baseline carries no client overhead the router's path does not."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0.0,
             "stream": True, "stream_options": {"include_usage": True}}
     started, first, tokens = time.perf_counter(), None, 0
-    async with http.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
-        async for line in resp.aiter_lines():
+    async with http.post(f"{url}/v1/chat/completions", json=body) as resp:
+        async for raw in resp.content:
+            line = raw.decode()
             if not line.startswith("data:") or line.strip() == "data: [DONE]":
                 continue
             event = json.loads(line[5:])
@@ -112,13 +116,13 @@ async def _direct(http, url: str, prompt: str, max_tokens: int) -> tuple[float, 
                 first = time.perf_counter() - started
             if event.get("usage"):
                 tokens = event["usage"]["completion_tokens"]
-    return first, tokens
+    return first, 0.0, tokens  # all of it is the server's
 
 
 async def _level(address: str, url: str, concurrency: int, rounds: int, max_tokens: int) -> dict:
-    import httpx
+    import aiohttp
 
-    async with AsyncTriageClient(address, timeout=300) as client, httpx.AsyncClient(timeout=300) as http:
+    async with AsyncTriageClient(address, timeout=300) as client, aiohttp.ClientSession() as http:
         async def block(path: str, n: int) -> dict:
             sem = asyncio.Semaphore(concurrency)
 
@@ -129,15 +133,16 @@ async def _level(address: str, url: str, concurrency: int, rounds: int, max_toke
 
             started = time.perf_counter()
             out = await asyncio.gather(*(one(i) for i in range(n)))
-            return {"ttft_s": [o[0] for o in out], "tokens": sum(o[1] for o in out), "wall_s": time.perf_counter() - started}
+            return {"ttft_s": [o[0] for o in out], "own_s": [o[1] for o in out], "tokens": sum(o[-1] for o in out),
+                    "wall_s": time.perf_counter() - started}
 
-        return router_vs_direct(await alternating(block, rounds, per_block=max(8, 2 * concurrency), warm=concurrency))
+        return router_vs_direct(await alternating(block, rounds, per_block=max(16, 2 * concurrency), warm=concurrency))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.remote", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", default="1,4,16")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--out", default="docs")
     args = parser.parse_args(argv)
@@ -164,8 +169,9 @@ def main(argv=None) -> int:
             print(f"router idle RSS {result['router_idle_rss_mb']:.0f} MB; heavy packages mapped: {result['router_imports'] or 'none'}", flush=True)
             for c in (int(x) for x in args.levels.split(",")):
                 r = result["levels"][str(c)] = asyncio.run(_level(address, url, c, args.rounds, args.max_tokens))
-                print(f"c={c}: ratio {r['throughput_ratio']:.3f}, added TTFT p50 {r['added_ttft_p50_ms']:+.2f} ms, "
-                      f"p99 {r['added_ttft_p99_ms']:+.2f} ms", flush=True)
+                lo, hi = r["added_ttft_p50_ci_ms"]
+                print(f"c={c}: ratio {r['throughput_ratio']:.3f}, added TTFT p50 {r['added_ttft_p50_ms']:+.2f} ms "
+                      f"(95% interval {lo:+.2f} to {hi:+.2f}), p99 {r['added_ttft_p99_ms']:+.2f} ms", flush=True)
         finally:
             for proc in (router, vllm):
                 if proc is not None and proc.poll() is None:

@@ -24,7 +24,7 @@ from .engine import Engine, VllmEngine
 from .auth import HEALTH_SERVICE, BearerTokenAuth, tls_credentials
 from .feedback import FeedbackStore, Outcomes, RecentAnswers
 from .grpc_metrics import GrpcServerMetrics
-from .loop_lag import watch_loop_lag
+from .stalls import GcPauses, freeze_heap, watch_loop_lag
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy
 from .router import Router
@@ -52,6 +52,7 @@ class App:
     metrics_port: int | None
     _metrics_http: object = field(default=None, repr=False)
     _lag_watcher: asyncio.Task | None = field(default=None, repr=False)
+    _gc_pauses: GcPauses | None = field(default=None, repr=False)
     http: object = field(default=None, repr=False)  # http_api.OpenAIHttp, when server.http_port is set
     http_port: int | None = None
 
@@ -79,8 +80,14 @@ class App:
     async def start_engines(self) -> None:
         if self._lag_watcher is None:
             self._lag_watcher = asyncio.create_task(watch_loop_lag(self.router.metrics.loop_lag_seconds))
+            self._gc_pauses = GcPauses(self.router.metrics.gc_pause_seconds)
+            self._gc_pauses.install()
         await self.tiers.start()
-        log.info("all tiers warm; health is SERVING")
+        # What is alive now (engines, models, tokenizers, indexes) lives as
+        # long as the process: out of the collector's reach, so a full
+        # collection under load walks only what requests allocate.
+        frozen = freeze_heap()
+        log.info("all tiers warm; health is SERVING (%d long-lived objects exempted from garbage collection)", frozen)
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING first; no new requests; in-flight ones get
@@ -91,6 +98,7 @@ class App:
         await self.tiers.begin_drain(grace - 1.0)
         if self._lag_watcher is not None:
             self._lag_watcher.cancel()
+            self._gc_pauses.remove()
         started = time.monotonic()
         if self.http is not None:  # its requests drain with the gRPC ones (begin_drain above)
             await asyncio.gather(self.server.stop(grace), self.http.stop())

@@ -37,6 +37,8 @@ class RouterMetrics:
         self.request_seconds = histogram("router_request_duration_seconds", "End-to-end request duration", ("rpc", "tier", "code"))
         self.loop_lag_seconds = histogram(
             "router_event_loop_lag_seconds", "How late the event loop ran a timer due every 0.1 s: a stall every request shares")
+        self.gc_pause_seconds = histogram("router_gc_pause_seconds", "Garbage collections' durations, by generation (the event loop stops for each)",
+                                          ("generation",))
         self.requests = Counter("router_requests_total", "Requests by RPC, tier, route reason and status code", ["rpc", "tier", "reason", "code"], registry=registry)
         self.errors = Counter("router_errors_total", "Requests that ended with a non-OK status", ["code"], registry=registry)
         # Present at 0 from the start, so rate() and dashboards work before the first error.

@@ -325,7 +325,8 @@ class Router:
         itl = m.itl_seconds.labels(tier.name)
         gauge = m.in_flight.labels(tier.name)
         gauge.inc()
-        m.overhead_seconds.labels(tier.name).observe(time.perf_counter() - ctx.arrived)
+        ctx.timings.routing_ms = (time.perf_counter() - ctx.arrived) * 1e3
+        m.overhead_seconds.labels(tier.name).observe(ctx.timings.routing_ms / 1e3)
         m.engine_requests.labels(tier.name).inc()
         timeout_s = tier.config.generation_timeout_s
         ceiling = time.monotonic() + timeout_s

@@ -140,7 +140,7 @@ def _decision(d: Decision, tiers: tuple[str, ...]) -> pb.RoutingDecision:
 
 def _timings(t: Timings) -> pb.Timings:
     return pb.Timings(classify_ms=t.classify_ms, queue_ms=t.queue_ms, ttft_ms=t.ttft_ms, generate_ms=t.generate_ms,
-                      total_ms=t.total_ms, cache_ms=t.cache_ms, retrieve_ms=t.retrieve_ms)
+                      total_ms=t.total_ms, cache_ms=t.cache_ms, retrieve_ms=t.retrieve_ms, routing_ms=t.routing_ms)
 
 
 def _cache(event: FinalEvent) -> pb.CacheInfo:

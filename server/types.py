@@ -81,6 +81,7 @@ class Timings:
     total_ms: float = 0.0
     cache_ms: float = 0.0
     retrieve_ms: float = 0.0
+    routing_ms: float = 0.0  # arrival -> handed to the engine; ttft_ms - routing_ms is the engine's own
 
 
 @dataclass(frozen=True)

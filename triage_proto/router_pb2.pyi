@@ -119,7 +119,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("classify_ms", "queue_ms", "ttft_ms", "generate_ms", "total_ms", "cache_ms", "retrieve_ms")
+    __slots__ = ("classify_ms", "queue_ms", "ttft_ms", "generate_ms", "total_ms", "cache_ms", "retrieve_ms", "routing_ms")
     CLASSIFY_MS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     TTFT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +127,7 @@ class Timings(_message.Message):
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     CACHE_MS_FIELD_NUMBER: _ClassVar[int]
     RETRIEVE_MS_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_MS_FIELD_NUMBER: _ClassVar[int]
     classify_ms: float
     queue_ms: float
     ttft_ms: float
@@ -134,7 +135,8 @@ class Timings(_message.Message):
     total_ms: float
     cache_ms: float
     retrieve_ms: float
-    def __init__(self, classify_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., cache_ms: _Optional[float] = ..., retrieve_ms: _Optional[float] = ...) -> None: ...
+    routing_ms: float
+    def __init__(self, classify_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., cache_ms: _Optional[float] = ..., retrieve_ms: _Optional[float] = ..., routing_ms: _Optional[float] = ...) -> None: ...
 
 class CacheInfo(_message.Message):
     __slots__ = ("status", "similarity")

@@ -42,7 +42,7 @@ def test_router_metric_names_follow_the_conventions():
 # Every label any router_* series may carry, each with bounded values: never
 # a request id or user text. (A replica is a URL from the config; to_tier a
 # tier name.)
-ALLOWED_LABELS = {"tier", "to_tier", "model", "rpc", "code", "reason", "kind", "result", "scope", "replica"}
+ALLOWED_LABELS = {"tier", "to_tier", "model", "rpc", "code", "reason", "kind", "result", "scope", "replica", "generation"}  # generation: 0, 1 or 2
 
 
 def test_every_router_metric_declares_only_bounded_labels():
@@ -97,7 +97,7 @@ def test_event_loop_lag_records_a_stall():
 
     from prometheus_client import CollectorRegistry
 
-    from server.loop_lag import watch_loop_lag
+    from server.stalls import watch_loop_lag
     from server.metrics import RouterMetrics
 
     registry = CollectorRegistry()
@@ -116,3 +116,31 @@ def test_event_loop_lag_records_a_stall():
     stalled = count - get("router_event_loop_lag_seconds_bucket", le="0.25")
     assert count >= 5 and stalled == 1
     assert 0.25 < get("router_event_loop_lag_seconds_sum") < 0.25 + 0.05 * count
+
+
+def test_garbage_collections_are_timed_by_generation_while_installed():
+    import gc
+
+    from prometheus_client import CollectorRegistry
+
+    from server.metrics import RouterMetrics
+    from server.stalls import GcPauses
+
+    registry = CollectorRegistry()
+    pauses = GcPauses(RouterMetrics(registry).gc_pause_seconds)
+
+    def count(generation: str) -> float:
+        return registry.get_sample_value("router_gc_pause_seconds_count", {"generation": generation})
+
+    assert count("2") == 0  # present from the start
+    pauses.install()
+    try:
+        before = count("2")
+        gc.collect(2)
+        gc.collect(2)
+    finally:
+        pauses.remove()
+    assert count("2") - before == 2
+    assert registry.get_sample_value("router_gc_pause_seconds_sum", {"generation": "2"}) > 0
+    gc.collect(2)  # removed: no longer observed
+    assert count("2") - before == 2

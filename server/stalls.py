@@ -1,0 +1,60 @@
+"""Stalls every request on the event loop shares, measured, and the one the
+router can prevent.
+
+- `watch_loop_lag`: a timer is due every `interval` seconds; how late it
+  fires is observed into `router_event_loop_lag_seconds`. A quiet loop shows
+  tens of microseconds; a long render on the loop, a busy callback or a
+  garbage collection shows up here.
+- `GcPauses`: every garbage collection's duration, by generation, into
+  `router_gc_pause_seconds`, so a lag can be told apart from a collection.
+- `freeze_heap`: once the engines are loaded, everything alive is moved out
+  of the collector's reach (`gc.freeze`), as vLLM's own server does after
+  start-up. In process, torch and vLLM leave millions of long-lived objects,
+  and each full collection walked all of them, with the loop stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+
+INTERVAL_S = 0.1
+
+
+async def watch_loop_lag(histogram, interval: float = INTERVAL_S) -> None:
+    """Runs until cancelled."""
+    while True:
+        due = time.perf_counter() + interval
+        await asyncio.sleep(interval)
+        histogram.observe(max(0.0, time.perf_counter() - due))
+
+
+class GcPauses:
+    """Observes each collection's duration while installed (gc.callbacks)."""
+
+    def __init__(self, histogram):
+        self._by_generation = [histogram.labels(str(g)) for g in range(3)]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self._by_generation[info["generation"]].observe(time.perf_counter() - self._started)
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def remove(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+
+def freeze_heap() -> int:
+    """Collect what is garbage now, then exempt every surviving object from
+    future collections. Returns how many objects were frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
