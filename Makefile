@@ -71,8 +71,15 @@ proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Itriage_proto=proto --python_out=. --grpc_python_out=. --pyi_out=. triage_proto/router.proto
 
 # Speed, measured side by side in one run; writes docs/benchmarks.md (~10 min).
+# Sections 1-6, 9 and 11 in one process, then the remote front (section 8)
+# and where Classify's gap to Health/Check is, each in its own processes,
+# then the report again with their results. Section 7 (cores, about 15
+# minutes) and 10 (SMG) are their own commands: docs/benchmarks.md.
 bench: install
 	$(PY) -m benchmarks --config $(CONFIG) --out docs
+	$(PY) -m benchmarks.remote --out docs
+	$(PY) -m benchmarks.classify_handler --ratios --out docs
+	$(PY) -m benchmarks --render --out docs
 
 train: $(STAMP)
 	$(PY) -m classifier train

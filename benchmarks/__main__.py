@@ -743,6 +743,12 @@ def _overhead_lines(levels: dict) -> list[str]:
                        f"within {o['gc']['max_bucket_s'] * 1e3:g} ms")
         lines.append(f"- Concurrency {c}: throughput ratio router/direct **{o['throughput_ratio']:.3f}** (target ≥ 0.95); added TTFT p50 "
                      f"**{_added(o, 50)}**, p99 **{_added(o, 99)}** (target: p99 under 5 ms){_own_text(o)}{lag_text}{gc_text}.")
+    if any("own_p99_ms" in o for o in levels.values()):
+        lines.append("- How to read these: the end-to-end percentiles compare two sets of requests, each meeting the engine's batches its "
+                     "own way, so at p99 their 95 % intervals span tens of milliseconds and cannot resolve a few. The per-request figure "
+                     "subtracts each request's own engine time to first token (the router reports it as `ttft_ms - routing_ms`; the "
+                     "direct path times it around `engine.generate`), leaving what the path itself added: on the router path the gRPC "
+                     "hop both ways, validation, classification, cache and render; on the direct path the render.")
     if gc_full:
         lines.append(f"- A full garbage collection in the server's process, measured in the same run: {gc_full['unfrozen']:.1f} ms with "
                      f"everything on the heap collectable (as before 2026-11-26), {gc_full['frozen']:.1f} ms with the "
@@ -891,9 +897,11 @@ def write_markdown(results: dict, path: Path) -> None:
         *_http_lines(results.get("http"), results.get("section_dates", {}).get("http", results["date"])),
         "Plots from the load generator: `triage bench --concurrency 1,4,16 --stream --out reports/bench` "
         "(latency per tier, throughput against concurrency).", "",
-        "## Reproduce", "", "```sh", "make bench                      # sections 1-6 and 9, about 30 minutes on 2 cores",
+        "## Reproduce", "", "```sh", "make bench                      # sections 1-6, 8, 9 and 11, about 50 minutes on 2 cores",
         "python -m benchmarks --only overhead,overlap   # some sections, updating the report",
-        "python -m benchmarks.cores      # section 7, about 15 minutes", "python -m benchmarks.remote     # section 8",
+        "python -m benchmarks.cores      # section 7, about 15 minutes", "python -m benchmarks.remote     # section 8, about 12 minutes",
+        "python -m benchmarks.classify_handler --ratios  # section 1's decomposition, about 2 minutes",
+        "python -m benchmarks.upstream_client  # httpx against aiohttp as a tier's upstream client, seconds",
         "python -m benchmarks.smg        # section 10, about 4 minutes",
         "python -m benchmarks.shutdown   # stop time of an idle server", "```", "",
     ]

@@ -30,6 +30,7 @@ def test_repeated_greedy_question_comes_from_the_exact_cache(live):
     assert second.text == first.text and second.usage == first.usage
     assert engine_requests(live, "small") == calls  # the engine was not asked again
     assert second.timings.total_ms < first.timings.total_ms and second.timings.cache_ms > 0
+    assert first.timings.routing_ms > 0 and second.timings.routing_ms == 0  # no engine was asked for the hit
     stream = list(live.client.generate_stream(q, route="small", max_tokens=24))
     deltas = [e.delta for e in stream if e.WhichOneof("event") == "delta"]
     assert len(deltas) >= 2 and "".join(deltas) == first.text

@@ -50,6 +50,9 @@ def test_capital_of_france_goes_small_and_says_paris(live):
     assert r.usage.prompt_tokens > 10 and r.usage.completion_tokens > 3
     t = r.timings
     assert 0 < t.classify_ms < t.ttft_ms <= t.total_ms
+    # The router's own part of TTFT (arrival to the engine) covers the
+    # classification and is a small part of the whole: the rest is prefill.
+    assert t.classify_ms < t.routing_ms < t.ttft_ms / 2
     # Greedy and the tier's own default: not generation_config.json's
     # temperature 1.6 / max_new_tokens 3.
     s = r.effective_sampling
