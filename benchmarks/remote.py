@@ -1,7 +1,7 @@
 """The router as a light front: both tiers remote, against the same
 `vllm serve` called directly, in one run.
 
-    python -m benchmarks.remote [--levels 1,4,16] [--rounds 8] [--out docs]
+    python -m benchmarks.remote [--levels 1,4,16] [--rounds 8] [--out docs] [--instant-upstream]
 
 Starts one `vllm serve` (the prepared SmolLM2 folder, CPU build) and the
 router as its own process (`python -m server`) with both tiers pointing at
@@ -12,6 +12,11 @@ it and the semantic cache off. Prints:
   blocks: TTFT p50/p99 and generated tokens/s, the direct path being
   `/v1/chat/completions` on the same server with the same messages.
 Writes `remote.json` beside the other results; docs/benchmarks.md quotes it.
+
+`--instant-upstream` puts benchmarks/instant_upstream.py (answers at once)
+where `vllm serve` was, so no engine time hides what the router adds and no
+engine process competes with it for the cores; writes
+`remote-instant.json`.
 """
 
 from __future__ import annotations
@@ -145,6 +150,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--out", default="docs")
+    parser.add_argument("--instant-upstream", action="store_true", help="an upstream that answers at once instead of vllm serve")
     args = parser.parse_args(argv)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "levels": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,7 +159,9 @@ def main(argv=None) -> int:
         url = f"http://127.0.0.1:{port}"
         vllm_log = (tmp / "vllm.log").open("w")
         server_log = (tmp / "router.log").open("w")
-        vllm = _start_vllm(port, vllm_log)
+        vllm = (subprocess.Popen([sys.executable, "-m", "benchmarks.instant_upstream", str(port), str(MODEL_DIR), MODEL], cwd=ROOT,
+                                 stdout=vllm_log, stderr=subprocess.STDOUT, start_new_session=True)
+                if args.instant_upstream else _start_vllm(port, vllm_log))
         router = None
         try:
             print("starting vllm serve…", flush=True)
@@ -186,7 +194,8 @@ def main(argv=None) -> int:
                 pass
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "remote.json").write_text(json.dumps(result, indent=2) + "\n")
+    result["upstream"] = "instant" if args.instant_upstream else "vllm serve"
+    (out / ("remote-instant.json" if args.instant_upstream else "remote.json")).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -33,7 +33,7 @@ from .errors import EngineFailure, InvalidArgument, Unavailable
 from .prompt import PromptIds, load_tokenizer, render
 from .tracing import upstream_headers
 from .types import ChatMessage, EffectiveSampling, EngineChunk
-from .upstream import UpstreamError, close, error_text, get_json, get_status, http_client, lines, post_stream, sse_chunks, streamed_sampling, transport_errors
+from .upstream import UpstreamError, close, error_text, get_json, get_status, http_client, line_batches, post_stream, sse_chunks, streamed_sampling, transport_errors
 
 log = logging.getLogger("triage.gateway")
 
@@ -137,7 +137,7 @@ class GatewayEngine:
                     raise InvalidArgument("messages", f"the {self.tier} tier's gateway refused the request: {error_text(await resp.read())}")
                 if resp.status != 200:
                     raise UpstreamError(f"tier {self.tier}: gateway answered {resp.status}: {error_text(await resp.read())}")
-                async for chunk in sse_chunks(lines(resp)):
+                async for chunk in sse_chunks(line_batches(resp)):
                     yield chunk
         except transport_errors() as exc:
             raise UpstreamError(f"tier {self.tier}: gateway {self.url}: {type(exc).__name__}: {exc}") from exc

@@ -37,7 +37,7 @@ from .errors import InvalidArgument, Unavailable
 from .prompt import load_tokenizer, render, render_ids
 from .types import ChatMessage, EffectiveSampling, EngineChunk
 from .tracing import upstream_headers
-from .upstream import (UpstreamError, close, error_text, get_json, get_status, http_client, lines, post_json, post_stream, sse_chunks,
+from .upstream import (UpstreamError, close, error_text, get_json, get_status, http_client, line_batches, post_json, post_stream, sse_chunks,
                        streamed_sampling, transport_errors)
 
 log = logging.getLogger("triage.remote")
@@ -240,7 +240,7 @@ class RemoteEngine:
                     if resp.status != 200:
                         # The router validated the request; the server still says no.
                         raise InvalidArgument("messages", f"the {self.tier} tier's server refused the request: {error_text(await resp.read())}")
-                    async for chunk in sse_chunks(lines(resp)):
+                    async for chunk in sse_chunks(line_batches(resp)):
                         produced = True
                         yield chunk
                 replica.breaker.success()

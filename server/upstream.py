@@ -84,10 +84,27 @@ async def post_stream(client, url: str, body: dict, headers: dict):
         resp.release()
 
 
-async def lines(resp) -> AsyncIterator[str]:
-    """A response body's lines, as text."""
-    async for raw in resp.content:
-        yield raw.decode()
+# An event-stream line longer than this is a broken server, not an answer.
+MAX_LINE_BYTES = 1 << 20
+
+
+async def line_batches(resp) -> AsyncIterator[list[str]]:
+    """A response body's lines as text, in batches: each read takes every
+    complete line that has arrived. When a server sends faster than the
+    router forwards, its events come in batches that sse_chunks merges, so
+    the router's work per token falls as the token rate rises."""
+    rest = b""
+    while True:
+        data = await resp.content.readany()
+        if not data:
+            if rest:
+                yield [rest.decode(errors="replace")]
+            return
+        *complete, rest = (rest + data).split(b"\n")
+        if len(rest) > MAX_LINE_BYTES:
+            raise UpstreamError(f"an event-stream line over {MAX_LINE_BYTES} bytes")
+        if complete:
+            yield [line.decode(errors="replace") for line in complete]
 
 
 def streamed_sampling(s: EffectiveSampling, disabled_top_k: int) -> dict:
@@ -122,36 +139,46 @@ async def close(checker: asyncio.Task | None, client) -> None:
         await client.close()
 
 
-async def sse_chunks(lines: AsyncIterator[str]) -> AsyncIterator[EngineChunk]:
+async def sse_chunks(batches: AsyncIterator[list[str]]) -> AsyncIterator[EngineChunk]:
     """Server-sent completion or chat completion events (vLLM's server,
-    SMG) as EngineChunks."""
+    SMG) as EngineChunks, one per batch of lines (line_batches): the events
+    that arrived together become one chunk with their texts joined."""
     tokens = 0
     finished = False
-    async for line in lines:
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
+    async for batch in batches:
+        texts: list[str] = []
+        reason = None
+        done = False
+        for line in batch:
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                done = True
+                break
+            try:
+                event = json.loads(data)
+            except ValueError:
+                raise UpstreamError(f"not JSON in the event stream: {data[:100]!r}") from None
+            if "error" in event:
+                raise UpstreamError(f"error event: {error_text(json.dumps(event).encode())}")
+            usage = event.get("usage") or {}
+            choices = event.get("choices") or []
+            if not choices:  # the closing usage-only event
+                continue
+            choice = choices[0]
+            tokens = usage.get("completion_tokens", tokens + 1)
+            reason = choice.get("finish_reason") or reason
+            # A completion's choice has text; a chat completion's (gateway.py) a delta.
+            text = choice["text"] if "text" in choice else (choice.get("delta") or {}).get("content")
+            texts.append(text or "")
+        if texts:
+            finished = finished or reason is not None
+            yield EngineChunk(delta="".join(texts), completion_tokens=tokens, finished=reason is not None, finish_reason=reason)
+        if done:
             if not finished:
                 raise UpstreamError("the stream ended without a finish reason")
             return
-        try:
-            event = json.loads(data)
-        except ValueError:
-            raise UpstreamError(f"not JSON in the event stream: {data[:100]!r}") from None
-        if "error" in event:
-            raise UpstreamError(f"error event: {error_text(json.dumps(event).encode())}")
-        usage = event.get("usage") or {}
-        choices = event.get("choices") or []
-        if not choices:  # the closing usage-only event
-            continue
-        choice = choices[0]
-        tokens = usage.get("completion_tokens", tokens + 1)
-        reason = choice.get("finish_reason")
-        finished = finished or reason is not None
-        # A completion's choice has text; a chat completion's (gateway.py) a delta.
-        text = choice["text"] if "text" in choice else (choice.get("delta") or {}).get("content")
-        yield EngineChunk(delta=text or "", completion_tokens=tokens, finished=reason is not None, finish_reason=reason)
     raise UpstreamError("the connection closed before the answer finished")
 
 

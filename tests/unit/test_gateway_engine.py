@@ -47,7 +47,8 @@ class Gateway:
         self.bodies.append(request.json())
         if self.status != 200:
             return Reply(self.status, {"error": {"message": f"status {self.status}"}})
-        return Reply(200, chunks=[chat_sse("Par", "is")])
+        events = chat_sse("Par", "is").split(b"\n\n")[:-1]  # at a pace, so each is its own chunk
+        return Reply(200, chunks=[e + b"\n\n" for e in events], pause=0.02)
 
 
 def run(go):

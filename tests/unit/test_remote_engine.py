@@ -30,12 +30,18 @@ def tier(*replicas: str) -> TierConfig:
                       backend="remote", replicas=replicas)
 
 
-def sse(*texts: str, finish: str = "length") -> bytes:
-    events = []
+def events(*texts: str, finish: str = "length") -> list[bytes]:
+    """One completion event per text, then [DONE] (with the last)."""
+    out = []
     for i, text in enumerate(texts):
         last = i == len(texts) - 1
-        events.append({"choices": [{"text": text, "finish_reason": finish if last else None}], "usage": {"completion_tokens": i + 1}})
-    return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+        event = {"choices": [{"text": text, "finish_reason": finish if last else None}], "usage": {"completion_tokens": i + 1}}
+        out.append(b"data: " + json.dumps(event).encode() + b"\n\n" + (b"data: [DONE]\n\n" if last else b""))
+    return out
+
+
+def sse(*texts: str, finish: str = "length") -> bytes:
+    return b"".join(events(*texts, finish=finish))
 
 
 class Servers:
@@ -97,7 +103,7 @@ def test_every_sampling_value_is_sent_explicitly():
 
 def test_stream_becomes_engine_chunks_with_cumulative_tokens():
     servers = Servers()
-    servers.completions[A] = sse("Par", "is", ".", finish="stop")
+    servers.completions[A] = Reply(200, chunks=events("Par", "is", ".", finish="stop"), pause=0.05)  # a token at a time
 
     async def go(upstream):
         engine = await started(upstream, A)
@@ -107,9 +113,28 @@ def test_stream_becomes_engine_chunks_with_cumulative_tokens():
             await engine.shutdown()
 
     chunks = run_with(servers, go)
-    assert "".join(c.delta for c in chunks) == "Paris."
+    assert [c.delta for c in chunks] == ["Par", "is", "."]
     assert [c.completion_tokens for c in chunks] == [1, 2, 3]
     assert chunks[-1].finished and chunks[-1].finish_reason == "stop"
+    assert not any(c.finished for c in chunks[:-1])
+
+
+def test_events_that_arrive_together_become_one_chunk():
+    """A server faster than the router: what has arrived is forwarded as one
+    chunk (one message to the caller instead of one per token), with the
+    same text, count and finish."""
+    servers = Servers()
+    servers.completions[A] = sse("Par", "is", ".", finish="stop")  # all in one write
+
+    async def go(upstream):
+        engine = await started(upstream, A)
+        try:
+            return await collect(engine)
+        finally:
+            await engine.shutdown()
+
+    chunks = run_with(servers, go)
+    assert [(c.delta, c.completion_tokens, c.finished, c.finish_reason) for c in chunks] == [("Paris.", 3, True, "stop")]
 
 
 def test_the_requests_trace_context_goes_to_the_replica():
@@ -222,3 +247,24 @@ def test_a_replica_serving_another_model_is_not_healthy():
     a, b = run_with(servers, go)
     assert not a.healthy and "other-model" in a.problem
     assert b.healthy
+
+
+def test_an_endless_event_line_is_refused_not_buffered():
+    from server.upstream import MAX_LINE_BYTES, line_batches
+
+    class Content:  # 64 kB reads with never a newline
+        reads = 0
+
+        async def readany(self):
+            Content.reads += 1
+            return b"x" * 65536 if Content.reads < 1000 else b""
+
+    class Response:
+        content = Content()
+
+    async def go():
+        return [batch async for batch in line_batches(Response())]
+
+    with pytest.raises(UpstreamError, match="over"):
+        asyncio.run(go())
+    assert Content.reads <= MAX_LINE_BYTES // 65536 + 2  # refused as soon as it passed the bound

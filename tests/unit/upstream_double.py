@@ -12,6 +12,7 @@ A test gives a function from the request it saw to a Reply:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ class Reply:
     body: object = b""  # bytes, or JSON for a dict or list
     chunks: list[bytes] = field(default_factory=list)  # streamed one write each, after the body
     reset: bool = False  # drop the connection after the chunks: a server dying mid-answer
+    pause: float = 0.0  # seconds between chunks: a server generating at a pace
 
 
 class Upstream:
@@ -79,7 +81,9 @@ class Upstream:
             return web.Response(status=reply.status, body=body, content_type="application/json")
         resp = web.StreamResponse(status=reply.status, headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        for chunk in ([body] if body else []) + reply.chunks:
+        for i, chunk in enumerate(([body] if body else []) + reply.chunks):
+            if i and reply.pause:
+                await asyncio.sleep(reply.pause)
             await resp.write(chunk)
         if reply.reset:
             request.transport.close()
