@@ -811,8 +811,10 @@ def _remote_lines(path: Path) -> list[str]:
         i = json.loads(instant.read_text())
         lines += ["", f"The same run against an upstream that answers at once (`python -m benchmarks.remote --instant-upstream`, {i['date']}): "
                   "no engine time, and no engine process competing for the cores, so this is the router's own cost on the remote path."]
-        lines += [f"- Concurrency {c}: router TTFT p50 {v['router']['ttft_p50_ms']:.2f} ms against direct {v['direct']['ttft_p50_ms']:.2f} ms, "
-                  f"added {_added(v, 50, 2)}; p99 added {_added(v, 99, 2)}{_own_text(v)}." for c, v in i["levels"].items()]
+        lines += [f"- Concurrency {c}: {v['router']['tokens_per_s']:,.0f} tokens/s through the router against {v['direct']['tokens_per_s']:,.0f} "
+                  f"direct (ratio {v['throughput_ratio']:.2f}); router TTFT p50 {v['router']['ttft_p50_ms']:.2f} ms against direct "
+                  f"{v['direct']['ttft_p50_ms']:.2f} ms, added {_added(v, 50, 2)}; p99 added {_added(v, 99, 2)}{_own_text(v)}."
+                  for c, v in i["levels"].items()]
     any_level = next(iter(r["levels"].values()))
     lines += ["", f"{any_level['router']['requests']} requests per path at one caller. The intervals are 95 % bootstrap intervals of the "
               "difference: how far the samples alone could move it. The direct path is read with aiohttp, the router's own upstream "

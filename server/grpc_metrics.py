@@ -68,22 +68,22 @@ class GrpcServerMetrics(grpc.aio.ServerInterceptor):
         service, _, method = full_method.lstrip("/").rpartition("/")
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, ("unary", service, method)),
+                self._unary(handler.unary_unary, _Series(self, ("unary", service, method))),
                 request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._server_stream(handler.unary_stream, ("server_stream", service, method)),
+                self._server_stream(handler.unary_stream, _Series(self, ("server_stream", service, method))),
                 request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer,
             )
         return handler  # no client-streaming RPCs here; leave them untouched
 
     @contextlib.contextmanager
-    def _observe(self, labels, context):
+    def _observe(self, series: "_Series", context):
         """Count the call's start and end (with the status the client sees) and time it."""
         started = time.perf_counter()
-        self.started.labels(*labels).inc()
-        self.received.labels(*labels).inc()
+        series.started.inc()
+        series.received.inc()
         error = None
         try:
             yield
@@ -91,23 +91,44 @@ class GrpcServerMetrics(grpc.aio.ServerInterceptor):
             error = exc
             raise
         finally:
-            self.handled.labels(*labels, status_name(context, error)).inc()
-            self.handling.labels(*labels).observe(time.perf_counter() - started)
+            series.handled(status_name(context, error)).inc()
+            series.handling.observe(time.perf_counter() - started)
 
-    def _unary(self, behavior, labels):
+    def _unary(self, behavior, series: "_Series"):
         async def wrapper(request, context):
-            with self._observe(labels, context):
+            with self._observe(series, context):
                 response = await behavior(request, context)
-                self.sent.labels(*labels).inc()
+                series.sent.inc()
                 return response
 
         return wrapper
 
-    def _server_stream(self, behavior, labels):
+    def _server_stream(self, behavior, series: "_Series"):
         async def wrapper(request, context):
-            with self._observe(labels, context):
+            with self._observe(series, context):
                 async for response in behavior(request, context):
-                    self.sent.labels(*labels).inc()
+                    series.sent.inc()
                     yield response
 
         return wrapper
+
+
+class _Series:
+    """One method's labelled series, looked up once rather than per call and
+    per message (a labels() lookup takes a lock and costs more than the
+    increment)."""
+
+    def __init__(self, metrics: GrpcServerMetrics, labels: tuple[str, str, str]):
+        self._labels = labels
+        self._handled_family = metrics.handled
+        self.started = metrics.started.labels(*labels)
+        self.received = metrics.received.labels(*labels)
+        self.handling = metrics.handling.labels(*labels)
+        self.sent = metrics.sent.labels(*labels)
+        self._handled: dict[str, object] = {}
+
+    def handled(self, code: str):
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = self._handled_family.labels(*self._labels, code)
+        return child

@@ -107,6 +107,7 @@ class Router:
         self.limits = limits or LimitsConfig()
         self.resilience = resilience or ResilienceConfig()
         self.stats = Stats(tiers.names)
+        self._accounts: dict[tuple[str, str, str, str], tuple] = {}  # account()'s labelled series, by labels
         for tier in tiers.names:  # every series present at 0 from the start, for rate() and the dashboard
             metrics.semantic_overlap_aborts.labels(tier)
             for to in tiers.names:
@@ -118,11 +119,17 @@ class Router:
 
     def account(self, rpc: str, tier: str, reason: str, code: str, seconds: float) -> None:
         """One call's outcome, counted once, for gRPC and HTTP alike."""
-        m = self.metrics
-        m.requests.labels(rpc, tier, reason, code).inc()
-        m.request_seconds.labels(rpc, tier, code).observe(seconds)
-        if code != "OK":
-            m.errors.labels(code).inc()
+        key = (rpc, tier, reason, code)
+        series = self._accounts.get(key)
+        if series is None:  # every label is from a bounded set, so this stays small
+            m = self.metrics
+            series = self._accounts[key] = (m.requests.labels(rpc, tier, reason, code), m.request_seconds.labels(rpc, tier, code),
+                                            m.errors.labels(code) if code != "OK" else None)
+        requests, seconds_series, errors = series
+        requests.inc()
+        seconds_series.observe(seconds)
+        if errors is not None:
+            errors.inc()
         self.stats.record_status(code)
 
     def classify(self, messages: tuple[ChatMessage, ...], threshold: float | None) -> tuple[Decision, float]:

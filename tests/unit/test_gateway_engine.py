@@ -48,7 +48,7 @@ class Gateway:
         if self.status != 200:
             return Reply(self.status, {"error": {"message": f"status {self.status}"}})
         events = chat_sse("Par", "is").split(b"\n\n")[:-1]  # at a pace, so each is its own chunk
-        return Reply(200, chunks=[e + b"\n\n" for e in events], pause=0.02)
+        return Reply(200, chunks=[e + b"\n\n" for e in events], pause=0.05)
 
 
 def run(go):
