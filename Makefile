@@ -78,6 +78,7 @@ proto: $(STAMP)
 bench: install
 	$(PY) -m benchmarks --config $(CONFIG) --out docs
 	$(PY) -m benchmarks.remote --out docs
+	$(PY) -m benchmarks.remote --instant-upstream --out docs
 	$(PY) -m benchmarks.classify_handler --ratios --out docs
 	$(PY) -m benchmarks --render --out docs
 
