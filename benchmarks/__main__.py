@@ -29,7 +29,6 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import numpy as np
 from clients import AsyncTriageClient
 from clients.loadgen import BUILTIN_MIX, run_level, summarise
 
-from .load import EXACT_QUESTION, alternating, router_vs_direct, staggered
+from .load import EXACT_QUESTION, alternating, classify_and_health_blocks, router_vs_direct, staggered
 from .spill import spill_bench, spill_lines
 
 OVERHEAD_PROMPTS = [
@@ -52,27 +51,12 @@ OVERHEAD_PROMPTS = [
 
 # ---- 1. Classify load, run in a child process --------------------------------
 
-def _child(*args: str) -> dict:
-    """A load in a child process (benchmarks/load.py): client and server
-    must not share one GIL."""
-    out = subprocess.run([sys.executable, "-m", "benchmarks.load", *args], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
-
-
-def _load(address: str, c: int, seconds: float, rpc: str) -> dict:
-    return _child("classify", address, str(c), str(seconds), "--rpc", rpc)
-
-
 def classify_bench(address: str, levels=(1, 8, 32, 64), seconds: float = 3.0, rounds: int = 3) -> list[dict]:
-    """Per level, Classify and Health/Check loads in alternating blocks
-    (CHHC CH...), so drift on a noisy machine hits both; each row is the
-    block with the median rate of its RPC."""
+    """Per level, Classify and Health/Check loads in alternating blocks; each
+    row is the block with the median rate of its RPC."""
     results = []
     for c in levels:
-        runs = {"classify": [], "health": []}
-        for i in range(rounds):
-            for rpc in (("classify", "health") if i % 2 == 0 else ("health", "classify")):
-                runs[rpc].append(_load(address, c, seconds, rpc))
+        runs = classify_and_health_blocks(address, c, seconds, rounds)
         r, ceiling = (sorted(runs[rpc], key=lambda x: x["rps"])[rounds // 2] for rpc in ("classify", "health"))
         r["health_ceiling"] = ceiling
         r["ratio_to_ceiling"] = r["rps"] / ceiling["rps"]

@@ -99,11 +99,10 @@ def _serve_variant(servicer_cls, router, variant: str):
 
 
 async def ratios_async(concurrency: int, seconds: float, rounds: int) -> list[dict]:
-    import json
     import statistics
-    import subprocess
 
     import classifier
+    from benchmarks.load import classify_and_health_blocks
     from server import app as app_module
     from server.app import build_app
     from server.config import load
@@ -120,16 +119,11 @@ async def ratios_async(concurrency: int, seconds: float, rounds: int) -> list[di
             app_module.RouterServicer = real
         await app.server.start()
         address = f"{config.server.host}:{app.port}"
-        rates = {"classify": [], "health": []}
         try:
-            for i in range(rounds):
-                for rpc in (("classify", "health") if i % 2 == 0 else ("health", "classify")):
-                    out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "benchmarks.load", "classify", address,
-                                                                   str(concurrency), str(seconds), "--rpc", rpc],
-                                                  capture_output=True, text=True, check=True)
-                    rates[rpc].append(json.loads(out.stdout)["rps"])
+            runs = await asyncio.to_thread(classify_and_health_blocks, address, concurrency, seconds, rounds)
         finally:
             await app.server.stop(1)
+        rates = {rpc: [r["rps"] for r in blocks] for rpc, blocks in runs.items()}
         ratio = statistics.median(c / h for c, h in zip(rates["classify"], rates["health"]))
         rows.append({"variant": variant, "classify_rps": statistics.median(rates["classify"]),
                      "health_rps": statistics.median(rates["health"]), "ratio": ratio})

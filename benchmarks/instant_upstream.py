@@ -21,6 +21,17 @@ from server.prompt import load_tokenizer, render_ids
 from server.types import ChatMessage
 
 
+async def event_stream(request: web.Request, events: list[dict]) -> web.StreamResponse:
+    """The events as a server-sent event stream, each in its own write, then [DONE]."""
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    for event in events:
+        await resp.write(f"data: {json.dumps(event)}\n\n".encode())
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
 def make_app(model_dir: str, model: str) -> web.Application:
     tokenizer = load_tokenizer(model_dir)
 
@@ -39,16 +50,9 @@ def make_app(model_dir: str, model: str) -> web.Application:
         body = await request.json()
         chat = request.path.endswith("/chat/completions")
         n = int(body.get("max_tokens") or 16)
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for i in range(n):
-            choice = {"delta": {"content": " word"}} if chat else {"text": " word"}
-            event = {"choices": [{**choice, "index": 0, "finish_reason": "length" if i == n - 1 else None}],
-                     "usage": {"completion_tokens": i + 1}}
-            await resp.write(f"data: {json.dumps(event)}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
+        choice = {"delta": {"content": " word"}} if chat else {"text": " word"}
+        return await event_stream(request, [{"choices": [{**choice, "index": 0, "finish_reason": "length" if i == n - 1 else None}],
+                                             "usage": {"completion_tokens": i + 1}} for i in range(n)])
 
     app = web.Application()
     app.router.add_get("/health", health)

@@ -50,6 +50,21 @@ async def classify_load(address: str, concurrency: int, seconds: float, rpc: str
             "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3)}
 
 
+def classify_and_health_blocks(address: str, concurrency: int, seconds: float, rounds: int) -> dict[str, list[dict]]:
+    """Classify and Health/Check loads, each from a child process (client and
+    server must not share one GIL), in alternating blocks (CH HC CH ...) so
+    drift on a noisy machine hits both: each block's classify_load result, by RPC."""
+    import subprocess
+
+    runs: dict[str, list[dict]] = {"classify": [], "health": []}
+    for i in range(rounds):
+        for rpc in (("classify", "health") if i % 2 == 0 else ("health", "classify")):
+            out = subprocess.run([sys.executable, "-m", "benchmarks.load", "classify", address, str(concurrency), str(seconds), "--rpc", rpc],
+                                 capture_output=True, text=True, check=True)
+            runs[rpc].append(json.loads(out.stdout))
+    return runs
+
+
 async def exact_load(address: str, n: int) -> dict:
     """`n` exact-cache hits through Generate, interleaved with
     `n` Health/Check calls on the same channel (the floor any unary RPC pays

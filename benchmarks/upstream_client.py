@@ -28,15 +28,11 @@ BODY = {"model": "m", "prompt": list(range(30)), "max_tokens": 2, "stream": True
 async def _serve():
     from aiohttp import web
 
+    from .instant_upstream import event_stream
+
     async def completions(request):
         await request.json()
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        for event in EVENTS:
-            await resp.write(f"data: {json.dumps(event)}\n\n".encode())
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        return resp
+        return await event_stream(request, EVENTS)
 
     app = web.Application()
     app.router.add_post("/v1/completions", completions)

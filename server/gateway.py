@@ -33,7 +33,8 @@ from .errors import EngineFailure, InvalidArgument, Unavailable
 from .prompt import PromptIds, load_tokenizer, render
 from .tracing import upstream_headers
 from .types import ChatMessage, EffectiveSampling, EngineChunk
-from .upstream import UpstreamError, close, error_text, get_json, get_status, http_client, line_batches, post_stream, sse_chunks, streamed_sampling, transport_errors
+from .upstream import (UpstreamError, close, error_text, get_status, http_client, line_batches, post_stream, served_models, sse_chunks,
+                       streamed_sampling, transport_errors)
 
 log = logging.getLogger("triage.gateway")
 
@@ -105,10 +106,7 @@ class GatewayEngine:
             if status != 200:
                 problem = f"/readiness answered {status} (no healthy worker?)"
             elif not self._healthy:  # coming (back) up: does it serve this tier's model?
-                status, models = await get_json(self._client, f"{self.url}/v1/models")
-                if status != 200:
-                    raise UpstreamError(f"/v1/models answered {status}")
-                served = sorted(m.get("id") for m in models.get("data", []))
+                served = sorted(await served_models(self._client, self.url))
                 if self.model not in served:
                     problem = f"serves {served}, not {self.model}"
         except Exception as exc:  # any failure to answer is "not ready"; the reason goes to the log

@@ -71,14 +71,17 @@ _LAYOUTS_PER_TOKENIZER = 256
 _LAYOUTS_LOCK = threading.Lock()  # long prompts render in worker threads
 
 
+_NOT_SEEN = object()
+
+
 def _layout(tokenizer, roles: tuple[str, ...]) -> list:
     try:
-        cached = _LAYOUTS.get(tokenizer)
+        cached = _LAYOUTS.get(tokenizer, _NOT_SEEN)
     except TypeError:  # a tokenizer that cannot be weakly referenced: worked out every time
-        return _work_out_layout(tokenizer, roles)
-    if cached is None:
+        cached = None
+    if cached is _NOT_SEEN:
         # A template that reads the clock or draws at random renders
-        # differently from call to call: never reuse its rendering.
+        # differently from call to call: never reuse its rendering (None).
         source = str(getattr(tokenizer, "chat_template", "") or "")
         cached = None if ("strftime_now" in source or "random" in source) else {}
         with _LAYOUTS_LOCK:

@@ -37,8 +37,8 @@ from .errors import InvalidArgument, Unavailable
 from .prompt import load_tokenizer, render, render_ids
 from .types import ChatMessage, EffectiveSampling, EngineChunk
 from .tracing import upstream_headers
-from .upstream import (UpstreamError, close, error_text, get_json, get_status, http_client, line_batches, post_json, post_stream, sse_chunks,
-                       streamed_sampling, transport_errors)
+from .upstream import (UpstreamError, close, error_text, get_status, http_client, line_batches, post_json, post_stream, served_models,
+                       sse_chunks, streamed_sampling, transport_errors)
 
 log = logging.getLogger("triage.remote")
 
@@ -153,10 +153,7 @@ class RemoteEngine:
             if status != 200:
                 problem = f"/health answered {status}"
             elif not replica.healthy:  # coming (back) up: is it serving what this tier promises?
-                status, models = await get_json(self._client, f"{replica.url}/v1/models")
-                if status != 200:
-                    raise UpstreamError(f"/v1/models answered {status}")
-                cards = {m.get("id"): m for m in models.get("data", [])}
+                cards = await served_models(self._client, replica.url)
                 if self.model not in cards:
                     problem = f"serves {sorted(cards)}, not {self.model}"
                 elif (cards[self.model].get("max_model_len") or self.max_model_len) < self.max_model_len:

@@ -55,12 +55,16 @@ async def get_status(client, url: str) -> int:
         return resp.status
 
 
-async def get_json(client, url: str) -> tuple[int, object]:
-    """A model list's status and (with 200) its JSON body."""
+async def served_models(client, base_url: str) -> dict[str, dict]:
+    """The models a server says it serves (`/v1/models`), by id: what a
+    server coming (back) up is checked against."""
     import aiohttp
 
-    async with client.get(url, timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as resp:
-        return resp.status, (await resp.json(content_type=None) if resp.status == 200 else None)
+    async with client.get(f"{base_url}/v1/models", timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)) as resp:
+        if resp.status != 200:
+            raise UpstreamError(f"/v1/models answered {resp.status}")
+        body = await resp.json(content_type=None)
+    return {m.get("id"): m for m in body.get("data", [])}
 
 
 async def post_json(client, url: str, body: dict) -> tuple[int, bytes]:

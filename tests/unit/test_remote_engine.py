@@ -94,6 +94,18 @@ async def collect(engine: RemoteEngine) -> list:
     return [c async for c in engine.generate([1, 2, 3], GREEDY, "r1")]
 
 
+def answer(servers: Servers, *replicas: str) -> list:
+    """One generation's chunks from an engine started on the stand-in replicas."""
+    async def go(upstream):
+        engine = await started(upstream, *replicas)
+        try:
+            return await collect(engine)
+        finally:
+            await engine.shutdown()
+
+    return run_with(servers, go)
+
+
 def test_every_sampling_value_is_sent_explicitly():
     body = completion_body("M", [1, 2], GREEDY)
     for key in ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed", "stop", "n"):
@@ -105,14 +117,7 @@ def test_stream_becomes_engine_chunks_with_cumulative_tokens():
     servers = Servers()
     servers.completions[A] = Reply(200, chunks=events("Par", "is", ".", finish="stop"), pause=0.05)  # a token at a time
 
-    async def go(upstream):
-        engine = await started(upstream, A)
-        try:
-            return await collect(engine)
-        finally:
-            await engine.shutdown()
-
-    chunks = run_with(servers, go)
+    chunks = answer(servers, A)
     assert [c.delta for c in chunks] == ["Par", "is", "."]
     assert [c.completion_tokens for c in chunks] == [1, 2, 3]
     assert chunks[-1].finished and chunks[-1].finish_reason == "stop"
@@ -126,14 +131,7 @@ def test_events_that_arrive_together_become_one_chunk():
     servers = Servers()
     servers.completions[A] = sse("Par", "is", ".", finish="stop")  # all in one write
 
-    async def go(upstream):
-        engine = await started(upstream, A)
-        try:
-            return await collect(engine)
-        finally:
-            await engine.shutdown()
-
-    chunks = run_with(servers, go)
+    chunks = answer(servers, A)
     assert [(c.delta, c.completion_tokens, c.finished, c.finish_reason) for c in chunks] == [("Paris.", 3, True, "stop")]
 
 
