@@ -1,12 +1,12 @@
 """Command line for the complexity classifier.
 
     python -m classifier train [--data PATH] [--out DIR] [--no-extra] [--no-cross-source]
-    python -m classifier evaluate [--data PATH] [--threshold T] [--no-extra] [--cross-source]
+    python -m classifier evaluate [--data PATH] [--threshold T] [--no-extra] [--cross-source] [--lobo]
     python -m classifier score < prompts.jsonl > scores.jsonl
     python -m classifier calibrate --target-large-share 0.3 --sample prompts.jsonl
     python -m classifier calibrate --feedback STORE [--max-failure 0.2] [--dry-run]
     python -m classifier train --feedback STORE [--tolerance 0.005] [--dry-run]
-    python -m classifier bench
+    python -m classifier bench [--against REV]
 """
 
 from __future__ import annotations
@@ -111,7 +111,10 @@ def cmd_evaluate(args) -> int:
     if args.threshold is not None:
         clf.threshold = args.threshold
     rows = load_rows(args.data, [] if args.no_extra else load_sources()[0])
-    report = full_evaluation(clf, rows, args.data, with_cross_source=args.cross_source)
+    report = full_evaluation(clf, rows, args.data, with_cross_source=args.cross_source, with_lobo=args.lobo)
+    stored = clf.metadata.get("evaluation", {}).get("leave_one_benchmark_out")
+    if not args.lobo and stored:  # ten fits: shown as training measured them unless --lobo asks again
+        report["leave_one_benchmark_out"] = {**stored, "note": " (measured when the artifact was trained; --lobo refits)"}
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -207,6 +210,8 @@ BENCH_TEXTS = [
 def cmd_bench(args) -> int:
     from . import load
 
+    if args.against:
+        return bench_against(args)
     clf = load(args.model)
     texts = BENCH_TEXTS * (args.n // len(BENCH_TEXTS) + 1)
     for t in texts[:200]:  # warm caches and regexes
@@ -237,6 +242,33 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def bench_against(args) -> int:
+    """This artifact and code beside the classifier of another revision
+    (its own code and artifact, from `git archive`), in alternating
+    processes of one run, so a noisy machine moves both alike; prints each
+    side's medians and the ratios new/old."""
+    import subprocess
+    import tempfile
+
+    repo = Path(__file__).resolve().parents[1]
+    own = [sys.executable, "-m", "classifier", *(["--model", args.model] if args.model else []), "bench", "-n", str(args.n), "--repeats", str(args.repeats)]
+    other = [sys.executable, "-m", "classifier", "bench", "-n", str(args.n), "--repeats", str(args.repeats)]
+    keys = ("single_p50_ms", "batch_1000_median_ms")
+    runs: dict[str, list[dict]] = {"new": [], "old": []}
+    with tempfile.TemporaryDirectory() as old_tree:
+        archive = subprocess.run(["git", "-C", str(repo), "archive", args.against, "classifier"], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", old_tree], input=archive, check=True)
+        for _ in range(args.rounds):
+            for side, cmd, cwd in (("old", other, old_tree), ("new", own, str(repo))):
+                out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=True)
+                runs[side].append(json.loads(out.stdout))
+    report = {side: {k: float(np.median([r[k] for r in rs])) for k in keys} for side, rs in runs.items()}
+    report["ratio_new_over_old"] = {k: report["new"][k] / report["old"][k] for k in keys}
+    report.update(against=args.against, rounds=args.rounds)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _feedback_options(p) -> None:
     p.add_argument("--cheap-tier", default="small", help="with --feedback: the tier below the cut (default small)")
     p.add_argument("--good-rating", type=int, default=4, help="with --feedback: a rating at or above this is a good answer (default 4)")
@@ -258,12 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     _feedback_options(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser(
-        "evaluate", help="accuracy per held-out source, ranking by GSM8K steps and by outcomes, each next to prompt length"
+        "evaluate", help="accuracy per held-out source, ranking by gain, GSM8K steps and outcomes, each next to prompt length"
     )
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--no-extra", action="store_true", help="only shared/data/questions, not the pinned public sources")
-    p.add_argument("--cross-source", action="store_true", help="also train without each source in turn and score it (about a minute)")
+    p.add_argument("--cross-source", action="store_true", help="also train without each source in turn and score it (several minutes)")
+    p.add_argument("--lobo", action="store_true", help="also train without each outcome benchmark in turn and score it (about ten minutes)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("score", help="JSON lines with text/prompt on stdin -> p_complex and label")
@@ -281,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="single-question latency and batch throughput, in process")
     p.add_argument("-n", type=int, default=5000)
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--against", metavar="REV", help="also the classifier of this git revision, alternating, with ratios")
+    p.add_argument("--rounds", type=int, default=3, help="with --against: alternations of old and new")
     p.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -173,9 +173,27 @@ def format_report(report: dict) -> str:
             f"GSM8K test ranking by calculation steps (n={s['n']}): Spearman {s['spearman_steps']:.3f} (length {s['spearman_steps_length']:.3f}); "
             f"APGR, more steps than the median {s['apgr_steps_above_median']:.3f} (length {s['apgr_steps_above_median_length']:.3f})"
         )
+    lines += format_gain(report)
     for name, o in (report.get("outcome_ranking") or {}).items():
         lines.append(
             f"outcomes {name} (n={o['n']}, weak {o['weak_accuracy']:.3f}, strong {o['strong_accuracy']:.3f}): "
             f"APGR {o['apgr']:.3f} (length {o['apgr_length']:.3f})"
         )
     return "\n".join(lines)
+
+
+def format_gain(report: dict) -> list[str]:
+    """The gain rankings (gain.py): mean APGR over weak/strong pairs."""
+    lines = []
+    g = report.get("gain_ranking")
+    if g:
+        lines.append(f"gain ranking, held-out outcome rows (n={g['n']}, {g['pairs']} pairs with a 10-point gap): "
+                     f"mean pair APGR {g['apgr']:.3f} (length {g['apgr_length']:.3f})")
+        lines.append("  " + "  ".join(f"{b}: {m['apgr']:.3f}/{m['apgr_length']:.3f}" for b, m in g["per_benchmark"].items()))
+    lobo = report.get("leave_one_benchmark_out")
+    if lobo:
+        lines.append(f"leave-one-benchmark-out{lobo.get('note', '')}: benchmark, n, pairs, mean pair APGR, length")
+        for b, m in lobo["per_benchmark"].items():
+            lines.append(f"  {b:<22}{m['n']:>6}{m['pairs']:>4}{m['apgr']:>8.3f}{m['apgr_length']:>8.3f}")
+        lines.append(f"  mean {lobo['mean_apgr']:.3f} (length {lobo['mean_apgr_length']:.3f})")
+    return lines

@@ -3,9 +3,11 @@
 The artifact is a scikit-learn Pipeline (word TF-IDF + dense cue features ->
 logistic regression) persisted with skops. scikit-learn's per-call overhead
 (input validation, sparse matrix assembly) costs about a millisecond for one
-text, so single texts go through `_FastLinear`, which evaluates the same
-fitted linear model with dictionary lookups; batches go through the pipeline
-itself. Both give the same probabilities (tests/unit/test_classifier.py).
+text, and its batch path re-tokenises each text for every block of
+features, so texts are scored by `_FastLinear`, which evaluates the same
+fitted linear model from one tokenisation (features.featurize) with
+dictionary lookups. Both give the same probabilities
+(tests/unit/test_classifier.py).
 """
 
 from __future__ import annotations
@@ -23,10 +25,7 @@ METADATA_FILE = "metadata.json"
 
 # The only non-library objects the artifact may reference. Anything else in
 # the file is refused at load time (skops' trusted-type check).
-TRUSTED_TYPES = ["classifier.features.dense_features", "classifier.features.normalize"]
-
-# Below this many texts the hand-evaluated path is faster than the pipeline.
-_FAST_PATH_MAX = 8
+TRUSTED_TYPES = ["classifier.features.dense_features", "classifier.features.terms"]
 
 
 def _import_skops_io():
@@ -75,46 +74,47 @@ def trusted_types(path: Path) -> list[str]:
 
 
 class _FastLinear:
-    """sigmoid(w · [tfidf(text), scaled dense(text)] + b), without scipy."""
+    """sigmoid(w · [tfidf(text), scaled dense(text)] + b), without scipy.
+
+    The word block is binary TF-IDF, L2-normalised: for the set of a text's
+    terms in the vocabulary, its dot product with the weights is
+    sum(idf·w) / sqrt(sum(idf²)), so each term is one dictionary lookup of
+    those two numbers."""
 
     def __init__(self, pipeline):
-        from .features import dense_row
+        from .features import featurize
 
         union = pipeline.named_steps["features"]
         word = dict(union.transformer_list)["word"]
         dense = dict(union.transformer_list)["dense"]
+        if not word.binary:
+            raise ValueError("the fast path needs a binary TF-IDF word block: retrain with `python -m classifier train`")
         lr = pipeline.named_steps["lr"]
         coef = lr.coef_[0]
         n_word = len(word.vocabulary_)
-        self._analyzer = word.build_analyzer()
-        self._sublinear = word.sublinear_tf
         # The union multiplies each block by its transformer weight.
         weights = union.transformer_weights or {}
         word_coef = coef[:n_word] * weights.get("word", 1.0)
         dense_coef = coef[n_word:] * weights.get("dense", 1.0)
-        # token -> (idf, weight): one lookup per token at scoring time.
-        self._vocab = {tok: (word.idf_[j], word_coef[j]) for tok, j in word.vocabulary_.items()}
+        idf = word.idf_
+        self._vocab = {tok: (float(idf[j] * word_coef[j]), float(idf[j] * idf[j])) for tok, j in word.vocabulary_.items()}
         scaler = dense.steps[-1][1]
-        self._dense = dense_row
+        self._featurize = featurize
         # Plain floats: for one text, a Python dot product of 20 numbers is
         # several times cheaper than building numpy arrays.
         self._dense_w = [float(w) for w in dense_coef / scaler.scale_]
-        self._dense_b = float(-(scaler.mean_ / scaler.scale_) @ dense_coef)
-        self._intercept = float(lr.intercept_[0])
+        self._bias = float(lr.intercept_[0]) + float(-(scaler.mean_ / scaler.scale_) @ dense_coef)
 
     def score(self, text: str) -> float:
-        vocab, counts = self._vocab, {}
-        for t in self._analyzer(text):
-            if t in vocab:
-                counts[t] = counts.get(t, 0) + 1
-        norm_sq = dot = 0.0
-        for tok, n in counts.items():
-            idf, w = vocab[tok]
-            tf = (1.0 + math.log(n)) if self._sublinear else float(n)
-            v = tf * idf
-            norm_sq += v * v
-            dot += v * w
-        z = self._intercept + self._dense_b + sum(w * x for w, x in zip(self._dense_w, self._dense(text)))
+        terms, dense = self._featurize(text)
+        get = self._vocab.get
+        dot = norm_sq = 0.0
+        for term in set(terms):
+            entry = get(term)
+            if entry is not None:
+                dot += entry[0]
+                norm_sq += entry[1]
+        z = self._bias + sum(map(float.__mul__, self._dense_w, dense))
         if norm_sq > 0.0:
             z += dot / math.sqrt(norm_sq)
         return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
@@ -132,12 +132,8 @@ class Classifier:
     def score(self, texts: Sequence[str] | Iterable[str]) -> np.ndarray:
         """p_complex in [0, 1] per text, in order. Never raises on odd text:
         non-strings are treated as their str(), None as empty."""
-        clean = ["" if t is None else t if isinstance(t, str) else str(t) for t in texts]
-        if not clean:
-            return np.zeros(0, dtype=np.float64)
-        if len(clean) <= _FAST_PATH_MAX:
-            return np.array([self._fast.score(t) for t in clean], dtype=np.float64)
-        return self.pipeline.predict_proba(clean)[:, 1].astype(np.float64)
+        fast = self._fast.score
+        return np.array([fast(t if t.__class__ is str else "" if t is None else str(t)) for t in texts], dtype=np.float64)
 
     def label(self, p_complex: float, threshold: float | None = None) -> str:
         return "complex" if p_complex >= (self.threshold if threshold is None else threshold) else "simple"
