@@ -19,12 +19,13 @@ from triage_proto import router_pb2
 
 from .adaptive import ShareController
 from .cache import ResponseCache
+from .calls import Calls
 from .config import Config, ResilienceConfig, TierConfig
 from .engine import Engine, VllmEngine
 from .auth import HEALTH_SERVICE, BearerTokenAuth, tls_credentials
 from .feedback import FeedbackStore, Outcomes, RecentAnswers
 from .grpc_metrics import GrpcServerMetrics
-from .stalls import GcPauses, freeze_heap, watch_loop_lag
+from .stalls import GcPauses, collect_garbage, freeze_heap, thaw_heap, watch_loop_lag
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy
 from .router import Router
@@ -50,6 +51,7 @@ class App:
     health: health.aio.HealthServicer
     port: int
     metrics_port: int | None
+    calls: Calls | None = None  # the calls' outcomes, shared by the front doors
     _metrics_http: object = field(default=None, repr=False)
     _lag_watcher: asyncio.Task | None = field(default=None, repr=False)
     _gc_pauses: GcPauses | None = field(default=None, repr=False)
@@ -106,12 +108,17 @@ class App:
             await self.server.stop(grace)
         log.info("gRPC server stopped in %.1f s", time.monotonic() - started)
         started = time.monotonic()
+        # Objects frozen at start-up are never collected: the engines' would
+        # then be finalised at interpreter exit, with modules half gone
+        # (vLLM's AsyncLLM.__del__ raising into the log).
+        thaw_heap()
         # The metrics endpoint's shutdown waits out its serve loop's 0.5 s
         # poll: in a thread, alongside the engines'.
         closing = [self.tiers.shutdown()]
         if self._metrics_http is not None:
             closing.append(asyncio.to_thread(self._metrics_http.shutdown))
         await asyncio.gather(*closing)
+        collect_garbage()  # the engines' cycles, while every module is still there
         self.router.tracing.shutdown()  # flushes the spans still batched
         log.info("engines shut down in %.1f s", time.monotonic() - started)
 
@@ -157,7 +164,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     corrupt raises retrieval.IndexError_ here, before the server listens.
     `api_keys`: per remote tier, its replicas' key (read by __main__)."""
     registry = registry or CollectorRegistry()
-    metrics = RouterMetrics(registry)
+    metrics = RouterMetrics(registry, tuple(config.tiers))
     if embedder is None and needs_embedder(config):
         from .embedding import Embedder
 
@@ -207,7 +214,8 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     if tokens:
         interceptors.append(BearerTokenAuth(tokens, open_services=(HEALTH_SERVICE,) if config.security.health_open else ()))
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    add_to_server(RouterServicer(router, Outcomes(store, recent, metrics, router.stats.record_feedback) if store is not None else None), server)
+    calls = Calls(metrics, router.stats)
+    add_to_server(RouterServicer(router, calls, Outcomes(store, recent, metrics, router.stats.record_feedback) if store is not None else None), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -222,11 +230,11 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     if config.server.metrics_port >= 0:
         metrics_http, _ = start_http_server(config.server.metrics_port, addr=config.server.host, registry=registry)
         metrics_port = metrics_http.server_port
-    app = App(config, router, tiers, server, health_servicer, port, metrics_port, metrics_http)
+    app = App(config, router, tiers, server, health_servicer, port, metrics_port, calls, metrics_http)
     if config.server.http_port >= 0:
         from .http_api import OpenAIHttp
 
-        app.http = OpenAIHttp(router, tokens, config.server.http_auto_model, config.security)
+        app.http = OpenAIHttp(router, calls, tokens, config.server.http_auto_model, config.security)
     tiers.on_change = app.update_health
     return app
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import threading
 import time
@@ -19,6 +20,8 @@ import numpy as np
 
 from .faiss_threads import single_threaded_faiss
 from .types import ChatMessage, EffectiveSampling
+
+log = logging.getLogger("triage.cache")
 
 _SPACE = re.compile(r"\s+")
 
@@ -281,6 +284,15 @@ class ResponseCache:
         if not found.semantic_pending:
             self._observe(found)
         return found
+
+    async def search_or_miss(self, found: Lookup, request_id: str) -> None:
+        """search_semantic, where a failure is not the request's failure:
+        it is a miss that is not stored."""
+        try:
+            await self.search_semantic(found)
+        except Exception:
+            log.warning("request %s: semantic cache lookup failed; answering without it", request_id, exc_info=True)
+            found.storable = False
 
     async def search_semantic(self, found: Lookup) -> Lookup:
         """Embed and search for a pending lookup, off the event loop (the

@@ -34,6 +34,13 @@ class NotFound(RouterError):
     status = "NOT_FOUND"
 
 
+class Unauthenticated(RouterError):
+    """Missing or wrong credentials (HTTP's bearer token; gRPC's are the
+    interceptor's, auth.py)."""
+
+    status = "UNAUTHENTICATED"
+
+
 class FailedPrecondition(RouterError):
     """The server is not set up for what the request asks (e.g. no index)."""
 

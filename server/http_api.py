@@ -19,19 +19,17 @@ status. Served by aiohttp on the router's own event loop (`server.http_port`;
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
 import math
 import time
-import uuid
 
 from .auth import matches
-from .errors import InvalidArgument, NotFound, ResourceExhausted, RouterError
+from .calls import Call, Calls, Failure
+from .errors import InvalidArgument, NotFound, RouterError, Unauthenticated
 from .router import Router
 from .types import ChatMessage, DecisionEvent, DeltaEvent, FinalEvent, GenerateInput, SamplingRequest
-from .validation import check_request_id, valid_request_id
 
 log = logging.getLogger("triage.http")
 
@@ -48,16 +46,11 @@ SUPPORTED = {"model", "messages", "stream", "stream_options", "temperature", "to
 MAX_BODY_BYTES = 1024 * 1024
 
 
-class HttpError(Exception):
-    def __init__(self, status: str, message: str, param: str | None = None, retry_after_ms: int | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.retry_after_ms = status, message, param, retry_after_ms
-
-
-def _error_response(web, err: HttpError):
-    code, kind = HTTP_STATUS.get(err.status, (500, "internal_error"))
-    headers = {"Retry-After": str(max(1, math.ceil(err.retry_after_ms / 1000)))} if err.retry_after_ms else {}
-    body = {"error": {"message": err.message, "type": kind, "param": err.param, "code": err.status.lower()}}
+def _error_response(web, failure: Failure):
+    """OpenAI's error body and the HTTP status for a call's failure."""
+    code, kind = HTTP_STATUS.get(failure.status, (500, "internal_error"))
+    headers = {"Retry-After": str(max(1, math.ceil(failure.retry_after_ms / 1000)))} if failure.retry_after_ms else {}
+    body = {"error": {"message": failure.message, "type": kind, "param": failure.field, "code": failure.status.lower()}}
     return web.json_response(body, status=code, headers=headers)
 
 
@@ -145,8 +138,8 @@ def _usage(usage) -> dict:
 class OpenAIHttp:
     """The aiohttp application and its site, on the router's loop."""
 
-    def __init__(self, router: Router, tokens: tuple[str, ...], auto_model: str = "auto", security=None):
-        self.router, self.auto_model = router, auto_model
+    def __init__(self, router: Router, calls: Calls, tokens: tuple[str, ...], auto_model: str = "auto", security=None):
+        self.router, self.calls, self.auto_model = router, calls, auto_model
         self._security = security  # TLS (and mutual TLS) as for gRPC
         self._tokens = tuple(t.encode() for t in tokens)
         self._runner = None
@@ -207,7 +200,7 @@ class OpenAIHttp:
         from aiohttp import web
 
         if not self._authorised(request):
-            return _error_response(web, HttpError("UNAUTHENTICATED", "missing or invalid bearer token"))
+            return _error_response(web, Failure("UNAUTHENTICATED", "missing or invalid bearer token"))
         created = int(time.time())
         data = [{"id": self.auto_model, "object": "model", "created": created, "owned_by": "triage"}]
         data += [{"id": t.name, "object": "model", "created": created, "owned_by": "triage", "root": t.model,
@@ -218,49 +211,30 @@ class OpenAIHttp:
         from aiohttp import web
 
         arrived = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        state = {"tier": "", "reason": "", "code": "OK"}
-        try:
+        with self.calls.track("http.chat_completions", request.headers.get("x-request-id")) as call:
             if not self._authorised(request):
-                raise HttpError("UNAUTHENTICATED", "missing or invalid bearer token")
-            check_request_id(request_id)
+                raise Unauthenticated("missing or invalid bearer token")
+            call.check_id()
             try:
                 body = await request.json()
             except (ValueError, UnicodeDecodeError):
                 raise InvalidArgument("body", "not valid JSON") from None
-            req, stream, include_usage = parse(body, self.router.tiers, self.auto_model, request_id)
+            req, stream, include_usage = parse(body, self.router.tiers, self.auto_model, call.request_id)
             req = dataclasses.replace(req, trace_parent=request.headers.get("traceparent"), stream=stream)
             events = self.router.generate(req, arrived)
             if stream:
-                return await self._stream(request, events, req, include_usage, state)
-            return await self._unary(events, req, state)
-        except HttpError as exc:
-            state["code"] = exc.status
-            return _error_response(web, exc)
-        except RouterError as exc:
-            state["code"] = exc.status
-            if isinstance(exc, ResourceExhausted):
-                self.router.metrics.admission_rejections.labels(exc.scope or "router").inc()
-            return _error_response(web, HttpError(exc.status, exc.message, getattr(exc, "field", None), getattr(exc, "retry_after_ms", None)))
-        except (asyncio.CancelledError, ConnectionResetError):
-            state["code"] = "CANCELLED"  # the client went away; the engine request was aborted
-            raise
-        except Exception:
-            state["code"] = "INTERNAL"
-            shown = request_id if valid_request_id(request_id) else "(invalid id)"
-            log.exception("request %s failed", shown)
-            return _error_response(web, HttpError("INTERNAL", f"internal error (request {shown})"))
-        finally:
-            self.router.account("http.chat_completions", state["tier"], state["reason"], state["code"], time.perf_counter() - arrived)
+                return await self._stream(request, events, req, include_usage, call)
+            return await self._unary(events, req, call)
+        return _error_response(web, call.failure)
 
-    async def _unary(self, events, req: GenerateInput, state: dict):
+    async def _unary(self, events, req: GenerateInput, call: Call):
         from aiohttp import web
 
         decision, parts, final = None, [], None
         async for event in events:
             if isinstance(event, DecisionEvent):
                 decision = event.decision
-                state["tier"], state["reason"] = decision.tier, decision.reason
+                call.decided(decision)
             elif isinstance(event, DeltaEvent):
                 parts.append(event.text)
             elif isinstance(event, FinalEvent):
@@ -273,7 +247,7 @@ class OpenAIHttp:
         }
         return web.json_response(body, headers={**_decision_headers(decision, cache), "x-request-id": req.request_id})
 
-    async def _stream(self, request, events, req: GenerateInput, include_usage: bool, state: dict):
+    async def _stream(self, request, events, req: GenerateInput, include_usage: bool, call: Call):
         """Server-sent events as OpenAI sends them. Nothing is written before
         the decision, so an error before it is still a plain HTTP error."""
         from aiohttp import web
@@ -290,7 +264,7 @@ class OpenAIHttp:
             async for event in events:
                 if isinstance(event, DecisionEvent):
                     decision = event.decision
-                    state["tier"], state["reason"] = decision.tier, decision.reason
+                    call.decided(decision)
                     response = web.StreamResponse(headers={**_decision_headers(decision), "x-request-id": req.request_id,
                                                            "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
                     await response.prepare(request)
@@ -306,7 +280,7 @@ class OpenAIHttp:
         except RouterError as exc:
             if response is None:
                 raise
-            state["code"] = exc.status  # the stream had begun: the error goes in it, as OpenAI's servers send it
+            call.code = exc.status  # the stream had begun: the error goes in it, as OpenAI's servers send it
             err = {"error": {"message": exc.message, "type": HTTP_STATUS.get(exc.status, (500, "internal_error"))[1], "code": exc.status.lower()}}
             await response.write(b"data: " + json.dumps(err).encode() + b"\n\n")
         finally:

@@ -27,7 +27,9 @@ P_COMPLEX_BUCKETS = tuple(round(i / 10, 1) for i in range(1, 11))
 
 
 class RouterMetrics:
-    def __init__(self, registry: CollectorRegistry):
+    def __init__(self, registry: CollectorRegistry, tiers: tuple[str, ...] = ()):
+        """`tiers`: their per-tier series exist at 0 from the start, for
+        rate() and the dashboard (see the end of this method)."""
         self.registry = registry
 
         def histogram(name, doc, labels=(), buckets=LATENCY_BUCKETS):
@@ -93,3 +95,27 @@ class RouterMetrics:
         self.replica_errors = Counter("router_replica_errors_total", "Remote replica failures (connection, HTTP 5xx, broken stream)", ["tier", "replica"], registry=registry)
         self.replica_in_flight = Gauge("router_replica_in_flight", "Requests outstanding at a remote replica", ["tier", "replica"], registry=registry)
         self.replica_healthy = Gauge("router_replica_healthy", "1 when the replica's /health answers and it serves the tier's model", ["tier", "replica"], registry=registry)
+        self._seed(tiers)
+
+    def record_generation(self, tier: str, t, usage) -> None:
+        """One generated answer's timings (types.Timings) and tokens."""
+        self.ttft_seconds.labels(tier).observe(t.ttft_ms / 1e3)
+        self.queue_seconds.labels(tier).observe(t.queue_ms / 1e3)
+        self.generate_seconds.labels(tier).observe(t.generate_ms / 1e3)
+        self.prompt_tokens.labels(tier).inc(usage.prompt_tokens)
+        self.completion_tokens.labels(tier).inc(usage.completion_tokens)
+        self.prompt_tokens_per_request.labels(tier).observe(usage.prompt_tokens)
+        self.completion_tokens_per_request.labels(tier).observe(usage.completion_tokens)
+
+    def _seed(self, tiers: tuple[str, ...]) -> None:
+        from .feedback import FEEDBACK_RESULTS
+        from .placement import SPILL_REASONS
+
+        for tier in tiers:
+            self.semantic_overlap_aborts.labels(tier)
+            for to in tiers:
+                for busy in SPILL_REASONS:
+                    if to != tier:
+                        self.spills.labels(tier, to, busy)
+            for result in FEEDBACK_RESULTS:
+                self.feedback.labels(tier, result)

@@ -1,20 +1,22 @@
-"""The routing policy: which tier answers, and why. Pure: no grpc, no vllm.
+"""The routing policy: the score and the cut points in force. Pure: no
+grpc, no vllm.
 
 Like RouteLLM's routers, everything reduces to one number, p_complex. Tiers
 are ordered cheapest first; ascending cut points split [0, 1] between them
 (two tiers: one threshold). The classifier behind the number can change
 without touching this. With a target share (adaptive.py) the cut points move
-with the traffic; the rules, in the order they apply, are in docs/routing.md.
+with the traffic. Which tier the score names is placement.py's rule, with
+every other rule, in the order docs/routing.md lists them.
 """
 
 from __future__ import annotations
 
-import bisect
 import logging
 import math
 import time
 from typing import Callable, Sequence
 
+from . import placement
 from .adaptive import ShareController
 from .types import ChatMessage, Decision
 
@@ -33,7 +35,7 @@ def question_text(messages: Sequence[ChatMessage]) -> str:
 
 
 class RoutingPolicy:
-    def __init__(self, score: Scorer, cut_points: Sequence[float], models: Sequence[tuple[str, str]],
+    def __init__(self, score: Scorer, cut_points: Sequence[float], models: Sequence[tuple[str, str]], *,
                  on_degraded: Callable[[], None] | None = None, share: ShareController | None = None,
                  clock: Callable[[], float] = time.monotonic):
         """`models`: (tier, model) pairs, cheapest first; `cut_points`: one
@@ -88,21 +90,11 @@ class RoutingPolicy:
             log.exception("classifier failed; routing to the most capable tier")
             self._on_degraded()
             classify_ms = (time.perf_counter() - started) * 1e3
-            tier = route or self.tiers[-1]
+            tier = self.tiers[placement.unscored(self.tiers, route)]
             return Decision(tier, self._models[tier], float("nan"), cuts[-1], "fallback", degraded=True), classify_ms
         classify_ms = (time.perf_counter() - started) * 1e3
-        if route is not None:
-            return Decision(route, self._models[route], p, self._cut(cuts, route), "override"), classify_ms
-        index = bisect.bisect_right(cuts, p)
-        tier = self.tiers[index]
-        # Only the cuts the rule chose count in its window: a request's own
-        # threshold wins, and is not the rule's doing.
-        reason = "target_share" if threshold is None and self.share.active else "classifier"
-        if record and threshold is None:
-            self.share.record(p, index, self._clock())
-        return Decision(tier, self._models[tier], p, self._cut(cuts, tier), reason), classify_ms
-
-    def _cut(self, cuts: tuple[float, ...], tier: str) -> float:
-        """The cut point that bounds `tier` from below (the lowest tier: the
-        one above it), so a decision says which line its score was held to."""
-        return cuts[max(self.tiers.index(tier) - 1, 0)]
+        rule = placement.by_score(p, cuts, self.tiers, route=route, own_threshold=threshold is not None, share_active=self.share.active)
+        if record and rule.counts_in_window:
+            self.share.record(p, rule.index, self._clock())
+        tier = self.tiers[rule.index]
+        return Decision(tier, self._models[tier], p, placement.bounding_cut(cuts, rule.index), rule.reason), classify_ms

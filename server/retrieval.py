@@ -159,6 +159,17 @@ def with_sources(messages, hits: list[Hit], max_chars: int):
     return (ChatMessage("system", text), *messages)
 
 
+def wants_retrieval(service: "RetrievalService | None", asked: bool | None, tier: str) -> bool:
+    """The request's own choice, else the tiers retrieval is on for by
+    default; FAILED_PRECONDITION when asked of a server with no index."""
+    from .errors import FailedPrecondition
+
+    wanted = asked if asked is not None else (service is not None and tier in service.default_tiers)
+    if wanted and service is None:
+        raise FailedPrecondition("retrieval: this server has no document index configured (retrieval.index)")
+    return bool(wanted)
+
+
 class RetrievalService:
     """What the router needs: embed the question, search, time it."""
 

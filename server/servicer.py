@@ -4,13 +4,12 @@ protos out. Also the one place where errors become status codes.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import dataclasses
 import contextvars
 import logging
 import math
 import time
-import uuid
 from typing import AsyncIterator
 
 import grpc
@@ -19,12 +18,13 @@ from triage_proto import router_pb2 as pb
 from triage_proto import router_pb2_grpc
 
 from .cache import CACHE_MODES, CACHE_STATUSES
-from .errors import FailedPrecondition, InvalidArgument, ResourceExhausted, RouterError
+from .calls import Calls
+from .errors import FailedPrecondition, InvalidArgument
 from .feedback import Outcomes
 from .grpc_metrics import status_name
 from .router import Router
 from .types import ChatMessage, Decision, DecisionEvent, DeltaEvent, EffectiveSampling, FinalEvent, GenerateInput, SamplingRequest, Timings, Usage
-from .validation import check_feedback, check_request_id, valid_request_id
+from .validation import check_feedback
 
 log = logging.getLogger("triage.servicer")
 
@@ -172,56 +172,40 @@ def _effective(s: EffectiveSampling) -> pb.EffectiveSampling:
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    def __init__(self, router: Router, outcomes: Outcomes | None = None):
+    def __init__(self, router: Router, calls: Calls, outcomes: Outcomes | None = None):
         self.router = router
+        self.calls = calls
         self.tiers = router.tiers.names
         self.outcomes = outcomes  # None: no feedback store configured
 
     @contextlib.asynccontextmanager
     async def _rpc(self, rpc: str, context: grpc.aio.ServicerContext, request=None):
-        """Map every outcome of an RPC to a deliberate status and count it.
-
-        First the request id: the client's, or a new one, in REQUEST_ID for
-        everything below. RouterError -> its status; anything unexpected ->
-        INTERNAL with the request id (details in the log only). AbortError and CancelledError
-        pass through untouched: when the caller's deadline passes or it goes
-        away, grpc cancels this task, and the cancellation must reach the
-        engine so it aborts the request (the client sees DEADLINE_EXCEEDED or
-        CANCELLED from grpc itself).
-        """
-        started = time.perf_counter()
-        state = {"tier": "", "reason": "", "code": "OK"}
-        request_id = getattr(request, "request_id", "") or uuid.uuid4().hex
-        REQUEST_ID.set(request_id)
-        try:
+        """The call's outcome (calls.py: request id, status, counting), in
+        REQUEST_ID for everything below; a failure becomes `context.abort`
+        with its status. AbortError and CancelledError pass through
+        untouched: when the caller's deadline passes or it goes away, grpc
+        cancels this task, and the cancellation must reach the engine so it
+        aborts the request (the client sees DEADLINE_EXCEEDED or CANCELLED
+        from grpc itself)."""
+        with self.calls.track(rpc, getattr(request, "request_id", ""), passthrough=(grpc.aio.AbortError,),
+                              cancelled_as=lambda exc: status_name(context, exc)) as call:
+            REQUEST_ID.set(call.request_id)
             if isinstance(request, Malformed):
                 raise InvalidArgument("request", f"the request is not a valid {request.type_name}")
-            check_request_id(request_id)
-            yield state
-        except RouterError as exc:
-            state["code"] = exc.status
-            if isinstance(exc, ResourceExhausted):
-                self.router.metrics.admission_rejections.labels(exc.scope or "router").inc()
+            call.check_id()
+            yield call
+        failure = call.failure
+        if failure is not None:
+            if failure.retry_after_ms is not None:
                 # grpc-retry-pushback-ms is what grpc's own retry policy reads.
-                context.set_trailing_metadata((("grpc-retry-pushback-ms", str(exc.retry_after_ms)), ("retry-after-ms", str(exc.retry_after_ms))))
-            await context.abort(getattr(grpc.StatusCode, exc.status), exc.message)
-        except grpc.aio.AbortError:
-            raise
-        except asyncio.CancelledError as exc:
-            state["code"] = status_name(context, exc)
-            raise
-        except Exception:
-            state["code"] = "INTERNAL"
-            shown = request_id if valid_request_id(request_id) else "(invalid id)"
-            log.exception("request %s failed", shown)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {shown})")
-        finally:
-            self.router.account(rpc, state["tier"], state["reason"], state["code"], time.perf_counter() - started)
+                ms = str(failure.retry_after_ms)
+                context.set_trailing_metadata((("grpc-retry-pushback-ms", ms), ("retry-after-ms", ms)))
+            await context.abort(getattr(grpc.StatusCode, failure.status), failure.message)
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         arrived = time.perf_counter()
         response = pb.GenerateResponse()
-        async with self._rpc("Generate", context, request) as state:
+        async with self._rpc("Generate", context, request) as call:
             req = _request(request, self.tiers, context.time_remaining(), context.invocation_metadata(), stream=False)
             response.request_id = req.request_id
             parts: list[str] = []
@@ -229,7 +213,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 if isinstance(event, DeltaEvent):
                     parts.append(event.text)
                 elif isinstance(event, DecisionEvent):
-                    state["tier"], state["reason"] = event.decision.tier, event.decision.reason
+                    call.decided(event.decision)
                     response.decision.CopyFrom(_decision(event.decision, self.tiers))
                 elif isinstance(event, FinalEvent):
                     response.finish_reason = event.finish_reason
@@ -244,14 +228,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateStreamResponse]:
         arrived = time.perf_counter()
-        async with self._rpc("GenerateStream", context, request) as state:
+        async with self._rpc("GenerateStream", context, request) as call:
             req = _request(request, self.tiers, context.time_remaining(), context.invocation_metadata())
             rid = req.request_id
             async for event in self.router.generate(req, arrived):
                 if isinstance(event, DeltaEvent):
                     yield pb.GenerateStreamResponse(request_id=rid, delta=event.text)
                 elif isinstance(event, DecisionEvent):
-                    state["tier"], state["reason"] = event.decision.tier, event.decision.reason
+                    call.decided(event.decision)
                     yield pb.GenerateStreamResponse(request_id=rid, decision=_decision(event.decision, self.tiers))
                 elif isinstance(event, FinalEvent):
                     final = pb.StreamFinal(
@@ -261,14 +245,14 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     yield pb.GenerateStreamResponse(request_id=rid, final=final)
 
     async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
-        async with self._rpc("Classify", context, request) as state:
+        async with self._rpc("Classify", context, request) as call:
             threshold = request.threshold if request.HasField("threshold") else None
             decision, classify_ms = self.router.classify(_messages(request.messages), threshold)
-            state["tier"], state["reason"] = decision.tier, decision.reason
+            call.decided(decision)
             return pb.ClassifyResponse(decision=_decision(decision, self.tiers), classify_ms=classify_ms)
 
     async def Feedback(self, request: pb.FeedbackRequest, context) -> pb.FeedbackResponse:
-        async with self._rpc("Feedback", context, request) as state:
+        async with self._rpc("Feedback", context, request) as call:
             outcome = request.WhichOneof("outcome")
             rating = request.rating if outcome == "rating" else None
             correct = request.correct if outcome == "correct" else None
@@ -276,7 +260,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             if self.outcomes is None:
                 raise FailedPrecondition("feedback: this server stores no feedback (set feedback.path)")
             answered = await self.outcomes.record(request.request_id, rating, correct, request.label)
-            state["tier"] = answered.tier
+            call.tier = answered.tier
             return pb.FeedbackResponse(request_id=request.request_id, tier_name=answered.tier,
                                        p_complex=0.0 if math.isnan(answered.p_complex) else answered.p_complex)
 
@@ -297,31 +281,20 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
 
     async def GetStats(self, request: pb.GetStatsRequest, context) -> pb.GetStatsResponse:
         async with self._rpc("GetStats", context, request):
-            stats, completed = self.router.stats, self.router.stats.completed()
-            policy = self.router.policy
+            stats, policy = self.router.stats, self.router.policy
             cuts, shares, targets = policy.live_cuts, policy.share.window_shares(), policy.share.targets
-            tiers = []
-            for j, tier in enumerate(self.router.tiers):
-                t, engine = stats.tiers[tier.name], tier.engine
-                tiers.append(
-                    pb.TierStats(
-                        tier=tier_enum(tier.name, self.tiers), tier_name=tier.name, model=tier.model, requests=t.requests,
-                        share=t.requests / completed if completed else 0.0,
-                        mean_latency_ms=t.latency_ms_sum / t.requests if t.requests else 0.0,
-                        p95_latency_ms=t.p95_ms(), mean_ttft_ms=t.ttft_ms_sum / t.requests if t.requests else 0.0,
-                        completion_tokens=t.completion_tokens,
-                        tokens_per_second=t.completion_tokens / t.generate_s if t.generate_s > 0 else 0.0,
-                        engine_load_seconds=engine.load_seconds, ready=engine.ready,
-                        cut_point=cuts[j - 1] if j else 0.0, target_share=targets[j - 1] if j and targets else -1.0,
-                        window_share=shares[j], spilled_out=t.spilled_out, spilled_in=t.spilled_in, feedback=t.feedback,
-                    )
+            tiers = [
+                pb.TierStats(
+                    tier=tier_enum(tier.name, self.tiers), tier_name=tier.name, model=tier.model,
+                    **dataclasses.asdict(stats.tier_report(tier.name)), engine_load_seconds=tier.engine.load_seconds, ready=tier.engine.ready,
+                    cut_point=cuts[j - 1] if j else 0.0, target_share=targets[j - 1] if j and targets else -1.0, window_share=shares[j],
                 )
-            above_cheapest = completed - stats.tiers[self.tiers[0]].requests
+                for j, tier in enumerate(self.router.tiers)
+            ]
             response = pb.GetStatsResponse(
-                uptime_seconds=stats.uptime(), total_requests=sum(stats.by_code.values()), completed_generations=completed,
-                large_share=above_cheapest / completed if completed else 0.0,
-                tiers=tiers, requests_by_code=dict(stats.by_code), cache_lookups=stats.cache_lookups(),
-                exact_hit_rate=stats.hit_rate("EXACT"), semantic_hit_rate=stats.hit_rate("SEMANTIC"),
+                uptime_seconds=stats.uptime(), total_requests=sum(stats.by_code.values()), completed_generations=stats.completed(),
+                large_share=stats.above_cheapest_share(), tiers=tiers, requests_by_code=dict(stats.by_code),
+                cache_lookups=stats.cache_lookups(), exact_hit_rate=stats.hit_rate("EXACT"), semantic_hit_rate=stats.hit_rate("SEMANTIC"),
                 routing_window=policy.share.size,
             )
             response.summary = format_stats(response)

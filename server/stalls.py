@@ -7,7 +7,7 @@ router can prevent.
   garbage collection shows up here.
 - `GcPauses`: every garbage collection's duration, by generation, into
   `router_gc_pause_seconds`, so a lag can be told apart from a collection.
-- `freeze_heap`: once the engines are loaded, everything alive is moved out
+- `freeze_heap` / `thaw_heap`: once the engines are loaded, everything alive is moved out
   of the collector's reach (`gc.freeze`), as vLLM's own server does after
   start-up. In process, torch and vLLM leave millions of long-lived objects,
   and each full collection walked all of them, with the loop stopped.
@@ -58,3 +58,13 @@ def freeze_heap() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+def thaw_heap() -> None:
+    """Undo freeze_heap before the engines shut down, so their objects are
+    finalised now, not at interpreter exit."""
+    gc.unfreeze()
+
+
+def collect_garbage() -> None:
+    gc.collect()

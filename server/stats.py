@@ -32,6 +32,22 @@ class TierTotals:
         return float(np.percentile(self.recent_latency_ms, 95)) if self.recent_latency_ms else 0.0
 
 
+@dataclass(frozen=True)
+class TierReport:
+    """A tier's figures as GetStats reports them."""
+
+    requests: int
+    share: float  # of all completed generations
+    mean_latency_ms: float
+    p95_latency_ms: float
+    mean_ttft_ms: float
+    completion_tokens: int
+    tokens_per_second: float
+    spilled_out: int
+    spilled_in: int
+    feedback: int
+
+
 class Stats:
     def __init__(self, tiers: tuple[str, ...], clock=time.monotonic):
         self._clock = clock
@@ -74,3 +90,19 @@ class Stats:
 
     def completed(self) -> int:
         return sum(t.requests for t in self.tiers.values())
+
+    def above_cheapest_share(self) -> float:
+        """The share of completed generations some tier above the cheapest answered."""
+        completed = self.completed()
+        cheapest = next(iter(self.tiers.values())).requests if self.tiers else 0
+        return (completed - cheapest) / completed if completed else 0.0
+
+    def tier_report(self, tier: str) -> TierReport:
+        t, completed = self.tiers[tier], self.completed()
+        n = t.requests
+        return TierReport(
+            requests=n, share=n / completed if completed else 0.0,
+            mean_latency_ms=t.latency_ms_sum / n if n else 0.0, p95_latency_ms=t.p95_ms(),
+            mean_ttft_ms=t.ttft_ms_sum / n if n else 0.0, completion_tokens=t.completion_tokens,
+            tokens_per_second=t.completion_tokens / t.generate_s if t.generate_s > 0 else 0.0,
+            spilled_out=t.spilled_out, spilled_in=t.spilled_in, feedback=t.feedback)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from typing import Awaitable, Callable, Iterator, Sequence
@@ -19,15 +18,11 @@ from .admission import Gate
 from .breaker import CircuitBreaker
 from .config import LimitsConfig, ResilienceConfig, TierConfig
 from .engine import Engine
-from .errors import ResourceExhausted
+from .errors import ResourceExhausted, Unavailable
 from .metrics import RouterMetrics
 from .types import ChatMessage, EffectiveSampling
 
 log = logging.getLogger("triage.tiers")
-
-# Why a tier is too busy to take a request soon (Tier.busy_reason).
-SPILL_REASONS = ("queue_full", "queue_wait")
-
 
 class Tier:
     """A tier as the router sees it: can it serve now, a slot on it, and
@@ -68,7 +63,8 @@ class Tier:
 
     def busy_reason(self, budget_s: float) -> str | None:
         """None if a request arriving now would start within `budget_s`;
-        else why not: its queue is full, or the expected wait is longer."""
+        else why not (placement.SPILL_REASONS): its queue is full, or the
+        expected wait is longer."""
         gate = self.gate
         if gate.in_flight >= gate.max_in_flight and gate.waiting >= gate.max_queued:
             return "queue_full"
@@ -159,15 +155,21 @@ class Tiers:
     def names(self) -> tuple[str, ...]:
         return tuple(self._order)
 
+    def why_not(self, name: str) -> str | None:
+        """Why the tier cannot take a request now, or None (Tier.why_not)."""
+        return self._tiers[name].why_not()
+
+    def can_start_now(self, tier: Tier) -> bool:
+        """Its engine is up and a slot is free on it and router-wide: a
+        request would start at once."""
+        return tier.up and tier.engine.ready and tier.gate.has_room() and self.gate.has_room()
+
+    def check_accepting(self) -> None:
+        if self.draining:
+            raise Unavailable("the server is shutting down")
+
     def any_up(self) -> bool:
         return any(t.up for t in self)
-
-    def fallbacks(self, name: str) -> list[Tier]:
-        """The other tiers, nearest first; at equal distance the more capable
-        one first (the safe side for answer quality)."""
-        i = self._order.index(name)
-        others = [j for j in range(len(self._order)) if j != i]
-        return [self._tiers[self._order[j]] for j in sorted(others, key=lambda j: (abs(j - i), -j))]
 
     @contextlib.asynccontextmanager
     async def admit(self, tier: Tier, remaining_s: float | None = None):
@@ -197,10 +199,6 @@ class Tiers:
         warm each up; then watch them."""
         for tier in self:
             await self._bring_up(tier)
-        # vLLM, torch and transformers leave millions of long-lived objects;
-        # without this every full collection walks them all, a pause of tens
-        # of milliseconds landing on whichever requests are in flight.
-        gc.freeze()
         self.started = True
         await self.on_change()
         log.info("all tiers warm")
@@ -259,14 +257,9 @@ class Tiers:
 
     async def shutdown(self) -> None:
         """All engines at once: each waits for its own processes to exit."""
-        # Objects frozen at start-up (gc.freeze) are never collected: the
-        # engines' would then be finalised at interpreter exit, with modules
-        # half gone (vLLM's AsyncLLM.__del__ raising into the log).
-        gc.unfreeze()
         await asyncio.gather(*(tier.engine.shutdown() for tier in self))
         for tier in self:
             tier.mark_stopped()
-        gc.collect()
 
 
 async def _nothing() -> None:

@@ -115,6 +115,16 @@ def check_sampling(s: SamplingRequest) -> None:
             raise InvalidArgument(f"sampling.stop[{i}]", "must not be empty")
 
 
+def allows(s: SamplingRequest, defaults: SamplingDefaults, tier: str) -> bool:
+    """The request's own sampling values are valid on that tier too (a
+    spill never shortens an answer)."""
+    try:
+        effective_sampling(s, defaults, tier)
+    except InvalidArgument:
+        return False
+    return True
+
+
 def effective_sampling(s: SamplingRequest, defaults: SamplingDefaults, tier: str, clamp: bool = False) -> EffectiveSampling:
     """The request's own values win; every unset value takes the tier's
     default, never the model's generation_config.json. `clamp` (a fallback

@@ -13,10 +13,10 @@ from server.app import build_app
 
 
 @contextlib.contextmanager
-def serve_in_thread(config, engines, timeout: float = 10):
-    """Yield (client, app) for an app built from `config` and `engines`;
-    stop it afterwards."""
-    clf = classifier.load()
+def serve_in_thread(config, engines, timeout: float = 10, clf=None):
+    """Yield (client, app) for an app built from `config`, `engines` and a
+    classifier (default: the committed one); stop it afterwards."""
+    clf = clf or classifier.load()
 
     async def start():
         app = build_app(config, clf, engines=engines)  # grpc.aio binds to this loop

@@ -18,6 +18,16 @@ from .test_admission import ROOT, HeldEngine, _wait_for
 SCORES = {"far below": 0.05, "just below": 0.40, "just above": 0.50, "far above": 0.95}
 
 
+class FixedScores:
+    """Scores by the question's text before " #", so "near the cut" is exact."""
+
+    threshold = 0.45
+
+    @staticmethod
+    def score(texts):
+        return [SCORES[t.split(" #")[0]] for t in texts]
+
+
 @pytest.fixture
 def served(tmp_path):
     text = (ROOT / "config/cpu.yaml").read_text().replace("../.cache/", str(ROOT / ".cache") + "/")
@@ -27,8 +37,7 @@ def served(tmp_path):
     path.write_text(text)
     config = load(path, ["routing.spill.margin=0.1", "routing.spill.queue_seconds=0.3"]).with_ports(0, -1)
     engines = {n: HeldEngine(n, t.model, t.max_model_len) for n, t in config.tiers.items()}
-    with serve_in_thread(config, engines, timeout=30) as (client, app):
-        app.router.policy._score = lambda texts: [SCORES[t.split(" #")[0]] for t in texts]
+    with serve_in_thread(config, engines, timeout=30, clf=FixedScores()) as (client, app):
         try:
             yield client, engines, app
         finally:

@@ -1,0 +1,193 @@
+"""One request on its way through the router: the state every stage reads
+and writes (`RequestContext`), the signals between stages, the progress of
+its generation, and its one log line. No grpc and no engines here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field, replace
+
+from .cache import BYPASS, Lookup
+from .errors import DeadlineExceeded, EngineFailure, InvalidArgument, RouterError, Unavailable
+from .retrieval import with_sources
+from .tiers import Tier
+from .types import Decision, EffectiveSampling, GenerateInput, RetrievalResult, Timings, Usage
+
+log = logging.getLogger("triage.request")
+
+
+class EngineFailedEarly(Exception):
+    """The engine failed before producing text: another tier may still answer."""
+
+
+class SemanticHit(Exception):
+    """The overlapped semantic search found an answer before any engine text
+    was sent: the engine request has been aborted."""
+
+
+@dataclass
+class RequestContext:
+    """One request on its way through the router."""
+
+    req: GenerateInput
+    arrived: float  # perf_counter() when the RPC arrived
+    decision: Decision | None = None
+    tier: Tier | None = None  # the tier answering (another one after a fallback)
+    sampling: EffectiveSampling | None = None  # the answering tier's values
+    timings: Timings = field(default_factory=Timings)
+    retrieving: bool = False
+    retrieved: list = field(default_factory=list)  # chunks found, best first
+    hits: list = field(default_factory=list)  # those placed in the prompt (fewer if the context is short)
+    dropped: int = 0  # retrieved chunks left out to fit the context
+    lookup: Lookup = field(default_factory=lambda: Lookup(BYPASS))
+    fell_back: bool = False
+    announced: bool = False  # the DecisionEvent has gone out
+    first_token_at: float | None = None
+    parts: list[str] = field(default_factory=list)
+    span: object = None  # the request's trace span, when tracing is on (tracing.py)
+
+    @property
+    def retrieval(self) -> RetrievalResult | None:
+        return RetrievalResult(tuple(self.hits), self.dropped) if self.retrieving else None
+
+
+class Progress:
+    """A generation's token count, finish reason and inter-token gaps."""
+
+    def __init__(self, itl):
+        self.itl = itl
+        self.completion_tokens = 0
+        self.finish_reason = "stop"
+        self._last_token_at: float | None = None
+
+    def took(self, ctx: RequestContext, chunk) -> None:
+        now = time.perf_counter()
+        new_tokens = chunk.completion_tokens - self.completion_tokens
+        self.completion_tokens = chunk.completion_tokens
+        if chunk.queue_s is not None:
+            ctx.timings.queue_ms = chunk.queue_s * 1e3
+        if new_tokens > 0:
+            if ctx.first_token_at is None:
+                ctx.first_token_at = now
+            elif self._last_token_at is not None:
+                gap = (now - self._last_token_at) / new_tokens
+                for _ in range(new_tokens):
+                    self.itl.observe(gap)
+            self._last_token_at = now
+        if chunk.finished:
+            self.finish_reason = chunk.finish_reason or "stop"
+
+
+def log_line(ctx: RequestContext, usage: Usage) -> None:
+    # One structured line per request: sizes and times, never the text.
+    if not log.isEnabledFor(logging.INFO):
+        return
+    d = ctx.decision
+    log.info(
+        json.dumps(
+            {
+                "request_id": ctx.req.request_id,
+                "tier": d.tier,
+                "reason": d.reason,
+                "cache": ctx.lookup.status,
+                "p_complex": None if math.isnan(d.p_complex) else round(d.p_complex, 4),
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                **{k: round(v, 2) for k, v in vars(ctx.timings).items()},
+            }
+        )
+    )
+
+
+async def fit_prompt(ctx: RequestContext, max_chunk_chars: int) -> list[int]:
+    """Prompt tokens on the answering tier, with as many retrieved chunks as
+    its context holds next to the answer's budget; the lowest-ranked go
+    first. INVALID_ARGUMENT when the conversation alone does not fit."""
+    tier, messages = ctx.tier.config, ctx.req.messages
+    ctx.hits, ctx.dropped = list(ctx.retrieved), 0  # a fallback tier may hold more
+    while True:
+        prompt_ids = await ctx.tier.engine.render(with_sources(messages, ctx.hits, max_chunk_chars) if ctx.hits else messages)
+        if not ctx.hits or len(prompt_ids) + ctx.sampling.max_tokens <= tier.max_model_len:
+            break
+        ctx.hits = ctx.hits[:-1]
+        ctx.dropped += 1
+    if len(prompt_ids) >= tier.max_model_len:
+        raise InvalidArgument("messages", f"the prompt is {len(prompt_ids)} tokens; tier {tier.name} holds at most {tier.max_model_len - 1}")
+    return prompt_ids
+
+
+async def next_unless_hit(stream, search: asyncio.Task, lookup: Lookup):
+    """The engine's next chunk (or its StopAsyncIteration) once the semantic
+    search has settled as a miss: nothing of the engine's goes out before
+    that (the search ends in milliseconds, prefill rarely sooner). On a hit,
+    SemanticHit; if the engine was still working, its request is cancelled
+    first (vLLM aborts it, a remote server sees its connection close). An
+    engine that failed before the search ended fails the request as usual."""
+    pending = asyncio.ensure_future(anext(stream))
+    try:
+        await asyncio.wait({pending, search}, return_when=asyncio.FIRST_COMPLETED)
+        engine_failed = pending.done() and not isinstance(pending.exception(), (type(None), StopAsyncIteration))
+        if not engine_failed:
+            await search
+            if lookup.answer is not None:
+                raise SemanticHit()
+        return await pending
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+                await pending
+
+
+async def prompt_for(ctx: RequestContext, max_chunk_chars: int) -> list[int]:
+    """The prompt's tokens on the answering tier, and the answer's budget
+    cut to what its context holds beside them (effective_sampling says so)."""
+    tier = ctx.tier
+    try:
+        prompt_ids = await fit_prompt(ctx, max_chunk_chars)
+    except EngineFailure as exc:  # e.g. a remote tier's replica went away between health checks
+        tier.failed()
+        log.error("request %s: tier %s could not render the prompt: %s", ctx.req.request_id, tier.name, exc)
+        raise EngineFailedEarly(tier.name) from exc
+    room = tier.config.max_model_len - len(prompt_ids)
+    if ctx.sampling.max_tokens > room:
+        ctx.sampling = replace(ctx.sampling, max_tokens=room)
+    return prompt_ids
+
+async def next_chunk(ctx: RequestContext, stream, search: asyncio.Task | None, ceiling: float):
+    """The engine's next chunk, or None at its end. The tier's ceiling
+    covers only the wait on the engine, so its cancellation lands inside
+    the engine call (which aborts the request) and never inside the
+    caller's write. An engine failure before any text the caller has
+    seen is EngineFailedEarly (another tier may answer from the start)."""
+    tier = ctx.tier
+    try:
+        async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(0.0, ceiling - time.monotonic())):
+            return await (anext(stream) if search is None else next_unless_hit(stream, search, ctx.lookup))
+    except StopAsyncIteration:
+        return None
+    except (SemanticHit, RouterError, asyncio.CancelledError):
+        raise
+    except TimeoutError:
+        raise DeadlineExceeded(f"tier {tier.name} stopped generating at its {tier.config.generation_timeout_s:g} s ceiling") from None
+    except Exception as exc:
+        tier.failed()
+        log.error("request %s: tier %s engine failed: %s", ctx.req.request_id, tier.name, exc, exc_info=exc)
+        if not ctx.parts or not ctx.req.stream:
+            ctx.parts.clear()
+            ctx.first_token_at = None
+            raise EngineFailedEarly(tier.name) from exc
+        raise Unavailable(f"tier {tier.name} failed while answering") from None
+
+
+def replay_deltas(text: str, words_per_delta: int = 3) -> list[str]:
+    """A cached answer streamed back as deltas that concatenate to it."""
+    pieces = re.findall(r"\S+\s*|\s+", text)
+    return ["".join(pieces[i : i + words_per_delta]) for i in range(0, len(pieces), words_per_delta)]
