@@ -73,11 +73,11 @@ async def _direct_stream(engine, prompt: str, max_tokens: int, rid: str) -> tupl
     from server.types import ChatMessage, EffectiveSampling
 
     started = time.perf_counter()
-    ids = await engine.render([ChatMessage("user", prompt)])
+    rendered = await engine.render([ChatMessage("user", prompt)])
     sampling = EffectiveSampling(0.0, 1.0, 0, max_tokens, (), None, 1.0)
     ttft, tokens = None, 0
     handed = time.perf_counter()
-    async for chunk in engine.generate(ids, sampling, rid):
+    async for chunk in engine.generate(rendered, sampling, rid):
         if ttft is None and chunk.completion_tokens > 0:
             ttft = time.perf_counter() - started
         tokens = chunk.completion_tokens

@@ -64,8 +64,8 @@ class App:
             self.http_port = await self.http.start(self.config.server.host, self.config.server.http_port, self.config.server.grace_seconds)
 
     async def update_health(self) -> None:
-        """Per tier: `router.v1.Router/<tier>` is SERVING while its engine is
-        up. Overall (`""` and `router.v1.Router`): NOT_SERVING until every
+        """Per tier: `router.v1.Router/<tier>` is SERVING while the tier is
+        ready (Tier.ready, the answer ListModels and routing read too). Overall (`""` and `router.v1.Router`): NOT_SERVING until every
         engine is warm; after that SERVING while at least one tier is up,
         since fallback still answers; NOT_SERVING while draining."""
         def status(up: bool):
@@ -73,8 +73,8 @@ class App:
 
         tiers = self.tiers
         for tier in tiers:
-            await self.health.set(f"{SERVICE_NAME}/{tier.name}", status(tier.up and not tiers.draining))
-        overall = tiers.started and tiers.any_up() and not tiers.draining
+            await self.health.set(f"{SERVICE_NAME}/{tier.name}", status(tier.ready and not tiers.draining))
+        overall = tiers.started and tiers.any_ready() and not tiers.draining
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status(overall))
         await self.health.set(LIVENESS_NAME, status(True))

@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Protocol, Sequence
 from .config import TierConfig
 from .errors import Unavailable
 from .prompt import render
-from .types import ChatMessage, EffectiveSampling, EngineChunk
+from .types import ChatMessage, EffectiveSampling, EngineChunk, Prompt
 
 log = logging.getLogger("triage.engine")
 
@@ -30,18 +30,15 @@ class Engine(Protocol):
     load_seconds: float
     restartable: bool  # a dead one may be started again in this process
 
-    def mark_ready(self) -> None:
-        """Warm-up is done: `ready` may now say so."""
-
     @property
-    def ready(self) -> bool: ...
+    def ready(self) -> bool:
+        """The engine can generate now (loaded and not dead; for a remote
+        tier, a replica is healthy). Tier.ready is this, read by everyone."""
 
-    async def render(self, messages: Sequence[ChatMessage]) -> list[int]:
-        """Apply the model's chat template; return prompt token ids."""
+    async def render(self, messages: Sequence[ChatMessage]) -> Prompt:
+        """Apply the model's chat template: the prompt's token ids."""
 
-    def generate(
-        self, prompt_ids: list[int], sampling: EffectiveSampling, request_id: str
-    ) -> AsyncIterator[EngineChunk]:
+    def generate(self, prompt: Prompt, sampling: EffectiveSampling, request_id: str) -> AsyncIterator[EngineChunk]:
         """Stream output; closing the iterator early aborts the request."""
 
     def unfinished_requests(self) -> int: ...
@@ -105,12 +102,11 @@ class VllmEngine:
         self._config = tier
         self._llm: Any = None
         self._tokenizer: Any = None
-        self._ready = False
         self.pids: list[int] = []
 
     @property
     def ready(self) -> bool:
-        return self._ready and self._llm is not None and not self._llm.errored
+        return self._llm is not None and not self._llm.errored
 
     def _build(self):
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -147,23 +143,18 @@ class VllmEngine:
         self.pids = sorted({p.pid for p in psutil.Process().children(recursive=True)} - before)
         log.info("tier %s: engine loaded in %.1f s (processes %s)", self.tier, self.load_seconds, self.pids)
 
-    def mark_ready(self) -> None:
-        self._ready = True
-
-    async def render(self, messages: Sequence[ChatMessage]) -> list[int]:
+    async def render(self, messages: Sequence[ChatMessage]) -> Prompt:
         if self._tokenizer is None:
             raise Unavailable(f"tier {self.tier} is not started")
-        return await render(self._tokenizer, messages)
+        return Prompt(await render(self._tokenizer, messages), tuple(messages))
 
-    async def generate(
-        self, prompt_ids: list[int], sampling: EffectiveSampling, request_id: str
-    ) -> AsyncIterator[EngineChunk]:
+    async def generate(self, prompt: Prompt, sampling: EffectiveSampling, request_id: str) -> AsyncIterator[EngineChunk]:
         from vllm.inputs import TokensPrompt
 
         if self._llm is None or self._llm.errored:
             raise Unavailable(f"tier {self.tier} engine is not running")
         stream = self._llm.generate(
-            TokensPrompt(prompt_token_ids=prompt_ids), to_vllm_sampling(sampling), request_id
+            TokensPrompt(prompt_token_ids=prompt.ids), to_vllm_sampling(sampling), request_id
         )
         completion_tokens = 0
         try:
@@ -190,7 +181,6 @@ class VllmEngine:
         return 0 if self._llm is None else self._llm.get_num_unfinished_requests()
 
     async def shutdown(self) -> None:
-        self._ready = False
         llm, self._llm = self._llm, None
         if llm is not None:
             # Stop vLLM's output handler first (no request is left by now):

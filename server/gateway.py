@@ -25,16 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any, AsyncIterator, Sequence
 
 from .config import ResilienceConfig, TierConfig
 from .errors import EngineFailure, InvalidArgument, Unavailable
-from .prompt import PromptIds, load_tokenizer, render
+from .prompt import load_tokenizer, render
 from .tracing import upstream_headers
-from .types import ChatMessage, EffectiveSampling, EngineChunk
-from .upstream import (UpstreamError, close, error_text, get_status, http_client, line_batches, post_stream, served_models, sse_chunks,
-                       streamed_sampling, transport_errors)
+from .types import ChatMessage, EffectiveSampling, EngineChunk, Prompt
+from .upstream import (UpstreamError, check_forever, close, error_text, get_status, http_client, line_batches, post_stream, served_models,
+                       sse_chunks, streamed_sampling, transport_errors, wait_until_ready)
 
 log = logging.getLogger("triage.gateway")
 
@@ -65,39 +64,24 @@ class GatewayEngine:
     def ready(self) -> bool:
         return self._client is not None and self._healthy
 
-    def mark_ready(self) -> None:
-        """Readiness is the gateway's, checked in the background."""
-
     def unfinished_requests(self) -> int:
         return self._in_flight
 
     async def start(self) -> None:
-        started = time.monotonic()
         self._tokenizer = await asyncio.to_thread(load_tokenizer, self._config.model_path)
         if self._tokenizer is None:
             raise EngineFailure(f"tier {self.tier}: no tokenizer at model_path {self._config.model_path!r}; a gateway tier renders "
                                 "and counts prompts with the served model's tokenizer files, which must be there")
         self._client = http_client(self._config, self._api_key, self._connector)
-        self._checker = asyncio.create_task(self._check_forever())
+        self._checker = check_forever(self._check, self._interval)
         log.info("tier %s: waiting for the gateway at %s", self.tier, self.url)
-        next_warning = time.monotonic() + 30
-        while not self._healthy:
-            await asyncio.sleep(0.2)
-            if time.monotonic() >= next_warning:
-                next_warning += 30
-                log.warning("tier %s: gateway %s not ready yet: %s", self.tier, self.url, self.problem)
-        self.load_seconds = time.monotonic() - started
+        self.load_seconds = await wait_until_ready(self.tier, lambda: self._healthy, lambda: f"gateway {self.url}: {self.problem}")
         log.info("tier %s: gateway ready after %.1f s", self.tier, self.load_seconds)
 
     async def shutdown(self) -> None:
         await close(self._checker, self._client)
         self._checker = self._client = None
         self._healthy = False
-
-    async def _check_forever(self) -> None:
-        while True:
-            await self._check()
-            await asyncio.sleep(self._interval)
 
     async def _check(self) -> None:
         problem = None
@@ -118,15 +102,15 @@ class GatewayEngine:
         elif was and not self._healthy:
             log.error("tier %s: gateway %s is not ready: %s", self.tier, self.url, problem)
 
-    async def render(self, messages: Sequence[ChatMessage]) -> PromptIds:
+    async def render(self, messages: Sequence[ChatMessage]) -> Prompt:
         if self._tokenizer is None:
             raise Unavailable(f"tier {self.tier} is not started")
-        return PromptIds(await render(self._tokenizer, messages), messages)
+        return Prompt(await render(self._tokenizer, messages), tuple(messages))
 
-    async def generate(self, prompt_ids: PromptIds, sampling: EffectiveSampling, request_id: str) -> AsyncIterator[EngineChunk]:
+    async def generate(self, prompt: Prompt, sampling: EffectiveSampling, request_id: str) -> AsyncIterator[EngineChunk]:
         if self._client is None:
             raise Unavailable(f"tier {self.tier} is not started")
-        body = chat_body(self.model, prompt_ids.messages, sampling)
+        body = chat_body(self.model, prompt.messages, sampling)
         self._in_flight += 1
         try:
             async with post_stream(self._client, f"{self.url}/v1/chat/completions", body,

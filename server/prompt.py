@@ -27,16 +27,6 @@ _PLACEHOLDER = "\ue000{}\ue001"  # private-use characters: no template or user t
 _PLACEHOLDERS = re.compile("\ue000(\\d+)\ue001")
 
 
-class PromptIds(list):
-    """Prompt token ids that also carry the conversation they were rendered
-    from: a gateway tier (gateway.py) counts with the ids and sends the
-    conversation, since its gateway takes messages, not ids."""
-
-    def __init__(self, ids, messages: Sequence[ChatMessage]):
-        super().__init__(ids)
-        self.messages = tuple(messages)
-
-
 def render_ids(tokenizer, messages: Sequence[ChatMessage]) -> list[int]:
     """Prompt token ids: the chat template's own special tokens as tokens,
     and any special token written inside a message as plain text, so a user

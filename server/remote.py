@@ -28,17 +28,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from typing import Any, AsyncIterator, Sequence
 
 from .breaker import CircuitBreaker
 from .config import ResilienceConfig, TierConfig
 from .errors import InvalidArgument, Unavailable
 from .prompt import load_tokenizer, render, render_ids
-from .types import ChatMessage, EffectiveSampling, EngineChunk
+from .types import ChatMessage, EffectiveSampling, EngineChunk, Prompt
 from .tracing import upstream_headers
-from .upstream import (UpstreamError, close, error_text, get_status, http_client, line_batches, post_json, post_stream, served_models,
-                       sse_chunks, streamed_sampling, transport_errors)
+from .upstream import (UpstreamError, check_forever, close, error_text, get_status, http_client, line_batches, post_json, post_stream,
+                       served_models, sse_chunks, streamed_sampling, transport_errors, wait_until_ready)
 
 log = logging.getLogger("triage.remote")
 
@@ -86,9 +85,6 @@ class RemoteEngine:
     def ready(self) -> bool:
         return self._started and any(r.healthy for r in self.replicas)
 
-    def mark_ready(self) -> None:
-        """Readiness is the replicas' health, checked in the background."""
-
     def unfinished_requests(self) -> int:
         return sum(r.in_flight for r in self.replicas)
 
@@ -97,7 +93,6 @@ class RemoteEngine:
     async def start(self) -> None:
         """Start health checking; return once a replica is healthy (the
         router stays NOT_SERVING until then, as while a local engine loads)."""
-        started = time.monotonic()
         self._tokenizer = await asyncio.to_thread(load_tokenizer, self._config.model_path)
         self._client = http_client(self._config, self._api_key, self._connector)
         m = self._metrics
@@ -107,15 +102,10 @@ class RemoteEngine:
             m.replica_errors.labels(self.tier, r.url)
             m.replica_in_flight.labels(self.tier, r.url).set(0)
         self._started = True
-        self._checker = asyncio.create_task(self._check_forever())
+        self._checker = check_forever(self._check_all, self._interval)
         log.info("tier %s: waiting for a healthy replica among %s", self.tier, [r.url for r in self.replicas])
-        next_warning = time.monotonic() + 30
-        while not self.ready:
-            await asyncio.sleep(0.2)
-            if time.monotonic() >= next_warning:
-                next_warning += 30
-                log.warning("tier %s: no healthy replica yet: %s", self.tier, "; ".join(f"{r.url}: {r.problem}" for r in self.replicas))
-        self.load_seconds = time.monotonic() - started
+        self.load_seconds = await wait_until_ready(self.tier, lambda: self.ready,
+                                                   lambda: "; ".join(f"{r.url}: {r.problem}" for r in self.replicas))
         log.info("tier %s: replica(s) healthy after %.1f s", self.tier, self.load_seconds)
         if self._tokenizer is not None:
             await self._compare_renderings()
@@ -141,10 +131,8 @@ class RemoteEngine:
 
     # -- health ------------------------------------------------------------------
 
-    async def _check_forever(self) -> None:
-        while True:
-            await asyncio.gather(*(self._check(r) for r in self.replicas))
-            await asyncio.sleep(self._interval)
+    async def _check_all(self) -> None:
+        await asyncio.gather(*(self._check(r) for r in self.replicas))
 
     async def _check(self, replica: Replica) -> None:
         problem = None
@@ -191,12 +179,12 @@ class RemoteEngine:
 
     # -- the Engine protocol -----------------------------------------------------
 
-    async def render(self, messages: Sequence[ChatMessage]) -> list[int]:
+    async def render(self, messages: Sequence[ChatMessage]) -> Prompt:
         if self._client is None:
             raise Unavailable(f"tier {self.tier} is not started")
         if self._tokenizer is not None:
-            return await render(self._tokenizer, messages)
-        return await self._tokenize_remotely(messages)
+            return Prompt(await render(self._tokenizer, messages), tuple(messages))
+        return Prompt(await self._tokenize_remotely(messages), tuple(messages))
 
     async def _tokenize_remotely(self, messages: Sequence[ChatMessage]) -> list[int]:
         body = {"model": self.model, "messages": [{"role": m.role, "content": m.content} for m in messages], "add_generation_prompt": True}
@@ -216,10 +204,10 @@ class RemoteEngine:
                 if not self._may_retry(tried, produced=False):
                     raise UpstreamError(f"tier {self.tier}: replica {replica.url}: {exc}") from exc
 
-    async def generate(self, prompt_ids: list[int], sampling: EffectiveSampling, request_id: str) -> AsyncIterator[EngineChunk]:
+    async def generate(self, prompt: Prompt, sampling: EffectiveSampling, request_id: str) -> AsyncIterator[EngineChunk]:
         if self._client is None:
             raise Unavailable(f"tier {self.tier} is not started")
-        body = completion_body(self.model, prompt_ids, sampling)
+        body = completion_body(self.model, prompt.ids, sampling)
         tried: list[Replica] = []
         while True:
             replica = self._pick(tried)

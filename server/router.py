@@ -213,7 +213,7 @@ class Router:
         before producing any text (the caller may fall back), SemanticHit if
         the overlapped `search` answers before any text is sent."""
         tier = ctx.tier
-        prompt_ids = await prompt_for(ctx, self.retrieval.max_chunk_chars if self.retrieval is not None else 0)
+        prompt = await prompt_for(ctx, self.retrieval.max_chunk_chars if self.retrieval is not None else 0)
         progress = Progress(self.metrics.itl_seconds.labels(tier.name))
         gauge = self.metrics.in_flight.labels(tier.name)
         gauge.inc()
@@ -221,7 +221,7 @@ class Router:
         self.metrics.overhead_seconds.labels(tier.name).observe(ctx.timings.routing_ms / 1e3)
         self.metrics.engine_requests.labels(tier.name).inc()
         ceiling = time.monotonic() + tier.config.generation_timeout_s
-        stream = tier.engine.generate(prompt_ids, ctx.sampling, ctx.req.request_id).__aiter__()
+        stream = tier.engine.generate(prompt, ctx.sampling, ctx.req.request_id).__aiter__()
         try:
             while (chunk := await next_chunk(ctx, stream, search, ceiling)) is not None:
                 search = None  # settled, a miss
@@ -243,7 +243,7 @@ class Router:
             yield event
         if not ctx.req.stream and ctx.parts:
             yield DeltaEvent("".join(ctx.parts))  # held back until the answer was whole
-        usage = Usage(len(prompt_ids), progress.completion_tokens)
+        usage = Usage(len(prompt.ids), progress.completion_tokens)
         if self.cache is not None and ctx.lookup.status == MISS:
             # Only here, after a normal end: a cancelled stream never gets this far.
             self.cache.store(ctx.lookup, CachedAnswer("".join(ctx.parts), progress.finish_reason, usage.prompt_tokens, usage.completion_tokens))

@@ -273,7 +273,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                     pb.TierInfo(
                         tier=tier_enum(tier.name, self.tiers), tier_name=tier.name, model=c.model, max_model_len=c.max_model_len,
                         default_max_tokens=c.sampling.max_tokens, max_tokens_cap=c.sampling.max_tokens_cap,
-                        ready=engine.ready, load_seconds=engine.load_seconds,
+                        ready=tier.ready, load_seconds=engine.load_seconds,
                     )
                 )
             policy = self.router.policy
@@ -286,7 +286,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             tiers = [
                 pb.TierStats(
                     tier=tier_enum(tier.name, self.tiers), tier_name=tier.name, model=tier.model,
-                    **dataclasses.asdict(stats.tier_report(tier.name)), engine_load_seconds=tier.engine.load_seconds, ready=tier.engine.ready,
+                    **dataclasses.asdict(stats.tier_report(tier.name)), engine_load_seconds=tier.engine.load_seconds, ready=tier.ready,
                     cut_point=cuts[j - 1] if j else 0.0, target_share=targets[j - 1] if j and targets else -1.0, window_share=shares[j],
                 )
                 for j, tier in enumerate(self.router.tiers)

@@ -35,7 +35,9 @@ class Tier:
         self.model = config.model
         self.breaker = CircuitBreaker(resilience.failure_threshold, resilience.cooldown_s)
         self.gate = Gate(f"tier {config.name}", config.max_in_flight, config.max_queued)
-        self.up = False  # warm and not known dead
+        # The supervisor's last view of the engine (it notices changes by
+        # comparing this with `ready`); everything else reads `ready`.
+        self.serving = False
         self._ready_gauge = metrics.engine_ready.labels(config.name, engine.model)
         self._ready_gauge.set(0)
         metrics.engine_unfinished.labels(config.name).set_function(engine.unfinished_requests)
@@ -45,10 +47,16 @@ class Tier:
         # max_in_flight slots, the queue drains at max_in_flight / this.
         self.slot_seconds: float | None = None
 
+    @property
+    def ready(self) -> bool:
+        """The one answer to "is this tier ready": its engine's own, live
+        (health, ListModels, GetStats and routing all read this)."""
+        return self.engine.ready
+
     def why_not(self) -> str | None:
         """None if the tier can take a request now, else why not. (A
         half-open breaker hands out its one probe here.)"""
-        if not self.engine.ready:
+        if not self.ready:
             return "engine not ready"
         if not self.breaker.allow():
             return "circuit open"
@@ -102,17 +110,17 @@ class Tier:
         self.breaker.success()
 
     def mark_up(self) -> None:
-        self.up = True
+        self.serving = True
         self.breaker.success()
         self._ready_gauge.set(1)
 
     def mark_down(self) -> None:
-        self.up = False
+        self.serving = False
         self.breaker.trip()
         self._ready_gauge.set(0)
 
     def mark_stopped(self) -> None:
-        self.up = False
+        self.serving = False
         self._ready_gauge.set(0)
 
 
@@ -162,14 +170,14 @@ class Tiers:
     def can_start_now(self, tier: Tier) -> bool:
         """Its engine is up and a slot is free on it and router-wide: a
         request would start at once."""
-        return tier.up and tier.engine.ready and tier.gate.has_room() and self.gate.has_room()
+        return tier.ready and tier.gate.has_room() and self.gate.has_room()
 
     def check_accepting(self) -> None:
         if self.draining:
             raise Unavailable("the server is shutting down")
 
-    def any_up(self) -> bool:
-        return any(t.up for t in self)
+    def any_ready(self) -> bool:
+        return any(t.ready for t in self)
 
     @contextlib.asynccontextmanager
     async def admit(self, tier: Tier, remaining_s: float | None = None):
@@ -190,7 +198,6 @@ class Tiers:
         await engine.start()
         self.metrics.engine_load_seconds.labels(tier.name, engine.model).set(engine.load_seconds)
         await warm_up(engine, self.warmup_prompt)
-        engine.mark_ready()
         tier.mark_up()
         await self.on_change()
 
@@ -217,13 +224,13 @@ class Tiers:
                     continue
                 engine = tier.engine
                 restart = r.restart_dead_engines and engine.restartable
-                if tier.up and not engine.ready:
+                if tier.serving and not tier.ready:
                     log.error("tier %s: engine is dead; tier NOT_SERVING%s", tier.name, ", restarting it" if restart else "")
                     tier.mark_down()
                     await self.on_change()
                     if restart:
                         self._restarts[tier.name] = asyncio.create_task(self._restart(tier))
-                elif not tier.up and engine.ready:
+                elif not tier.serving and tier.ready:
                     log.warning("tier %s: engine is serving again; tier SERVING", tier.name)
                     tier.mark_up()
                     await self.on_change()
@@ -269,6 +276,6 @@ async def _nothing() -> None:
 async def warm_up(engine: Engine, prompt: str) -> None:
     """One tiny greedy generation, so the first user request pays no warm-up."""
     sampling = EffectiveSampling(0.0, 1.0, 0, 4, (), None, 1.0)
-    ids = await engine.render([ChatMessage("user", prompt)])
-    async for _ in engine.generate(ids, sampling, f"warmup-{engine.tier}"):
+    rendered = await engine.render([ChatMessage("user", prompt)])
+    async for _ in engine.generate(rendered, sampling, f"warmup-{engine.tier}"):
         pass

@@ -85,6 +85,17 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class Prompt:
+    """A conversation rendered for one tier: its token ids (what the length
+    check and the usage count, and what most engines generate from) and the
+    messages they came from (what a gateway tier sends: its gateway takes
+    messages, not ids)."""
+
+    ids: list[int]
+    messages: tuple[ChatMessage, ...]
+
+
+@dataclass(frozen=True)
 class EngineChunk:
     """One step of engine output: new text since the previous chunk."""
 

@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import AsyncIterator
+import logging
+import time
+from typing import AsyncIterator, Awaitable, Callable
 
 from .config import TierConfig
 from .errors import EngineFailure
 from .types import EffectiveSampling, EngineChunk
+
+log = logging.getLogger("triage.upstream")
 
 HEALTH_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 5.0
@@ -131,6 +135,30 @@ def streamed_sampling(s: EffectiveSampling, disabled_top_k: int) -> dict:
         "stream": True,
         "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
+
+
+def check_forever(check: Callable[[], Awaitable[None]], interval_s: float) -> asyncio.Task:
+    """The background health check of a tier's servers, every `interval_s`."""
+    async def loop() -> None:
+        while True:
+            await check()
+            await asyncio.sleep(interval_s)
+
+    return asyncio.create_task(loop())
+
+
+async def wait_until_ready(tier: str, ready: Callable[[], bool], why_not: Callable[[], str], warn_every_s: float = 30.0) -> float:
+    """Until the health check finds the tier's servers ready (the router
+    stays NOT_SERVING meanwhile, as while a local engine loads), saying why
+    not every `warn_every_s`. Returns the seconds it took."""
+    started = time.monotonic()
+    next_warning = started + warn_every_s
+    while not ready():
+        await asyncio.sleep(0.2)
+        if time.monotonic() >= next_warning:
+            next_warning += warn_every_s
+            log.warning("tier %s: not ready yet: %s", tier, why_not())
+    return time.monotonic() - started
 
 
 async def close(checker: asyncio.Task | None, client) -> None:

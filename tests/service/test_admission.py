@@ -19,7 +19,7 @@ import pytest
 
 from clients import InternalError, ResourceExhaustedError
 from server.config import load
-from server.types import EngineChunk
+from server.types import EngineChunk, Prompt
 
 from .conftest import serve_in_thread
 
@@ -40,13 +40,10 @@ class HeldEngine:
         self.hold_s = 0.0
         self.running = 0
 
-    def mark_ready(self):
-        pass
-
     async def render(self, messages):
-        return [1] * 4
+        return Prompt([1] * 4, tuple(messages))
 
-    async def generate(self, prompt_ids, sampling, request_id):
+    async def generate(self, prompt, sampling, request_id):
         self.running += 1
         try:
             started = time.monotonic()

@@ -15,7 +15,7 @@ import pytest
 
 from clients import InternalError, InvalidArgumentError, UnavailableError
 from server.config import load
-from server.types import EngineChunk
+from server.types import EngineChunk, Prompt
 
 from .conftest import serve_in_thread
 
@@ -32,13 +32,10 @@ class FakeEngine:
         self.crash = False
         self.crash_midway = False  # one chunk of text, then the engine dies
 
-    def mark_ready(self):
-        pass
-
     async def render(self, messages):
-        return [1] * sum(len(m.content.split()) for m in messages)
+        return Prompt([1] * sum(len(m.content.split()) for m in messages), tuple(messages))
 
-    async def generate(self, prompt_ids, sampling, request_id):
+    async def generate(self, prompt, sampling, request_id):
         if self.crash:
             raise RuntimeError("secret internal detail /etc/passwd")
         if self.crash_midway:

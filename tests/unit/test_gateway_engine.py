@@ -87,7 +87,7 @@ def test_a_ready_gateway_answers_a_chat_completion_with_every_value_explicit():
     assert body["messages"] == [{"role": "user", "content": "Capital of France?"}]
     assert body == chat_body("M", ids.messages, GREEDY)
     assert body["top_k"] == -1 and body["temperature"] == 0.0 and body["max_tokens"] == 8 and body["stop"] == ["\n\n"]
-    assert len(ids) > 5  # counted locally with the tier's tokenizer
+    assert len(ids.ids) > 5  # counted locally with the tier's tokenizer
 
 
 @pytest.mark.parametrize("status, error", [(400, InvalidArgument), (422, InvalidArgument), (503, EngineFailure),

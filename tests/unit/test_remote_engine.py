@@ -17,7 +17,7 @@ from server.errors import InvalidArgument
 from server.metrics import RouterMetrics
 from server.remote import RemoteEngine, completion_body
 from server.upstream import UpstreamError
-from server.types import EffectiveSampling
+from server.types import EffectiveSampling, Prompt
 
 from .upstream_double import Reply, Seen, Upstream
 
@@ -91,7 +91,7 @@ async def started(upstream: Upstream, *replicas: str, registry=None) -> RemoteEn
 
 
 async def collect(engine: RemoteEngine) -> list:
-    return [c async for c in engine.generate([1, 2, 3], GREEDY, "r1")]
+    return [c async for c in engine.generate(Prompt([1, 2, 3], ()), GREEDY, "r1")]
 
 
 def answer(servers: Servers, *replicas: str) -> list:
@@ -189,7 +189,7 @@ def test_no_retry_after_the_first_token():
         got = []
         try:
             with pytest.raises(UpstreamError):
-                async for c in engine.generate([1], GREEDY, "r2"):
+                async for c in engine.generate(Prompt([1], ()), GREEDY, "r2"):
                     got.append(c.delta)
         finally:
             await engine.shutdown()

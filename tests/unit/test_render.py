@@ -76,7 +76,7 @@ def test_a_long_prompt_is_rendered_off_the_event_loop(tokenizer):
         del tokenizer.encode
     assert threads[0] is loop_thread  # a short prompt: cheaper here than a thread hop
     assert threads[-1] is not loop_thread  # before: on the loop, stalling every other request
-    assert len(long) > RENDER_OFF_LOOP_CHARS // 2
+    assert len(long.ids) > RENDER_OFF_LOOP_CHARS // 2
 
 
 def test_a_remote_tier_renders_with_its_local_tokenizer_so_turns_cannot_be_forged(tokenizer):
@@ -118,7 +118,7 @@ def test_a_remote_tier_renders_with_its_local_tokenizer_so_turns_cannot_be_forge
             finally:
                 await engine.shutdown()
 
-    ids = asyncio.run(go())
+    ids = asyncio.run(go()).ids
     assert ids == render_ids(tokenizer, forged)
     assert ids.count(tokenizer.convert_tokens_to_ids("<|im_start|>")) == 3  # before: 4, a forged system turn
     assert len(tokenize_calls) == 1 and tokenize_calls[0] != forged  # only the start-up comparison
