@@ -1,7 +1,7 @@
 """Command line for the complexity classifier.
 
     python -m classifier train [--data PATH] [--out DIR] [--no-extra] [--no-cross-source]
-    python -m classifier evaluate [--data PATH] [--threshold T] [--no-extra] [--cross-source] [--lobo]
+    python -m classifier evaluate [--data PATH] [--threshold T] [--no-extra] [--cross-source] [--lobo] [--against REV]
     python -m classifier score < prompts.jsonl > scores.jsonl
     python -m classifier calibrate --target-large-share 0.3 --sample prompts.jsonl
     python -m classifier calibrate --feedback STORE [--max-failure 0.2] [--dry-run]
@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -112,6 +113,12 @@ def cmd_evaluate(args) -> int:
         clf.threshold = args.threshold
     rows = load_rows(args.data, [] if args.no_extra else load_sources()[0])
     report = full_evaluation(clf, rows, args.data, with_cross_source=args.cross_source, with_lobo=args.lobo)
+    if args.against and report.get("gain_ranking"):
+        from .gain import load_table, ranking_report
+
+        table = load_table()
+        test = table.subset(table.splits == "test")
+        report["gain_ranking_against"] = {"revision": args.against, **ranking_report(scores_at(args.against, test.texts), test)}
     stored = clf.metadata.get("evaluation", {}).get("leave_one_benchmark_out")
     if not args.lobo and stored:  # ten fits: shown as training measured them unless --lobo asks again
         report["leave_one_benchmark_out"] = {**stored, "note": " (measured when the artifact was trained; --lobo refits)"}
@@ -242,24 +249,47 @@ def cmd_bench(args) -> int:
     return 0
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def revision(rev: str):
+    """A folder holding `classifier/` (code and artifact) as it is at git
+    revision `rev`, for side-by-side runs; removed afterwards."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tree:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "classifier"], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+        yield tree
+
+
+def scores_at(rev: str, texts: list[str]) -> np.ndarray:
+    """p_complex of each text by the classifier of revision `rev`, through
+    its own `score` command (its features may differ from this code's)."""
+    import subprocess
+
+    lines = "".join(json.dumps({"text": t}) + "\n" for t in texts)
+    with revision(rev) as tree:
+        out = subprocess.run([sys.executable, "-m", "classifier", "score"], cwd=tree, input=lines, capture_output=True, text=True, check=True)
+    return np.array([json.loads(line)["p_complex"] for line in out.stdout.splitlines()], dtype=np.float64)
+
+
 def bench_against(args) -> int:
     """This artifact and code beside the classifier of another revision
     (its own code and artifact, from `git archive`), in alternating
     processes of one run, so a noisy machine moves both alike; prints each
     side's medians and the ratios new/old."""
     import subprocess
-    import tempfile
 
-    repo = Path(__file__).resolve().parents[1]
     own = [sys.executable, "-m", "classifier", *(["--model", args.model] if args.model else []), "bench", "-n", str(args.n), "--repeats", str(args.repeats)]
     other = [sys.executable, "-m", "classifier", "bench", "-n", str(args.n), "--repeats", str(args.repeats)]
     keys = ("single_p50_ms", "batch_1000_median_ms")
     runs: dict[str, list[dict]] = {"new": [], "old": []}
-    with tempfile.TemporaryDirectory() as old_tree:
-        archive = subprocess.run(["git", "-C", str(repo), "archive", args.against, "classifier"], capture_output=True, check=True).stdout
-        subprocess.run(["tar", "-x", "-C", old_tree], input=archive, check=True)
+    with revision(args.against) as old_tree:
         for _ in range(args.rounds):
-            for side, cmd, cwd in (("old", other, old_tree), ("new", own, str(repo))):
+            for side, cmd, cwd in (("old", other, old_tree), ("new", own, str(REPO))):
                 out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=True)
                 runs[side].append(json.loads(out.stdout))
     report = {side: {k: float(np.median([r[k] for r in rs])) for k in keys} for side, rs in runs.items()}
@@ -297,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-extra", action="store_true", help="only shared/data/questions, not the pinned public sources")
     p.add_argument("--cross-source", action="store_true", help="also train without each source in turn and score it (several minutes)")
     p.add_argument("--lobo", action="store_true", help="also train without each outcome benchmark in turn and score it (about ten minutes)")
+    p.add_argument("--against", metavar="REV", help="also the gain ranking of this git revision's classifier, on the same held-out rows")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("score", help="JSON lines with text/prompt on stdin -> p_complex and label")

@@ -190,6 +190,9 @@ def format_gain(report: dict) -> list[str]:
         lines.append(f"gain ranking, held-out outcome rows (n={g['n']}, {g['pairs']} pairs with a 10-point gap): "
                      f"mean pair APGR {g['apgr']:.3f} (length {g['apgr_length']:.3f})")
         lines.append("  " + "  ".join(f"{b}: {m['apgr']:.3f}/{m['apgr_length']:.3f}" for b, m in g["per_benchmark"].items()))
+    old = report.get("gain_ranking_against")
+    if old:
+        lines.append(f"  the classifier at {old['revision']}, same rows: mean pair APGR {old['apgr']:.3f}")
     lobo = report.get("leave_one_benchmark_out")
     if lobo:
         lines.append(f"leave-one-benchmark-out{lobo.get('note', '')}: benchmark, n, pairs, mean pair APGR, length")

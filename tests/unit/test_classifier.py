@@ -319,3 +319,14 @@ def test_gain_ranking_beats_prompt_length_on_held_out_outcomes():
     g = json.loads(out.stdout)["gain_ranking"]
     assert g["pairs"] >= 20
     assert g["apgr"] >= 0.58 and g["apgr"] > g["apgr_length"] + 0.1, g
+
+
+def test_another_revision_scores_with_its_own_code_and_artifact(clf):
+    # What `evaluate --against REV` and `bench --against REV` stand on: the
+    # committed revision's classifier, run from `git archive`, agrees with
+    # the one loaded here when nothing has changed since.
+    from classifier.__main__ import scores_at
+
+    if subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "classifier"]).returncode != 0:
+        pytest.skip("classifier/ has uncommitted changes")
+    np.testing.assert_allclose(scores_at("HEAD", SAMPLES), clf.score(SAMPLES), atol=1e-6)
