@@ -78,7 +78,7 @@ async def main_async(n: int) -> None:
 VARIANTS = ("empty response", "bookkeeping only", "free classifier", "real")
 
 
-def _serve_variant(servicer_cls, router, variant: str):
+def _serve_variant(servicer_cls, variant: str):
     """A servicer whose Classify is cut down to `variant`."""
     from triage_proto import router_pb2 as pb
 
@@ -111,7 +111,6 @@ async def ratios_async(concurrency: int, seconds: float, rounds: int) -> list[di
 
     import classifier
     from benchmarks.load import classify_and_health_blocks
-    from server import app as app_module
     from server.app import build_app
     from server.config import load
     from server.servicer import RouterServicer
@@ -119,13 +118,8 @@ async def ratios_async(concurrency: int, seconds: float, rounds: int) -> list[di
     config = load("config/cpu.yaml").with_ports(0, -1, http_port=-1)
     rows = []
     for variant in VARIANTS:
-        real = app_module.RouterServicer
-        app_module.RouterServicer = lambda router, *a, **k: _serve_variant(RouterServicer, router, variant)(router, *a, **k)
-        try:
-            clf = FreeClassifier() if variant == "free classifier" else classifier.load(config.classifier.path)
-            app = build_app(config, clf)
-        finally:
-            app_module.RouterServicer = real
+        clf = FreeClassifier() if variant == "free classifier" else classifier.load(config.classifier.path)
+        app = build_app(config, clf, servicer=_serve_variant(RouterServicer, variant))
         await app.server.start()
         address = f"{config.server.host}:{app.port}"
         try:

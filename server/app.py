@@ -159,9 +159,11 @@ def export_routing(policy: RoutingPolicy, config: Config, metrics: RouterMetrics
 
 
 def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None = None, registry: CollectorRegistry | None = None,
-              embedder=None, tokens: tuple[str, ...] = (), api_keys: Mapping[str, str] | None = None) -> App:
+              embedder=None, tokens: tuple[str, ...] = (), api_keys: Mapping[str, str] | None = None,
+              servicer: type[RouterServicer] = RouterServicer) -> App:
     """Everything but the engines' start. A retrieval index that is missing or
     corrupt raises retrieval.IndexError_ here, before the server listens.
+    `servicer`: the gRPC servicer's class (a benchmark cuts its handlers down).
     `api_keys`: per remote tier, its replicas' key (read by __main__)."""
     registry = registry or CollectorRegistry()
     metrics = RouterMetrics(registry, tuple(config.tiers))
@@ -215,7 +217,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
         interceptors.append(BearerTokenAuth(tokens, open_services=(HEALTH_SERVICE,) if config.security.health_open else ()))
     server = grpc.aio.server(interceptors=interceptors, options=options)
     calls = Calls(metrics, router.stats)
-    add_to_server(RouterServicer(router, calls, Outcomes(store, recent, metrics, router.stats.record_feedback) if store is not None else None), server)
+    add_to_server(servicer(router, calls, Outcomes(store, recent, metrics, router.stats.record_feedback) if store is not None else None), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
