@@ -112,13 +112,8 @@ def cmd_evaluate(args) -> int:
     if args.threshold is not None:
         clf.threshold = args.threshold
     rows = load_rows(args.data, [] if args.no_extra else load_sources()[0])
-    report = full_evaluation(clf, rows, args.data, with_cross_source=args.cross_source, with_lobo=args.lobo)
-    if args.against and report.get("gain_ranking"):
-        from .gain import load_table, ranking_report
-
-        table = load_table()
-        test = table.subset(table.splits == "test")
-        report["gain_ranking_against"] = {"revision": args.against, **ranking_report(scores_at(args.against, test.texts), test)}
+    against = (args.against, lambda texts: scores_at(args.against, texts)) if args.against else None
+    report = full_evaluation(clf, rows, args.data, with_cross_source=args.cross_source, with_lobo=args.lobo, against=against)
     stored = clf.metadata.get("evaluation", {}).get("leave_one_benchmark_out")
     if not args.lobo and stored:  # ten fits: shown as training measured them unless --lobo asks again
         report["leave_one_benchmark_out"] = {**stored, "note": " (measured when the artifact was trained; --lobo refits)"}

@@ -20,22 +20,26 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-_RELATIVE = Path("shared/data/questions/labeled.jsonl")
-
-
-def _default_data() -> Path:
-    """$TRIAGE_QUESTIONS, else the nearest shared/ beside the checkout or one
-    of its ancestors (the workplace keeps it next to the repository)."""
-    if "TRIAGE_QUESTIONS" in os.environ:
-        return Path(os.environ["TRIAGE_QUESTIONS"])
+def shared_file(relative: str, env: str) -> Path:
+    """$`env`, else `relative` under the nearest folder beside the checkout
+    or one of its ancestors that has it (the workplace keeps shared/ next to
+    the repository)."""
+    if env in os.environ:
+        return Path(os.environ[env])
     repo = Path(__file__).resolve().parents[1]
     for folder in repo.parents:
-        if (folder / _RELATIVE).is_file():
-            return folder / _RELATIVE
-    return repo.parent / _RELATIVE
+        if (folder / relative).is_file():
+            return folder / relative
+    return repo.parent / relative
 
 
-DEFAULT_DATA = _default_data()
+def labelled(row: dict) -> bool:
+    """A row of a kind of question (simple or complex), not an ambiguous one
+    or an outcome row (gain.py), which brings its own target."""
+    return row["label"] in ("simple", "complex")
+
+
+DEFAULT_DATA = shared_file("shared/data/questions/labeled.jsonl", "TRIAGE_QUESTIONS")
 SOLUTIONS_FILE = "gsm8k_solutions.jsonl"
 # Sources never trained on: they check that the model generalises beyond the
 # style of its training sources.
@@ -74,11 +78,11 @@ def load_rows(path: str | Path = DEFAULT_DATA, extra_rows: Iterable[dict] = ()) 
         for line in f:
             if line.strip():
                 row = json.loads(line)
-                if row["label"] in ("simple", "complex"):
+                if labelled(row):
                     rows.append(row)
     rows += extra_rows
     for row in rows:
-        if row["label"] not in ("simple", "complex"):  # an outcome row brings its own target (gain.py)
+        if not labelled(row):
             continue
         row["target"] = 1.0 if row["label"] == "complex" else 0.0
         if row["source"] == "gsm8k" and row["text"].strip() in steps:

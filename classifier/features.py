@@ -118,10 +118,13 @@ def _words(low: str) -> list[str]:
     return _NUMBER.sub(" 0 ", low).translate(_SPACES).split()
 
 
+def _terms_of(words: list[str]) -> list[str]:
+    return words + list(map(" ".join, zip(words, words[1:])))
+
+
 def terms(raw: str) -> list[str]:
     """The TF-IDF analyzer: unigrams and bigrams of the normalised words."""
-    words = _words(raw[:MAX_CHARS].lower())
-    return words + list(map(" ".join, zip(words, words[1:])))
+    return _terms_of(_words(raw[:MAX_CHARS].lower()))
 
 
 def featurize(raw: str) -> tuple[list[str], tuple[float, ...]]:
@@ -129,7 +132,7 @@ def featurize(raw: str) -> tuple[list[str], tuple[float, ...]]:
     cut = raw[:MAX_CHARS]
     low = cut.lower()
     words = _words(low)
-    terms = words + list(map(" ".join, zip(words, words[1:])))
+    terms = _terms_of(words)
     return terms, _dense(raw, cut, low, words, terms)
 
 

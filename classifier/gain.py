@@ -27,29 +27,21 @@ it: the honest measure of a ranking on a kind of question the fit never saw.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .data import shared_file
 from .evaluate import apgr, length_score
 from .sources import split_of
 
 MIN_GAP = 0.10  # pairs whose accuracies differ by less say little about who gains
-_RELATIVE = Path("shared/data/outcomes/llmrouter_dcrouter_train.jsonl")
 SOURCE = "llmrouter"  # the training rows' source name
 
 
 def default_outcomes() -> Path:
-    """$TRIAGE_OUTCOMES, else the nearest shared/ beside the checkout."""
-    if "TRIAGE_OUTCOMES" in os.environ:
-        return Path(os.environ["TRIAGE_OUTCOMES"])
-    repo = Path(__file__).resolve().parents[1]
-    for folder in repo.parents:
-        if (folder / _RELATIVE).is_file():
-            return folder / _RELATIVE
-    return repo.parent / _RELATIVE
+    return shared_file("shared/data/outcomes/llmrouter_dcrouter_train.jsonl", "TRIAGE_OUTCOMES")
 
 
 @dataclass(frozen=True)
@@ -59,6 +51,10 @@ class OutcomeTable:
     models: list[str]
     correct: np.ndarray  # questions x models, 1.0 right, 0.0 wrong
     splits: np.ndarray  # "train" or "test", by a hash of the text
+
+    def split(self, name: str) -> "OutcomeTable":
+        """The "train" or the "test" rows."""
+        return self.subset(self.splits == name)
 
     def subset(self, mask: np.ndarray) -> "OutcomeTable":
         idx = np.flatnonzero(mask)
@@ -128,7 +124,7 @@ KEEP = 0.5
 def training_rows(table: OutcomeTable, keep: float = KEEP) -> list[dict]:
     """The table's train split as classifier rows with their rank targets
     (computed on those rows alone, so nothing of the test split leaks)."""
-    train = table.subset(table.splits == "train")
+    train = table.split("train")
     target = rank_target(shrunk_gain(train, keep))
     return [{"text": t, "label": "outcome", "source": SOURCE, "benchmark": b, "split": "train", "target": float(q)}
             for t, b, q in zip(train.texts, train.benchmarks, target)]
@@ -142,18 +138,21 @@ def mean_pair_apgr(scores: np.ndarray, correct: np.ndarray) -> tuple[float, int]
     return (float(np.mean(values)) if values else float("nan")), len(values)
 
 
+def ranked(scores: np.ndarray, table: OutcomeTable) -> dict:
+    """n, pairs, the scores' mean pair APGR and prompt length's."""
+    value, k = mean_pair_apgr(scores, table.correct)
+    return {"n": len(table), "pairs": k, "apgr": value, "apgr_length": mean_pair_apgr(length_score(table.texts), table.correct)[0]}
+
+
 def ranking_report(scores: np.ndarray, table: OutcomeTable) -> dict:
-    """Mean pair APGR of the scores and of prompt length, over all of the
-    table and per benchmark."""
-    length = length_score(table.texts)
-    apgr_all, n_pairs = mean_pair_apgr(scores, table.correct)
+    """`ranked` over all of the table and per benchmark."""
     per = {}
     for bench in sorted(set(table.benchmarks)):
         m = table.benchmarks == bench
-        value, k = mean_pair_apgr(scores[m], table.correct[m])
-        if k:
-            per[str(bench)] = {"n": int(m.sum()), "pairs": k, "apgr": value, "apgr_length": mean_pair_apgr(length[m], table.correct[m])[0]}
-    return {"n": len(table), "pairs": n_pairs, "apgr": apgr_all, "apgr_length": mean_pair_apgr(length, table.correct)[0], "per_benchmark": per}
+        entry = ranked(scores[m], table.subset(m))
+        if entry["pairs"]:
+            per[str(bench)] = entry
+    return {**ranked(scores, table), "per_benchmark": per}
 
 
 def leave_one_benchmark_out(kind_rows: list[dict], table: OutcomeTable, fit) -> dict:
@@ -167,8 +166,7 @@ def leave_one_benchmark_out(kind_rows: list[dict], table: OutcomeTable, fit) -> 
         if not pairs(held.correct):
             continue
         clf = fit(kind_rows + training_rows(table.subset(table.benchmarks != bench)))
-        value, k = mean_pair_apgr(clf.score(held.texts), held.correct)
-        per[str(bench)] = {"n": len(held), "pairs": k, "apgr": value, "apgr_length": mean_pair_apgr(length_score(held.texts), held.correct)[0]}
+        per[str(bench)] = ranked(clf.score(held.texts), held)
     return {"per_benchmark": per,
             "mean_apgr": float(np.mean([v["apgr"] for v in per.values()])) if per else float("nan"),
             "mean_apgr_length": float(np.mean([v["apgr_length"] for v in per.values()])) if per else float("nan")}

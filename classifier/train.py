@@ -13,11 +13,12 @@ import time
 import zipfile
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from . import gain
-from .data import STEPS_OFFSET, STEPS_SLOPE, file_sha256, load_rows, load_solutions
+from .data import STEPS_OFFSET, STEPS_SLOPE, file_sha256, labelled, load_rows, load_solutions
 from .evaluate import evaluate, length_baseline, outcome_ranking, steps_ranking
 from .features import DENSE_FEATURE_NAMES, dense_features, terms
 from .model import ARTIFACT_DIR, METADATA_FILE, MODEL_FILE, Classifier
@@ -176,11 +177,10 @@ def cross_source(rows: list[dict], threshold: float = 0.5) -> dict:
     whose style the model merely memorised falls here, and so does a kind of
     question that only one source teaches (chit-chat, factoids)."""
     train_rows = [r for r in rows if r["split"] == "train"]
-    labelled = [r for r in train_rows if r["label"] in ("simple", "complex")]
     per_source = {}
-    for source in sorted({r["source"] for r in labelled}):
+    for source in sorted({r["source"] for r in train_rows if labelled(r)}):
         held = [r for r in rows if r["source"] == source]
-        clf = Classifier(fit([r for r in train_rows if r["source"] != source]), {"threshold": threshold})
+        clf = fit_classifier([r for r in train_rows if r["source"] != source], threshold)
         texts = [r["text"] for r in held]
         y = np.array([r["label"] == "complex" for r in held])
         p = clf.score(texts)
@@ -201,22 +201,27 @@ def fit_classifier(rows: list[dict], threshold: float = 0.5) -> Classifier:
     return Classifier(fit(rows), {"threshold": threshold})
 
 
-def full_evaluation(clf, rows: list[dict], data_path, with_cross_source: bool = True, with_lobo: bool = False) -> dict:
+def full_evaluation(clf, rows: list[dict], data_path, with_cross_source: bool = True, with_lobo: bool = False,
+                    table: "gain.OutcomeTable | None" = None, against: tuple[str, Callable] | None = None) -> dict:
     """Held-out accuracy per source, the GSM8K steps ranking, the outcome
     rankings (the Kojima logs, and the gain ranking on the held-out split of
-    the outcome table), and, slow (one fit per source or benchmark), the
-    cross-source check and leave-one-benchmark-out."""
+    the outcome table, `table` or read here), and, slow (one fit per source
+    or benchmark), the cross-source check and leave-one-benchmark-out.
+    `against`: (a name, a scorer of texts) ranked on the same held-out rows."""
     from .outcomes import load_outcomes
 
     report = evaluate(clf, rows)
     report["steps_ranking"] = steps_ranking(clf, load_solutions(data_path))
     report["outcome_ranking"] = outcome_ranking(clf, load_outcomes())
-    table = gain.load_table()
+    table = table if table is not None else gain.load_table()
     if table is not None:
-        test = table.subset(table.splits == "test")
+        test = table.split("test")
         report["gain_ranking"] = gain.ranking_report(clf.score(test.texts), test)
+        if against is not None:
+            name, score = against
+            report["gain_ranking_against"] = {"revision": name, **gain.ranking_report(score(test.texts), test)}
         if with_lobo:
-            kinds = [r for r in rows if r["split"] == "train" and r["label"] in ("simple", "complex")]
+            kinds = [r for r in rows if r["split"] == "train" and labelled(r)]
             report["leave_one_benchmark_out"] = gain.leave_one_benchmark_out(kinds, table, lambda r: fit_classifier(r, clf.threshold))
     if with_cross_source:
         report["cross_source"] = cross_source(rows, clf.threshold)
@@ -282,7 +287,7 @@ def train(data_path: str | Path, out_dir: str | Path = ARTIFACT_DIR, threshold: 
     }
     clf = Classifier(pipeline, metadata)
     metadata["evaluation"] = full_evaluation(clf, rows, data_path, with_cross_source,
-                                             with_cross_source if with_lobo is None else with_lobo)
+                                             with_cross_source if with_lobo is None else with_lobo, table=table)
     # The vocabulary is stored as JSON inside the zip: deflate it (55 MB -> a few).
     sio.dump(pipeline, out_dir / MODEL_FILE, compression=zipfile.ZIP_DEFLATED, compresslevel=9)
     (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
