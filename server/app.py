@@ -25,7 +25,7 @@ from .engine import Engine, VllmEngine
 from .auth import HEALTH_SERVICE, BearerTokenAuth, tls_credentials
 from .feedback import FeedbackStore, Outcomes, RecentAnswers
 from .grpc_metrics import GrpcServerMetrics
-from .stalls import GcPauses, collect_garbage, freeze_heap, thaw_heap, watch_loop_lag
+from .stalls import GcPauses, freeze_heap, thaw_heap, watch_loop_lag
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy
 from .router import Router
@@ -65,7 +65,8 @@ class App:
 
     async def update_health(self) -> None:
         """Per tier: `router.v1.Router/<tier>` is SERVING while the tier is
-        ready (Tier.ready, the answer ListModels and routing read too). Overall (`""` and `router.v1.Router`): NOT_SERVING until every
+        ready (Tier.ready, the answer ListModels and routing read too).
+        Overall (`""` and `router.v1.Router`): NOT_SERVING until every
         engine is warm; after that SERVING while at least one tier is up,
         since fallback still answers; NOT_SERVING while draining."""
         def status(up: bool):
@@ -108,17 +109,13 @@ class App:
             await self.server.stop(grace)
         log.info("gRPC server stopped in %.1f s", time.monotonic() - started)
         started = time.monotonic()
-        # Objects frozen at start-up are never collected: the engines' would
-        # then be finalised at interpreter exit, with modules half gone
-        # (vLLM's AsyncLLM.__del__ raising into the log).
-        thaw_heap()
         # The metrics endpoint's shutdown waits out its serve loop's 0.5 s
         # poll: in a thread, alongside the engines'.
         closing = [self.tiers.shutdown()]
         if self._metrics_http is not None:
             closing.append(asyncio.to_thread(self._metrics_http.shutdown))
         await asyncio.gather(*closing)
-        collect_garbage()  # the engines' cycles, while every module is still there
+        thaw_heap()
         self.router.tracing.shutdown()  # flushes the spans still batched
         log.info("engines shut down in %.1f s", time.monotonic() - started)
 

@@ -106,23 +106,6 @@ def log_line(ctx: RequestContext, usage: Usage) -> None:
     )
 
 
-async def fit_prompt(ctx: RequestContext, max_chunk_chars: int) -> Prompt:
-    """Prompt tokens on the answering tier, with as many retrieved chunks as
-    its context holds next to the answer's budget; the lowest-ranked go
-    first. INVALID_ARGUMENT when the conversation alone does not fit."""
-    tier, messages = ctx.tier.config, ctx.req.messages
-    ctx.hits, ctx.dropped = list(ctx.retrieved), 0  # a fallback tier may hold more
-    while True:
-        prompt = await ctx.tier.engine.render(with_sources(messages, ctx.hits, max_chunk_chars) if ctx.hits else messages)
-        if not ctx.hits or len(prompt.ids) + ctx.sampling.max_tokens <= tier.max_model_len:
-            break
-        ctx.hits = ctx.hits[:-1]
-        ctx.dropped += 1
-    if len(prompt.ids) >= tier.max_model_len:
-        raise InvalidArgument("messages", f"the prompt is {len(prompt.ids)} tokens; tier {tier.name} holds at most {tier.max_model_len - 1}")
-    return prompt
-
-
 async def next_unless_hit(stream, search: asyncio.Task, lookup: Lookup):
     """The engine's next chunk (or its StopAsyncIteration) once the semantic
     search has settled as a miss: nothing of the engine's goes out before
@@ -146,12 +129,29 @@ async def next_unless_hit(stream, search: asyncio.Task, lookup: Lookup):
                 await pending
 
 
+async def _fit_prompt(ctx: RequestContext, max_chunk_chars: int) -> Prompt:
+    """Prompt tokens on the answering tier, with as many retrieved chunks as
+    its context holds next to the answer's budget; the lowest-ranked go
+    first. INVALID_ARGUMENT when the conversation alone does not fit."""
+    tier, messages = ctx.tier.config, ctx.req.messages
+    ctx.hits, ctx.dropped = list(ctx.retrieved), 0  # a fallback tier may hold more
+    while True:
+        prompt = await ctx.tier.engine.render(with_sources(messages, ctx.hits, max_chunk_chars) if ctx.hits else messages)
+        if not ctx.hits or len(prompt.ids) + ctx.sampling.max_tokens <= tier.max_model_len:
+            break
+        ctx.hits = ctx.hits[:-1]
+        ctx.dropped += 1
+    if len(prompt.ids) >= tier.max_model_len:
+        raise InvalidArgument("messages", f"the prompt is {len(prompt.ids)} tokens; tier {tier.name} holds at most {tier.max_model_len - 1}")
+    return prompt
+
+
 async def prompt_for(ctx: RequestContext, max_chunk_chars: int) -> Prompt:
     """The prompt's tokens on the answering tier, and the answer's budget
     cut to what its context holds beside them (effective_sampling says so)."""
     tier = ctx.tier
     try:
-        prompt = await fit_prompt(ctx, max_chunk_chars)
+        prompt = await _fit_prompt(ctx, max_chunk_chars)
     except EngineFailure as exc:  # e.g. a remote tier's replica went away between health checks
         tier.failed()
         log.error("request %s: tier %s could not render the prompt: %s", ctx.req.request_id, tier.name, exc)
@@ -160,6 +160,7 @@ async def prompt_for(ctx: RequestContext, max_chunk_chars: int) -> Prompt:
     if ctx.sampling.max_tokens > room:
         ctx.sampling = replace(ctx.sampling, max_tokens=room)
     return prompt
+
 
 async def next_chunk(ctx: RequestContext, stream, search: asyncio.Task | None, ceiling: float):
     """The engine's next chunk, or None at its end. The tier's ceiling

@@ -5,8 +5,8 @@ protos out. Also the one place where errors become status codes.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import contextvars
+import dataclasses
 import logging
 import math
 import time

@@ -61,10 +61,8 @@ def freeze_heap() -> int:
 
 
 def thaw_heap() -> None:
-    """Undo freeze_heap before the engines shut down, so their objects are
-    finalised now, not at interpreter exit."""
+    """Undo freeze_heap once the engines have shut down, and collect: their
+    objects are finalised now, while every module is still there, not at
+    interpreter exit (vLLM's AsyncLLM.__del__ raising into the log)."""
     gc.unfreeze()
-
-
-def collect_garbage() -> None:
     gc.collect()

@@ -24,6 +24,7 @@ from .types import ChatMessage, EffectiveSampling
 
 log = logging.getLogger("triage.tiers")
 
+
 class Tier:
     """A tier as the router sees it: can it serve now, a slot on it, and
     what its requests' outcomes say about its engine."""
