@@ -1,6 +1,6 @@
 """Command line for the complexity classifier.
 
-    python -m classifier train [--data PATH] [--out DIR] [--no-extra] [--no-cross-source]
+    python -m classifier train [--data PATH] [--out DIR] [--no-extra] [--no-cross-source] [--set KEY=JSON ...]
     python -m classifier evaluate [--data PATH] [--threshold T] [--no-extra] [--cross-source] [--lobo] [--against REV]
     python -m classifier score < prompts.jsonl > scores.jsonl
     python -m classifier calibrate --target-large-share 0.3 --sample prompts.jsonl
@@ -48,10 +48,24 @@ def cmd_train(args) -> int:
 
     if args.feedback:
         return train_with_feedback(args)
+    set_hyperparameters(args.set)
     metadata = train(args.data, args.out, extra=not args.no_extra, with_cross_source=not args.no_cross_source)
     print(format_report(metadata["evaluation"]))
     write_model_card(args.out)
     return 0
+
+
+def set_hyperparameters(assignments: list[str]) -> None:
+    """`KEY=JSON` each: a training hyperparameter replaced for this run, so
+    a trade named in train.py's comments can be measured again (it is
+    recorded in the artifact's metadata like the rest)."""
+    from .train import HYPERPARAMETERS
+
+    for assignment in assignments:
+        key, _, value = assignment.partition("=")
+        if key not in HYPERPARAMETERS:
+            raise SystemExit(f"--set: no hyperparameter {key!r}; there are {sorted(HYPERPARAMETERS)}")
+        HYPERPARAMETERS[key] = json.loads(value)
 
 
 def train_with_feedback(args) -> int:
@@ -308,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ARTIFACT_DIR))
     p.add_argument("--no-extra", action="store_true", help="only shared/data/questions, not the pinned public sources (sources.py)")
     p.add_argument("--no-cross-source", action="store_true", help="skip the leave-one-source-out check (one fit per source)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                   help="replace a hyperparameter of train.py for this run, e.g. outcome_keep=1.0 (repeatable)")
     p.add_argument("--feedback", metavar="STORE", help="a router's feedback store (feedback.path): add the cheap tier's outcomes as rows")
     p.add_argument("--tolerance", type=float, default=0.005, help="with --feedback: how much lower a held-out check may come out")
     p.add_argument("--min-rows", type=int, default=50, help="with --feedback: fewest outcomes with text to train on")

@@ -115,13 +115,7 @@ def shrunk_gain(table: OutcomeTable, keep: float) -> np.ndarray:
     return out
 
 
-# How much of a question's own deviation from its benchmark's mean gain the
-# target keeps: half, by the held-out mean pair APGR (0.608 at a half, 0.599
-# keeping all; MODEL_CARD.md), measured on the outcome table's own test split.
-KEEP = 0.5
-
-
-def training_rows(table: OutcomeTable, keep: float = KEEP) -> list[dict]:
+def training_rows(table: OutcomeTable, keep: float) -> list[dict]:
     """The table's train split as classifier rows with their rank targets
     (computed on those rows alone, so nothing of the test split leaks)."""
     train = table.split("train")
@@ -155,7 +149,7 @@ def ranking_report(scores: np.ndarray, table: OutcomeTable) -> dict:
     return {**ranked(scores, table), "per_benchmark": per}
 
 
-def leave_one_benchmark_out(kind_rows: list[dict], table: OutcomeTable, fit) -> dict:
+def leave_one_benchmark_out(kind_rows: list[dict], table: OutcomeTable, fit, keep: float) -> dict:
     """For each benchmark: fit on the kinds' training rows and the outcome
     training rows of every other benchmark, score all of the benchmark's
     questions, and report the mean pair APGR there beside prompt length.
@@ -165,7 +159,7 @@ def leave_one_benchmark_out(kind_rows: list[dict], table: OutcomeTable, fit) -> 
         held = table.subset(table.benchmarks == bench)
         if not pairs(held.correct):
             continue
-        clf = fit(kind_rows + training_rows(table.subset(table.benchmarks != bench)))
+        clf = fit(kind_rows + training_rows(table.subset(table.benchmarks != bench), keep))
         per[str(bench)] = ranked(clf.score(held.texts), held)
     return {"per_benchmark": per,
             "mean_apgr": float(np.mean([v["apgr"] for v in per.values()])) if per else float("nan"),

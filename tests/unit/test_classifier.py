@@ -330,3 +330,10 @@ def test_another_revision_scores_with_its_own_code_and_artifact(clf):
     if subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--", "classifier"]).returncode != 0:
         pytest.skip("classifier/ has uncommitted changes")
     np.testing.assert_allclose(scores_at("HEAD", SAMPLES), clf.score(SAMPLES), atol=1e-6)
+
+
+def test_cli_train_refuses_an_unknown_hyperparameter_before_any_work(tmp_path):
+    out = run_cli("train", "--out", str(tmp_path / "art"), "--set", "outcome_kep=1.0")
+    assert out.returncode != 0
+    assert "no hyperparameter 'outcome_kep'" in out.stderr and "outcome_keep" in out.stderr
+    assert not (tmp_path / "art").exists()
