@@ -3,7 +3,16 @@ circuit opens and the tier is skipped; after `cooldown` one probe request is
 let through (half-open); its success closes the circuit, its failure opens it
 again. A probe that never reports back (its caller cancelled, a deadline)
 gives way to a new probe after another cool-down, so the circuit cannot
-stay half-open for ever."""
+stay half-open for ever.
+
+"Consecutive" counts incidents, not victims: requests that were already
+under way when a failure was counted, and then fail too, fell to the same
+event (one worker of a gateway's pool killed under six streams fails all of
+its streams at once) and add nothing. A request asks for `mark()` when it
+starts and hands it back with its failure. Without this, one dead worker
+behind a healthy gateway opened the whole tier for a cool-down, and every
+request in it fell back.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._probing = False
         self._probe_at = 0.0
+        self._counted = 0  # failures counted since the breaker was made: mark()'s clock
 
     def allow(self) -> bool:
         """May a request go to this tier now? (Claims the probe when half-open.)"""
@@ -38,7 +48,16 @@ class CircuitBreaker:
     def success(self) -> None:
         self.state, self.failures, self._probing = CLOSED, 0, False
 
-    def failure(self) -> None:
+    def mark(self) -> int:
+        """A starting request's place in the failure history (for failure)."""
+        return self._counted
+
+    def failure(self, mark: int | None = None) -> None:
+        """A request failed. With the `mark` it took when it started: not
+        counted if another failure was counted since (the same incident)."""
+        if mark is not None and mark < self._counted:
+            return
+        self._counted += 1
         self.failures += 1
         if self.state == HALF_OPEN or self.failures >= self.threshold:
             self.state, self._opened_at, self._probing = OPEN, self._clock(), False
@@ -46,4 +65,5 @@ class CircuitBreaker:
     def trip(self) -> None:
         """Open now (the engine is known dead)."""
         self.failures = max(self.failures, self.threshold)
+        self._counted += 1  # requests under way fall to the same event
         self.state, self._opened_at, self._probing = OPEN, self._clock(), False

@@ -48,6 +48,7 @@ class RequestContext:
     dropped: int = 0  # retrieved chunks left out to fit the context
     lookup: Lookup = field(default_factory=lambda: Lookup(BYPASS))
     fell_back: bool = False
+    failure_mark: int | None = None  # the answering tier's, as the request reached its engine (Tier.failed)
     announced: bool = False  # the DecisionEvent has gone out
     first_token_at: float | None = None
     parts: list[str] = field(default_factory=list)
@@ -150,10 +151,11 @@ async def prompt_for(ctx: RequestContext, max_chunk_chars: int) -> Prompt:
     """The prompt's tokens on the answering tier, and the answer's budget
     cut to what its context holds beside them (effective_sampling says so)."""
     tier = ctx.tier
+    ctx.failure_mark = tier.failure_mark()
     try:
         prompt = await _fit_prompt(ctx, max_chunk_chars)
     except EngineFailure as exc:  # e.g. a remote tier's replica went away between health checks
-        tier.failed()
+        tier.failed(ctx.failure_mark)
         log.error("request %s: tier %s could not render the prompt: %s", ctx.req.request_id, tier.name, exc)
         raise EngineFailedEarly(tier.name) from exc
     room = tier.config.max_model_len - len(prompt.ids)
@@ -179,7 +181,7 @@ async def next_chunk(ctx: RequestContext, stream, search: asyncio.Task | None, c
     except TimeoutError:
         raise DeadlineExceeded(f"tier {tier.name} stopped generating at its {tier.config.generation_timeout_s:g} s ceiling") from None
     except Exception as exc:
-        tier.failed()
+        tier.failed(ctx.failure_mark)
         log.error("request %s: tier %s engine failed: %s", ctx.req.request_id, tier.name, exc, exc_info=exc)
         if not ctx.parts or not ctx.req.stream:
             ctx.parts.clear()

@@ -103,9 +103,13 @@ class Tier:
                 held = time.monotonic() - started
                 self.slot_seconds = held if self.slot_seconds is None else 0.8 * self.slot_seconds + 0.2 * held
 
-    def failed(self) -> None:
-        """The engine failed a request."""
-        self.breaker.failure()
+    def failure_mark(self) -> int:
+        """Taken as a request starts on the engine, given back to `failed`."""
+        return self.breaker.mark()
+
+    def failed(self, mark: int | None = None) -> None:
+        """The engine failed a request (that started at `mark`)."""
+        self.breaker.failure(mark)
 
     def succeeded(self) -> None:
         self.breaker.success()

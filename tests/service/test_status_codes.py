@@ -7,7 +7,10 @@ tests/integration on the real vLLM CPU engines, never here.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -31,6 +34,8 @@ class FakeEngine:
         self.ready = True
         self.crash = False
         self.crash_midway = False  # one chunk of text, then the engine dies
+        self.fail_together: threading.Event | None = None  # requests wait for it, then all fail at once
+        self.waiting = 0
 
     async def render(self, messages):
         return Prompt([1] * sum(len(m.content.split()) for m in messages), tuple(messages))
@@ -38,6 +43,11 @@ class FakeEngine:
     async def generate(self, prompt, sampling, request_id):
         if self.crash:
             raise RuntimeError("secret internal detail /etc/passwd")
+        if self.fail_together is not None:
+            self.waiting += 1
+            while not self.fail_together.is_set():
+                await asyncio.sleep(0.005)
+            raise RuntimeError("the worker holding these streams was killed")
         if self.crash_midway:
             yield EngineChunk(f"{self.tier} began ", 1)
             raise RuntimeError("worker killed")
@@ -103,6 +113,31 @@ def test_an_engine_that_dies_midway_falls_back_for_a_unary_caller_and_is_unavail
             list(client.generate_stream("hello there", route="large", cache="off"))
     finally:
         engines["large"].crash_midway = False
+
+
+def test_streams_that_fail_together_are_one_incident_for_the_breaker(served):
+    """Six requests under way on one tier fail at once (one worker of a
+    gateway's pool killed): each falls back, but they are one failure to
+    the tier's breaker (threshold 3), so the next request is the tier's own.
+    Before, the six opened the circuit, and every request for the next
+    15 s fell back."""
+    client, engines, _ = served
+    client.generate("a success resets the tier's breaker", route="large", cache="off")
+    engines["large"].fail_together, engines["large"].waiting = threading.Event(), 0
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(client.generate, f"question {n}", route="large", cache="off") for n in range(6)]
+            deadline = time.monotonic() + 10
+            while engines["large"].waiting < 6 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert engines["large"].waiting == 6
+            engines["large"].fail_together.set()
+            fell = [(f.result().decision.tier_name, f.result().decision.reason) for f in futures]
+    finally:
+        engines["large"].fail_together = None
+    assert fell == [("small", "fallback")] * 6
+    after = client.generate("the worker is gone; the pool still serves", route="large", cache="off")
+    assert (after.decision.tier_name, after.decision.reason, after.decision.degraded) == ("large", "override", False)
 
 
 def test_an_engine_that_cannot_render_falls_back_to_the_other_tier(served, monkeypatch):

@@ -239,6 +239,29 @@ def test_circuit_breaker_opens_cools_down_and_probes():
     assert b.state == CLOSED and b.allow()
 
 
+def test_circuit_breaker_counts_incidents_not_their_victims():
+    """Failures of requests already under way when a failure was counted
+    are that failure's victims; requests started after it count again."""
+    from server.breaker import CLOSED, OPEN, CircuitBreaker
+
+    now = [0.0]
+    b = CircuitBreaker(threshold=3, cooldown_s=10, clock=lambda: now[0])
+    under_way = [b.mark() for _ in range(6)]
+    for mark in under_way:
+        b.failure(mark)
+    assert (b.state, b.failures) == (CLOSED, 1)
+    for _ in range(2):  # two more, each started after the last was counted
+        b.failure(b.mark())
+    assert b.state == OPEN
+    now[0] = 10.0
+    late = under_way[0]  # a victim of the first incident, reporting only now
+    assert b.allow()
+    b.failure(late)
+    probe = b.mark()
+    b.failure(probe)  # the probe's own failure reopens
+    assert b.state == OPEN
+
+
 def test_circuit_breaker_probe_that_never_reports_back_gives_way():
     from server.breaker import CLOSED, CircuitBreaker
 
