@@ -13,7 +13,7 @@ it and the semantic cache off. Prints:
   `/v1/chat/completions` on the same server with the same messages.
 Writes `remote.json` beside the other results; docs/benchmarks.md quotes it.
 
-`--instant-upstream` puts benchmarks/instant_upstream.py (answers at once)
+`--instant-upstream` puts benchmarks/simulated_vllm.py at its instant pace (answers at once)
 where `vllm serve` was, so no engine time hides what the router adds and no
 engine process competes with it for the cores; writes
 `remote-instant.json`.
@@ -80,11 +80,11 @@ def _wait(predicate, timeout: float, what: str) -> None:
         time.sleep(1)
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, path: str = "/health") -> bool:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+        with urllib.request.urlopen(f"{url}{path}", timeout=2) as r:
             return r.status == 200
     except OSError:
         return False
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
         url = f"http://127.0.0.1:{port}"
         vllm_log = (tmp / "vllm.log").open("w")
         server_log = (tmp / "router.log").open("w")
-        vllm = (subprocess.Popen([sys.executable, "-m", "benchmarks.instant_upstream", str(port), str(MODEL_DIR), MODEL], cwd=ROOT,
+        vllm = (subprocess.Popen([sys.executable, "-m", "benchmarks.simulated_vllm", str(port), str(MODEL_DIR), MODEL, "--pace", "instant"], cwd=ROOT,
                                  stdout=vllm_log, stderr=subprocess.STDOUT, start_new_session=True)
                 if args.instant_upstream else _start_vllm(port, vllm_log))
         router = None

@@ -28,7 +28,14 @@ BODY = {"model": "m", "prompt": list(range(30)), "max_tokens": 2, "stream": True
 async def _serve():
     from aiohttp import web
 
-    from .instant_upstream import event_stream
+    async def event_stream(request, events):
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for event in events:
+            await resp.write(f"data: {json.dumps(event)}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
 
     async def completions(request):
         await request.json()

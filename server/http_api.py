@@ -25,6 +25,8 @@ import logging
 import math
 import time
 
+import msgspec
+
 from .auth import matches
 from .calls import Call, Calls, Failure
 from .errors import InvalidArgument, NotFound, RouterError, Unauthenticated
@@ -252,13 +254,17 @@ class OpenAIHttp:
         the decision, so an error before it is still a plain HTTP error."""
         from aiohttp import web
 
-        response, decision = None, None
+        response, decision, head = None, None, b""
         created, cid = int(time.time()), f"chatcmpl-{req.request_id}"
 
         def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
             body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": decision.model,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-            return b"data: " + json.dumps(body).encode() + b"\n\n"
+            return b"data: " + msgspec.json.encode(body) + b"\n\n"
+
+        def text_chunk(text: str) -> bytes:
+            """chunk({"content": text}), by the bytes around the text: one per token."""
+            return head + msgspec.json.encode(text) + b'},"finish_reason":null}]}\n\n'
 
         try:
             async for event in events:
@@ -269,14 +275,15 @@ class OpenAIHttp:
                                                            "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
                     await response.prepare(request)
                     await response.write(chunk({"role": "assistant", "content": ""}))
+                    head = chunk({"content": ""}).split(b'"content":""', 1)[0] + b'"content":'
                 elif isinstance(event, DeltaEvent):
-                    await response.write(chunk({"content": event.text}))
+                    await response.write(text_chunk(event.text))
                 elif isinstance(event, FinalEvent):
                     await response.write(chunk({}, event.finish_reason, triage=_decision_json(decision, event.cache.status)))
                     if include_usage:
                         usage = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": decision.model,
                                  "choices": [], "usage": _usage(event.usage)}
-                        await response.write(b"data: " + json.dumps(usage).encode() + b"\n\n")
+                        await response.write(b"data: " + msgspec.json.encode(usage) + b"\n\n")
         except RouterError as exc:
             if response is None:
                 raise

@@ -193,7 +193,7 @@ class RemoteEngine:
             replica = self._pick(tried)
             tried.append(replica)
             try:
-                status, content = await post_json(self._client, f"{replica.url}/tokenize", body)
+                status, content = await post_json(self._client, f"{replica.url}/tokenize", body, self._config.generation_timeout_s)
                 if status >= 500:
                     raise UpstreamError(f"/tokenize answered {status}")
                 if status != 200:

@@ -30,7 +30,7 @@ from .errors import RouterError, Unavailable
 from .feedback import Answered, RecentAnswers
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy, question_text
-from .request import EngineFailedEarly, Progress, RequestContext, SemanticHit, log_line, next_chunk, prompt_for, replay_deltas
+from .request import Ceiling, EngineFailedEarly, Progress, RequestContext, SemanticHit, log_line, next_chunk, prompt_for, replay_deltas
 from .retrieval import RetrievalService, wants_retrieval, with_sources
 from .stats import Stats
 from .tiers import Tiers
@@ -220,7 +220,7 @@ class Router:
         ctx.timings.routing_ms = (time.perf_counter() - ctx.arrived) * 1e3
         self.metrics.overhead_seconds.labels(tier.name).observe(ctx.timings.routing_ms / 1e3)
         self.metrics.engine_requests.labels(tier.name).inc()
-        ceiling = time.monotonic() + tier.config.generation_timeout_s
+        ceiling = Ceiling(tier)
         stream = tier.engine.generate(prompt, ctx.sampling, ctx.req.request_id).__aiter__()
         try:
             while (chunk := await next_chunk(ctx, stream, search, ceiling)) is not None:
@@ -236,6 +236,7 @@ class Router:
                             yield event
                         yield DeltaEvent(chunk.delta)
         finally:
+            ceiling.close()
             gauge.dec()
             await stream.aclose()
         tier.succeeded()

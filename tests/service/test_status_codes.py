@@ -36,6 +36,8 @@ class FakeEngine:
         self.crash_midway = False  # one chunk of text, then the engine dies
         self.fail_together: threading.Event | None = None  # requests wait for it, then all fail at once
         self.waiting = 0
+        self.stall_after: int | None = None  # this many chunks, then nothing, for ever
+        self.aborted = 0  # generations closed before their end
 
     async def render(self, messages):
         return Prompt([1] * sum(len(m.content.split()) for m in messages), tuple(messages))
@@ -51,6 +53,13 @@ class FakeEngine:
         if self.crash_midway:
             yield EngineChunk(f"{self.tier} began ", 1)
             raise RuntimeError("worker killed")
+        if self.stall_after is not None:
+            try:
+                for i in range(self.stall_after):
+                    yield EngineChunk("word ", i + 1)
+                await asyncio.sleep(3600)
+            finally:
+                self.aborted += 1
         yield EngineChunk("ok", 1, finished=True, finish_reason="stop")
 
     def unfinished_requests(self):
@@ -138,6 +147,25 @@ def test_streams_that_fail_together_are_one_incident_for_the_breaker(served):
     assert fell == [("small", "fallback")] * 6
     after = client.generate("the worker is gone; the pool still serves", route="large", cache="off")
     assert (after.decision.tier_name, after.decision.reason, after.decision.degraded) == ("large", "override", False)
+
+
+@pytest.mark.parametrize("chunks", [0, 3])
+def test_an_engine_that_stalls_ends_at_the_tiers_ceiling_and_is_aborted(chunks):
+    """The tier's generation ceiling (one timer per answer) ends a stalled
+    generation, before its first chunk or after a few, with
+    DEADLINE_EXCEEDED naming it, and closes the engine's generation."""
+    config = load(ROOT / "config/cpu.yaml", ["tiers.large.generation_timeout_s=0.5"]).with_ports(0, -1)
+    engines = {n: FakeEngine(n, t.model, t.max_model_len) for n, t in config.tiers.items()}
+    engines["large"].stall_after = chunks
+    with serve_in_thread(config, engines) as (client, _):
+        started = time.monotonic()
+        with pytest.raises(Exception) as err:
+            list(client.generate_stream("hello", route="large", cache="off"))
+        took = time.monotonic() - started
+    assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "tier large stopped generating at its 0.5 s ceiling" in err.value.message
+    assert 0.45 < took < 3.0
+    assert engines["large"].aborted == 1
 
 
 def test_an_engine_that_cannot_render_falls_back_to_the_other_tier(served, monkeypatch):
