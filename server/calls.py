@@ -39,6 +39,7 @@ class Failure:
     message: str
     field: str | None = None
     retry_after_ms: int | None = None
+    http_status: int | None = None  # when HTTP has a closer status than the gRPC code's (413)
 
 
 @dataclass
@@ -66,7 +67,8 @@ class Call:
 
 
 def failure_of(exc: RouterError) -> Failure:
-    return Failure(exc.status, exc.message, getattr(exc, "field", None), getattr(exc, "retry_after_ms", None))
+    return Failure(exc.status, exc.message, getattr(exc, "field", None), getattr(exc, "retry_after_ms", None),
+                   getattr(exc, "http_status", None))
 
 
 class Calls:

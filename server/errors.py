@@ -30,6 +30,14 @@ class InvalidArgument(RouterError):
         self.field = field
 
 
+class TooLarge(InvalidArgument):
+    """A request body over the size limit: INVALID_ARGUMENT on gRPC (whose
+    own limit answers RESOURCE_EXHAUSTED before the router sees it), 413 on
+    HTTP."""
+
+    http_status = 413
+
+
 class NotFound(RouterError):
     status = "NOT_FOUND"
 

@@ -29,9 +29,9 @@ import msgspec
 
 from .auth import matches
 from .calls import Call, Calls, Failure
-from .errors import InvalidArgument, NotFound, RouterError, Unauthenticated
+from .errors import InvalidArgument, NotFound, RouterError, TooLarge, Unauthenticated
 from .router import Router
-from .types import ChatMessage, DecisionEvent, DeltaEvent, FinalEvent, GenerateInput, SamplingRequest
+from .types import ROLE_ALIASES, ChatMessage, DecisionEvent, DeltaEvent, FinalEvent, GenerateInput, SamplingRequest
 
 log = logging.getLogger("triage.http")
 
@@ -46,11 +46,37 @@ HTTP_STATUS = {
 SUPPORTED = {"model", "messages", "stream", "stream_options", "temperature", "top_p", "max_tokens", "max_completion_tokens",
              "stop", "seed", "n", "user"}
 MAX_BODY_BYTES = 1024 * 1024
+# Keys an assistant turn carries when a client replays it from a response
+# (the SDK's message.model_dump()): accepted when empty (null, [], ""),
+# refused by name otherwise (tool calls would change the answer).
+REPLAYED_EMPTY = {"refusal", "tool_calls", "function_call", "audio", "annotations"}
+
+
+async def _read_json(request):
+    """The body as JSON; 413 over MAX_BODY_BYTES (before reading a byte
+    when Content-Length says so), 400 naming what is wrong otherwise."""
+    from aiohttp import web
+
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise TooLarge("body", f"{request.content_length} bytes; at most {MAX_BODY_BYTES}")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise TooLarge("body", f"over {MAX_BODY_BYTES} bytes") from None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument("body", f"not UTF-8 (byte {exc.start})") from None
+    except RecursionError:
+        raise InvalidArgument("body", "JSON nested too deeply") from None
+    except ValueError as exc:
+        raise InvalidArgument("body", f"not valid JSON: {exc}") from None
 
 
 def _error_response(web, failure: Failure):
     """OpenAI's error body and the HTTP status for a call's failure."""
     code, kind = HTTP_STATUS.get(failure.status, (500, "internal_error"))
+    code = failure.http_status or code
     headers = {"Retry-After": str(max(1, math.ceil(failure.retry_after_ms / 1000)))} if failure.retry_after_ms else {}
     body = {"error": {"message": failure.message, "type": kind, "param": failure.field, "code": failure.status.lower()}}
     return web.json_response(body, status=code, headers=headers)
@@ -65,12 +91,57 @@ def _number(body: dict, name: str, kind=float):
     return kind(value)
 
 
+def _messages(raw) -> tuple[ChatMessage, ...]:
+    """OpenAI's messages as clients send them: content as a string or as
+    text parts, the developer role, and assistant turns replayed from
+    history (content null, empty refusal and tool fields)."""
+    if not isinstance(raw, list):
+        raise InvalidArgument("messages", "expected a list of {role, content} objects")
+    messages = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise InvalidArgument(f"messages[{i}]", "expected an object with a string role and a content")
+        extra = sorted(k for k in set(m) - {"role", "content", "name"} if not (k in REPLAYED_EMPTY and not m[k]))
+        if extra:
+            raise InvalidArgument(f"messages[{i}].{extra[0]}", "not supported")
+        messages.append(ChatMessage(ROLE_ALIASES.get(m["role"], m["role"]), _content(i, m)))
+    return tuple(messages)
+
+
+def _content(i: int, m: dict) -> str:
+    content = m.get("content")
+    if isinstance(content, str):
+        return content
+    if content is None and m["role"] == "assistant":
+        return ""
+    if isinstance(content, list):
+        return _text_parts(i, content)
+    raise InvalidArgument(f"messages[{i}].content", "expected a string or a list of text parts")
+
+
+def _text_parts(i: int, parts: list) -> str:
+    """Text parts joined by newlines, as vLLM's own server joins them; any
+    other part (image, audio, file) is refused by name: the tiers are text
+    models."""
+    texts = []
+    for j, part in enumerate(parts):
+        field = f"messages[{i}].content[{j}]"
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise InvalidArgument(field, "expected a content part: an object with a string type")
+        if part["type"] != "text":
+            raise InvalidArgument(f"{field}.type", f"{part['type'][:32]!r} parts are not supported: the tiers are text models")
+        if not isinstance(part.get("text"), str):
+            raise InvalidArgument(f"{field}.text", "expected a string")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
 def parse(body, tiers, auto_model: str, request_id: str) -> tuple[GenerateInput, bool, bool]:
     """A chat completion request as the router's input; (input, stream,
     include_usage). Raises InvalidArgument / NotFound naming the field."""
     if not isinstance(body, dict):
         raise InvalidArgument("body", "expected a JSON object")
-    unknown = sorted(set(body) - SUPPORTED)
+    unknown = sorted(k for k in set(body) - SUPPORTED if body[k] is not None)  # null: not set, as in OpenAI's API
     if unknown:
         raise InvalidArgument(unknown[0], "not supported by this server (it would change the answer, so it is refused rather than ignored)")
     model = body.get("model")
@@ -81,16 +152,7 @@ def parse(body, tiers, auto_model: str, request_id: str) -> tuple[GenerateInput,
         route = next((t.name for t in tiers if model in (t.name, t.model)), None)
         if route is None:
             raise NotFound(f"model: {model!r} is not served here; use {auto_model!r} or one of {[t.name for t in tiers]}")
-    raw = body.get("messages")
-    if not isinstance(raw, list):
-        raise InvalidArgument("messages", "expected a list of {role, content} objects")
-    messages = []
-    for i, m in enumerate(raw):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not isinstance(m.get("role"), str):
-            raise InvalidArgument(f"messages[{i}]", "expected an object with a string role and a string content")
-        if set(m) - {"role", "content", "name"}:
-            raise InvalidArgument(f"messages[{i}].{sorted(set(m) - {'role', 'content', 'name'})[0]}", "not supported")
-        messages.append(ChatMessage(m["role"], m["content"]))
+    messages = _messages(body.get("messages"))
     n = _number(body, "n", int)
     if n not in (None, 1):
         raise InvalidArgument("n", "only n=1 is supported")
@@ -217,10 +279,7 @@ class OpenAIHttp:
             if not self._authorised(request):
                 raise Unauthenticated("missing or invalid bearer token")
             call.check_id()
-            try:
-                body = await request.json()
-            except (ValueError, UnicodeDecodeError):
-                raise InvalidArgument("body", "not valid JSON") from None
+            body = await _read_json(request)
             req, stream, include_usage = parse(body, self.router.tiers, self.auto_model, call.request_id)
             req = dataclasses.replace(req, trace_parent=request.headers.get("traceparent"), stream=stream)
             events = self.router.generate(req, arrived)

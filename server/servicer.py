@@ -23,7 +23,7 @@ from .errors import FailedPrecondition, InvalidArgument
 from .feedback import Outcomes
 from .grpc_metrics import status_name
 from .router import Router
-from .types import ChatMessage, Decision, DecisionEvent, DeltaEvent, EffectiveSampling, FinalEvent, GenerateInput, SamplingRequest, Timings, Usage
+from .types import ROLE_ALIASES, ChatMessage, Decision, DecisionEvent, DeltaEvent, EffectiveSampling, FinalEvent, GenerateInput, SamplingRequest, Timings, Usage
 from .validation import check_feedback
 
 log = logging.getLogger("triage.servicer")
@@ -82,7 +82,7 @@ def add_to_server(servicer: "RouterServicer", server: grpc.aio.Server) -> None:
 # ---- proto -> plain -------------------------------------------------------
 
 def _messages(msgs) -> tuple[ChatMessage, ...]:
-    return tuple(ChatMessage(m.role, m.content) for m in msgs)
+    return tuple(ChatMessage(ROLE_ALIASES.get(m.role, m.role), m.content) for m in msgs)
 
 
 def _sampling(s: pb.SamplingParams) -> SamplingRequest:

@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 ROLES = ("system", "user", "assistant")
+# Taken as the role beside it, at both front doors: OpenAI's newer models
+# read "developer" where older ones read "system".
+ROLE_ALIASES = {"developer": "system"}
 
 
 @dataclass(frozen=True)

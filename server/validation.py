@@ -72,13 +72,28 @@ def check_messages(messages: tuple[ChatMessage, ...], limits) -> None:
             raise InvalidArgument(f"messages[{i}].role", f"must be one of {', '.join(ROLES)}, got {m.role[:32]!r}")
         if len(m.content) > limits.max_message_chars:
             raise InvalidArgument(f"messages[{i}].content", f"at most {limits.max_message_chars} characters, got {len(m.content)}")
-        if not m.content.strip():
+        # An assistant turn replayed from history may be empty (OpenAI's
+        # content: null beside a refusal or tool calls); a question may not.
+        if not m.content.strip() and m.role != "assistant":
             raise InvalidArgument(f"messages[{i}].content", "must not be empty")
+        check_text(f"messages[{i}].content", m.content)
         total += len(m.content)
     if total > limits.max_total_chars:
         raise InvalidArgument("messages", f"at most {limits.max_total_chars} characters in all, got {total}")
     if not any(m.role == "user" for m in messages):
         raise InvalidArgument("messages", "at least one message must have role 'user'")
+
+
+def check_text(field: str, text: str) -> None:
+    """Text that UTF-8 can carry. gRPC cannot deliver anything else, but
+    JSON can: an escaped lone surrogate ("\\ud800") decodes to a str that
+    every later encode (the cache key, the tokenizer) fails on."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidArgument(field, f"holds an unpaired surrogate (U+{ord(text[exc.start]):04X}) at character {exc.start}, "
+                                         "which is not text") from None
 
 
 def check_threshold(threshold: float | None) -> None:
@@ -113,6 +128,7 @@ def check_sampling(s: SamplingRequest) -> None:
     for i, stop in enumerate(s.stop):
         if not stop:
             raise InvalidArgument(f"sampling.stop[{i}]", "must not be empty")
+        check_text(f"sampling.stop[{i}]", stop)
 
 
 def allows(s: SamplingRequest, defaults: SamplingDefaults, tier: str) -> bool:

@@ -6,10 +6,10 @@ tests/integration/test_http.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -23,11 +23,13 @@ from .test_admission import ROOT, HeldEngine, _wait_for
 TOKEN = "s3cret-token"
 
 
-@pytest.fixture
-def served(tmp_path):
+@contextlib.contextmanager
+def serving_http(folder):
+    """(app, engines): the HTTP door, with a bearer token, around held
+    engines; each tier holds one request and queues one."""
     text = (ROOT / "config/cpu.yaml").read_text().replace("../.cache/", str(ROOT / ".cache") + "/")
     text = text.replace("    max_in_flight: 16\n    max_queued: 32", "    max_in_flight: 1\n    max_queued: 1")
-    path = tmp_path / "cfg.yaml"
+    path = folder / "cfg.yaml"
     path.write_text(text)
     config = load(path).with_ports(0, -1, http_port=0)
     engines = {n: HeldEngine(n, t.model, t.max_model_len) for n, t in config.tiers.items()}
@@ -51,6 +53,12 @@ def served(tmp_path):
         asyncio.run_coroutine_threadsafe(app.server.stop(0), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+@pytest.fixture
+def served(tmp_path):
+    with serving_http(tmp_path) as served:
+        yield served
 
 
 def call(app, method: str, path: str, body: dict | None = None, token: str | None = TOKEN, timeout: float = 10):

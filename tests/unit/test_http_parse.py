@@ -37,10 +37,36 @@ def test_sampling_values_map_onto_the_explicit_rules():
 @pytest.mark.parametrize("extra, field", [
     ({"logprobs": True}, "logprobs"), ({"tools": []}, "tools"), ({"n": 3}, "n"), ({"temperature": "hot"}, "temperature"),
     ({"max_tokens": 1.5}, "max_tokens"), ({"stop": [1]}, "stop"), ({"max_tokens": 4, "max_completion_tokens": 4}, "max_completion_tokens"),
-    ({"messages": "hi"}, "messages"), ({"messages": [{"role": "user"}]}, "messages[0]"), ({"stream": "yes"}, "stream"),
+    ({"messages": "hi"}, "messages"), ({"messages": [{"role": "user"}]}, "messages[0].content"), ({"stream": "yes"}, "stream"),
     ({"stream_options": {"continuous_usage_stats": True}}, "stream_options"), ({"model": None}, "model"),
 ])
 def test_anything_that_would_change_the_answer_and_is_not_supported_is_refused_by_name(extra, field):
     with pytest.raises(InvalidArgument) as err:
         parse({"model": "auto", "messages": HI, **extra}, TIERS, "auto", "r")
+    assert err.value.field == field
+
+
+def test_the_shapes_real_clients_send_become_plain_turns():
+    """Text parts joined by newlines (as vLLM's server joins them), the
+    developer role as a system turn, an assistant turn replayed with null
+    content and empty tool fields, and a null field that is not supported."""
+    body = {"model": "auto", "logprobs": None, "messages": [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "first"}, {"type": "text", "text": "second"}]},
+        {"role": "assistant", "content": None, "refusal": None, "tool_calls": [], "annotations": []},
+        {"role": "user", "content": "and?"}]}
+    req = parse(body, TIERS, "auto", "r")[0]
+    assert [(m.role, m.content) for m in req.messages] == [("system", "Be brief."), ("user", "first\nsecond"), ("assistant", ""),
+                                                           ("user", "and?")]
+
+
+@pytest.mark.parametrize("content, field", [
+    ([{"type": "image_url", "image_url": {"url": "x"}}], "messages[0].content[0].type"),
+    ([{"type": "text", "text": 3}], "messages[0].content[0].text"),
+    ([None], "messages[0].content[0]"),
+    (None, "messages[0].content"),
+])
+def test_a_part_that_is_not_text_is_refused_by_name(content, field):
+    with pytest.raises(InvalidArgument) as err:
+        parse({"model": "auto", "messages": [{"role": "user", "content": content}]}, TIERS, "auto", "r")
     assert err.value.field == field
