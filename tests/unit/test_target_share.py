@@ -46,12 +46,38 @@ def test_the_large_share_returns_within_two_points_one_window_after_the_mix_shif
     # Window 0 warms up, window 5 holds the shift; every other one is on target.
     settled = [s for i, s in enumerate(shares) if i not in (0, 5)]
     assert max(abs(s - 0.3) for s in settled) <= 0.02, shares
-    # And the sliding share, from one window after the shift on.
+    # And the sliding share, from one window after the shift on: within 3.5
+    # points (a window's binomial sd here is 2.3; the share is held by a
+    # correction that forgets, not by paying back every past decision).
     sliding = np.convolve(tiers == 1, np.ones(window), "valid") / window
-    assert np.abs(sliding[6 * window:] - 0.3).max() <= 0.03
+    assert np.abs(sliding[6 * window:] - 0.3).max() <= 0.035
     # With the fixed cut the same stream is far off: the control is what holds it.
     fixed = (shifting_scores(10 * window, seed) >= 0.5)[6 * window:].mean()
     assert abs(fixed - 0.3) > 0.2
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("complex_first", [False, True])
+def test_a_sudden_change_of_kinds_is_not_paid_back(seed, complex_first):
+    """Simple questions, then complex ones whose scores lie above all of
+    theirs (or the other way round), at the default window: after the first
+    block of 200 decisions of each phase, every block sends 30 % +- 8 points
+    to the large tier, and the cut stays inside the scores. (The controller
+    before this one held the window's share by paying back the transient:
+    blocks swung between 0 % and 46 %, its cut pinned at 1.0.)"""
+    rng = np.random.default_rng(seed)
+    simple, complex_ = 0.5 * rng.beta(2, 5, 1200), 0.6 + 0.4 * rng.beta(5, 2, 1200)
+    scores = np.r_[complex_, simple] if complex_first else np.r_[simple, complex_]
+    controller = ShareController(["small", "large"], [0.3], [0.45], window_requests=1000)
+    cuts = []
+    for i, p in enumerate(scores):
+        cuts.append(controller.cuts[0])
+        controller.record(float(p), int(p >= controller.cuts[0]), float(i))
+    blocks = (scores >= np.array(cuts)).reshape(-1, 200).mean(axis=1)
+    settled = [b for i, b in enumerate(blocks) if i not in (0, 6)]
+    assert max(abs(b - 0.3) for b in settled) <= 0.08, blocks.round(2)
+    assert 0.0 < min(cuts[200:]) and max(cuts[200:]) < scores.max(), (min(cuts[200:]), max(cuts[200:]))
+    assert controller.changes >= 1
 
 
 def test_without_a_target_the_cuts_never_move_but_the_shares_are_measured():
