@@ -2,13 +2,18 @@
 gets its configured share of the requests the classifier decides.
 
 The window is the last N decisions (or the last S seconds of them): their
-scores, and the tier each was sent to. Every `update_every` decisions (or a
-hundredth of the window's seconds) each cut point is set again, at the
-quantile of the recent scores that sends the right share above it from now
-on, corrected for what the decisions of the current *regime* sent:
+scores, and the tier each was sent to; its share is what is reported. Every
+`update_every` decisions (or a hundredth of the window's seconds) each cut
+point is set again, at the quantile of the recent scores that sends the
+right share above it from now on, corrected for the current *regime*'s
+decisions short of the target:
 
     the share wanted over the next H decisions (H = correction x window)
-      = (target x (the regime's decisions + H) - those of them above the cut) / H
+      = target + (decisions short of the target this regime) / H
+
+where the account of decisions short (or over) forgets: each decision
+counts less as it ages, with a time constant of one window (of
+window_requests decisions), and none leaves it all at once.
 
 A regime is the traffic since the mix last changed. A change is detected
 when the last n decisions' share lies more than z binomial standard
@@ -22,9 +27,9 @@ them back later, as an earlier version did, pushed the cut to 0 or 1 for
 hundreds of decisions and then swung the share the other way, so that
 routing depended on when a question came, not on what it was.
 
-Two bounds keep the cut inside the recent scores: the wanted share stays
-within MAX_CORRECTION of the target, and a cut moves at most MAX_STEP per
-update. A drift of up to `deadband` (half a point) is left alone, so the
+Two bounds keep the cut inside the recent scores: the wanted share moves at
+most MAX_CORRECTION of the way from the target towards 0 or 1, and a cut
+moves at most MAX_STEP per update. A drift of up to `deadband` (half a point) is left alone, so the
 cut does not chase every decision. `python -m benchmarks.target_share`
 replays the labelled questions' real scores through this controller and
 another revision's, with mixes that shift abruptly and gradually.
