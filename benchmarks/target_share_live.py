@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -27,21 +26,10 @@ from pathlib import Path
 
 from clients import TriageClient
 
+from .gpu_pace import start_router
 from .questions import complex_question, simple_question
-from .remote import ROOT
 
 BLOCK, TARGET = 200, 0.30
-
-
-def _start(config: str) -> tuple[subprocess.Popen, str]:
-    router = subprocess.Popen([sys.executable, "-m", "server", "--config", config, "--port", "0", "--http-port", "-1", "--metrics-port", "-1",
-                               "--set", "routing.target_share={large: 0.3}"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True)
-    address = re.search(r"gRPC on ([\d.]+:\d+)", router.stdout.readline()).group(1)
-    while "ready" not in router.stdout.readline():
-        if router.poll() is not None:
-            raise SystemExit("the router exited before it was ready")
-    return router, address
 
 
 def main(argv=None) -> int:
@@ -54,7 +42,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rng = random.Random(20261202)
     questions = [simple_question(rng) for _ in range(args.per_phase)] + [complex_question(rng) for _ in range(args.per_phase)]
-    router, address = _start(args.config)
+    router, address, _ = start_router(args.config, subprocess.DEVNULL, http=False, overrides=("routing.target_share={large: 0.3}",))
     try:
         with TriageClient(address, timeout=600) as client, ThreadPoolExecutor(args.callers) as pool:
             started = time.monotonic()

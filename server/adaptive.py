@@ -29,8 +29,8 @@ routing depended on when a question came, not on what it was.
 
 Two bounds keep the cut inside the recent scores: the wanted share moves at
 most MAX_CORRECTION of the way from the target towards 0 or 1, and a cut
-moves at most MAX_STEP per update. A drift of up to `deadband` (half a point) is left alone, so the
-cut does not chase every decision. `python -m benchmarks.target_share`
+moves at most MAX_STEP per update. A drift of up to `deadband` (half a
+point) is left alone, so the cut does not chase every decision. `python -m benchmarks.target_share`
 replays the labelled questions' real scores through this controller and
 another revision's, with mixes that shift abruptly and gradually.
 

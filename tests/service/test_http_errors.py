@@ -61,10 +61,11 @@ def served(tmp_path):
         yield served
 
 
-def call(app, method: str, path: str, body: dict | None = None, token: str | None = TOKEN, timeout: float = 10):
+def call(app, method: str, path: str, body: dict | bytes | None = None, token: str | None = TOKEN, timeout: float = 10):
+    """(status, headers, the body as JSON or bytes); a bytes `body` is sent as it is."""
     conn = http.client.HTTPConnection("127.0.0.1", app.http_port, timeout=timeout)
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-    conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+    conn.request(method, path, body=json.dumps(body) if isinstance(body, dict) else body, headers=headers)
     resp = conn.getresponse()
     data = resp.read()
     conn.close()

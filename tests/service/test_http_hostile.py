@@ -10,14 +10,13 @@ are answered; half-sent and idle connections hold no slot.
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import time
 
 import pytest
 
-from .test_http_errors import TOKEN, serving_http
+from .test_http_errors import TOKEN, call, serving_http
 
 
 @pytest.fixture(scope="module")
@@ -30,21 +29,9 @@ HI = [{"role": "user", "content": "hi"}]
 OK = {"model": "small", "messages": HI}
 
 
-def post_raw(app, body: bytes, headers: dict | None = None, timeout: float = 10) -> tuple[int, dict | bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", app.http_port, timeout=timeout)
-    conn.request("POST", "/v1/chat/completions", body=body,
-                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}", **(headers or {})})
-    resp = conn.getresponse()
-    data = resp.read()
-    conn.close()
-    try:
-        return resp.status, json.loads(data)
-    except ValueError:
-        return resp.status, data
-
-
-def post(app, body: dict) -> tuple[int, dict | bytes]:
-    return post_raw(app, json.dumps(body).encode())
+def post(app, body: dict | bytes) -> tuple[int, dict | bytes]:
+    status, _, parsed = call(app, "POST", "/v1/chat/completions", body)
+    return status, parsed
 
 
 HOSTILE_BODIES = [  # (id, raw body, status, the error's param)
@@ -114,7 +101,7 @@ def _assert_named_client_error(status, body, expected_status, param):
 @pytest.mark.parametrize("raw, expected, param", [c[1:] for c in HOSTILE_BODIES], ids=[c[0] for c in HOSTILE_BODIES])
 def test_a_malformed_body_is_a_named_4xx(served, raw, expected, param):
     app, _ = served
-    status, body = post_raw(app, raw)
+    status, body = post(app, raw)
     _assert_named_client_error(status, body, expected, param)
 
 
