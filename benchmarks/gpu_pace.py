@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import yaml
@@ -66,21 +67,31 @@ def _router_config(url: str, folder: Path, streams: int, tree: Path = ROOT) -> P
     return path
 
 
-def start_router(config: Path, log, tree: Path = ROOT, http: bool = True, overrides: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str, str | None]:
-    """`python -m server` (the code in `tree`) on free ports, without
-    metrics, and its gRPC address and HTTP base URL (None: `http` off) once
-    it says it is ready. `overrides`: --set SECTION.KEY=VALUE items."""
-    argv = [sys.executable, "-m", "server", "--config", str(config), "--port", "0", "--http-port", "0" if http else "-1", "--metrics-port", "-1"]
+class Started(NamedTuple):
+    proc: subprocess.Popen
+    address: str  # gRPC host:port
+    http: str | None  # base URL, None: off
+    metrics: str | None  # /metrics URL, None: off
+
+
+def start_router(config: Path, log, tree: Path = ROOT, http: bool = True, overrides: tuple[str, ...] = (),
+                 metrics: bool = False) -> Started:
+    """`python -m server` (the code in `tree`) on free ports, once it says
+    it is ready. `overrides`: --set SECTION.KEY=VALUE items."""
+    argv = [sys.executable, "-m", "server", "--config", str(config), "--port", "0", "--http-port", "0" if http else "-1",
+            "--metrics-port", "0" if metrics else "-1"]
     router = subprocess.Popen(argv + [a for o in overrides for a in ("--set", o)], cwd=tree, stdout=subprocess.PIPE, stderr=log, text=True)
     line = router.stdout.readline()
     address = re.search(r"gRPC on ([\d.]+:\d+)", line).group(1)
-    http_port = re.search(r"HTTP on port (\d+)", line)
-    if http and http_port is None:
-        raise SystemExit(f"no HTTP port in the router's first line: {line!r}")
+    host = address.split(":")[0]
+    http_port, metrics_port = re.search(r"HTTP on port (\d+)", line), re.search(r"metrics on port (\d+)", line)
+    if (http and http_port is None) or (metrics and metrics_port is None):
+        raise SystemExit(f"no HTTP or metrics port in the router's first line: {line!r}")
     while "ready" not in router.stdout.readline():
         if router.poll() is not None:
             raise SystemExit("the router exited before it was ready")
-    return router, address, f"http://{address.split(':')[0]}:{http_port.group(1)}" if http else None
+    return Started(router, address, f"http://{host}:{http_port.group(1)}" if http else None,
+                   f"http://{host}:{metrics_port.group(1)}/metrics" if metrics else None)
 
 
 def _start_litellm(exe: str, url: str, folder: Path, log) -> tuple[subprocess.Popen, str]:
@@ -315,7 +326,7 @@ def main(argv=None) -> int:
         ends, pids = {"direct": f"{url}/v1/chat/completions"}, {"direct": None}
         trees = {"": ROOT, **({"_old": _tree_at(args.against, tmp)} if args.against else {})}
         for suffix, tree in trees.items():
-            router, address, http = start_router(_router_config(url, tmp, max(levels), tree), (tmp / f"router{suffix}.log").open("w"), tree)
+            router, address, http, _ = start_router(_router_config(url, tmp, max(levels), tree), (tmp / f"router{suffix}.log").open("w"), tree)
             procs.append(router)
             for path, end in (("grpc", address), ("http", f"{http}/v1/chat/completions")):
                 if path in args.paths.split(","):

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rng = random.Random(20261202)
     questions = [simple_question(rng) for _ in range(args.per_phase)] + [complex_question(rng) for _ in range(args.per_phase)]
-    router, address, _ = start_router(args.config, subprocess.DEVNULL, http=False, overrides=("routing.target_share={large: 0.3}",))
+    router, address, _, _ = start_router(args.config, subprocess.DEVNULL, http=False, overrides=("routing.target_share={large: 0.3}",))
     try:
         with TriageClient(address, timeout=600) as client, ThreadPoolExecutor(args.callers) as pool:
             started = time.monotonic()

@@ -192,6 +192,8 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     fb = config.feedback
     store = FeedbackStore(fb.path, fb.max_rows) if fb.path else None
     recent = RecentAnswers(fb.remember_answers, fb.remember_seconds) if store is not None else None
+    if recent is not None:
+        metrics.answers_remembered.set_function(recent.__len__)
     router = Router(policy, tiers, metrics, cache=cache, retrieval=retrieval, limits=config.limits, resilience=config.resilience,
                     recent=recent, keep_text=fb.keep_text, spill=config.routing.spill, tracing=from_environment_or_config(config.tracing))
 

@@ -52,15 +52,17 @@ class CircuitBreaker:
         """A starting request's place in the failure history (for failure)."""
         return self._counted
 
-    def failure(self, mark: int | None = None) -> None:
+    def failure(self, mark: int | None = None) -> bool:
         """A request failed. With the `mark` it took when it started: not
-        counted if another failure was counted since (the same incident)."""
+        counted if another failure was counted since (the same incident).
+        True when counted (a new incident)."""
         if mark is not None and mark < self._counted:
-            return
+            return False
         self._counted += 1
         self.failures += 1
         if self.state == HALF_OPEN or self.failures >= self.threshold:
             self.state, self._opened_at, self._probing = OPEN, self._clock(), False
+        return True
 
     def trip(self) -> None:
         """Open now (the engine is known dead)."""

@@ -118,6 +118,13 @@ def to_vllm_sampling(sampling: EffectiveSampling):
     )
 
 
+def _is_resource_tracker(process) -> bool:
+    try:
+        return any("resource_tracker" in part for part in process.cmdline())
+    except Exception:  # gone, or not ours to read: not the tracker we started
+        return False
+
+
 class VllmEngine:
     """One vLLM AsyncLLM in this process, serving one tier."""
 
@@ -170,8 +177,11 @@ class VllmEngine:
         self._tokenizer = self._llm.get_tokenizer()
         self.load_seconds = time.monotonic() - started
         # The engine's own processes (EngineCore, workers): what an operator
-        # kills or watches for this tier.
-        self.pids = sorted({p.pid for p in psutil.Process().children(recursive=True)} - before)
+        # kills or watches for this tier. Not multiprocessing's resource
+        # tracker, which the first engine's start also brings up: it is the
+        # router's, shared by every engine.
+        self.pids = sorted(p.pid for p in psutil.Process().children(recursive=True)
+                           if p.pid not in before and not _is_resource_tracker(p))
         self._segments = shared_memory_segments() - segments_before
         log.info("tier %s: engine loaded in %.1f s (processes %s)", self.tier, self.load_seconds, self.pids)
 

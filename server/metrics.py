@@ -74,6 +74,9 @@ class RouterMetrics:
         self.engine_requests = Counter("router_engine_requests_total", "Requests handed to the engine (cache hits are not)", ["tier"], registry=registry)
         self.feedback = Counter("router_feedback_total", "Outcomes reported with the Feedback RPC, by the tier that answered",
                                 ["tier", "result"], registry=registry)
+        self.answers_remembered = Gauge("router_feedback_answers_remembered",
+                                        "Recent answers the Feedback RPC can still take an outcome for (bounded by feedback.remember_answers)",
+                                        registry=registry)
         self.semantic_overlap_aborts = Counter(
             "router_semantic_overlap_aborts_total",
             "Engine requests started beside a semantic cache search and aborted because it found the answer", ["tier"], registry=registry)

@@ -213,8 +213,10 @@ async def next_chunk(ctx: RequestContext, stream, search: asyncio.Task | None, c
     except (SemanticHit, RouterError):
         raise
     except Exception as exc:
-        tier.failed(ctx.failure_mark)
-        log.error("request %s: tier %s engine failed: %s", ctx.req.request_id, tier.name, exc, exc_info=exc)
+        # The incident's first failure carries the traceback; the requests it
+        # took down with it (a dead engine fails all it held) one line each.
+        new_incident = tier.failed(ctx.failure_mark)
+        log.error("request %s: tier %s engine failed: %s", ctx.req.request_id, tier.name, exc, exc_info=exc if new_incident else None)
         if not ctx.parts or not ctx.req.stream:
             ctx.parts.clear()
             ctx.first_token_at = None

@@ -107,9 +107,10 @@ class Tier:
         """Taken as a request starts on the engine, given back to `failed`."""
         return self.breaker.mark()
 
-    def failed(self, mark: int | None = None) -> None:
-        """The engine failed a request (that started at `mark`)."""
-        self.breaker.failure(mark)
+    def failed(self, mark: int | None = None) -> bool:
+        """The engine failed a request (that started at `mark`). False when
+        the failure belongs to an incident already counted."""
+        return self.breaker.failure(mark)
 
     def succeeded(self) -> None:
         self.breaker.success()

@@ -186,6 +186,18 @@ def kill_engine(live: Live, tier: str) -> None:
             pass
 
 
+def test_an_engines_processes_are_its_own(guarded):
+    """The processes the log names for a tier (what an operator kills for
+    it) are its engine's, not multiprocessing's resource tracker, which the
+    first engine's start brings up for the whole router: killing it made
+    the tracker relaunch and forget the shared memory it watched."""
+    import psutil
+
+    for tier in ("small", "large"):
+        commands = [" ".join(psutil.Process(pid).cmdline()) for pid in _engine_pids(guarded, tier)]
+        assert commands and not any("resource_tracker" in c for c in commands), (tier, commands)
+
+
 def test_killing_one_tier_falls_back_updates_health_and_recovers(guarded):
     client = guarded.client
     errors: list[str] = []

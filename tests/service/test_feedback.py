@@ -53,6 +53,7 @@ def test_feedback_is_stored_for_an_answer_the_router_gave(tmp_path):
         registry = app.router.metrics.registry
         assert registry.get_sample_value("router_feedback_total", {"tier": answer.decision.tier_name, "result": "rating_4"}) == 1.0
         assert registry.get_sample_value("router_feedback_total", {"tier": answer.decision.tier_name, "result": "incorrect"}) == 1.0
+        assert registry.get_sample_value("router_feedback_answers_remembered") == 1.0  # the one answer given
         stats = client.stats()
         assert {t.tier_name: t.feedback for t in stats.tiers}[answer.decision.tier_name] == 3  # every accepted outcome, none refused
         assert "feedback 3" in stats.summary

@@ -124,12 +124,14 @@ def test_an_engine_that_dies_midway_falls_back_for_a_unary_caller_and_is_unavail
         engines["large"].crash_midway = False
 
 
-def test_streams_that_fail_together_are_one_incident_for_the_breaker(served):
+def test_streams_that_fail_together_are_one_incident_for_the_breaker(served, caplog):
     """Six requests under way on one tier fail at once (one worker of a
     gateway's pool killed): each falls back, but they are one failure to
     the tier's breaker (threshold 3), so the next request is the tier's own.
     Before, the six opened the circuit, and every request for the next
-    15 s fell back."""
+    15 s fell back. The log has one line per failed request and one
+    traceback for the incident (before: six)."""
+    caplog.set_level("ERROR", logger="triage.request")
     client, engines, _ = served
     client.generate("a success resets the tier's breaker", route="large", cache="off")
     engines["large"].fail_together, engines["large"].waiting = threading.Event(), 0
@@ -145,6 +147,8 @@ def test_streams_that_fail_together_are_one_incident_for_the_breaker(served):
     finally:
         engines["large"].fail_together = None
     assert fell == [("small", "fallback")] * 6
+    failed = [r for r in caplog.records if "tier large engine failed" in r.getMessage()]
+    assert (len(failed), sum(r.exc_info is not None for r in failed)) == (6, 1)
     after = client.generate("the worker is gone; the pool still serves", route="large", cache="off")
     assert (after.decision.tier_name, after.decision.reason, after.decision.degraded) == ("large", "override", False)
 
