@@ -77,7 +77,7 @@ def _summary(decision, timings, usage, finish_reason, cache=None) -> str:
 
 def cmd_ask(client: TriageClient, args) -> int:
     kwargs = {"route": args.route, "threshold": args.threshold, "max_tokens": args.max_tokens, "temperature": args.temperature,
-              "timeout": args.timeout, "cache": args.cache, "retrieval": True if args.retrieve else None}
+              "timeout": args.timeout, "cache": args.cache, "retrieval": True if args.retrieve else None, "session_id": args.session}
     if not args.stream:
         r = client.generate(args.question, **kwargs)
         if args.json:
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the full response as JSON")
     p.add_argument("--cache", choices=["default", "exact_only", "off"], default="default")
     p.add_argument("--retrieve", action="store_true", help="answer from the server's document index, listing sources")
+    p.add_argument("--session", default="", metavar="ID", help="a conversation's id: it stays on the most capable tier it reached")
     p.set_defaults(func=cmd_ask)
     p = sub.add_parser("models", help="tiers, models, limits and readiness")
     p.set_defaults(func=cmd_models)

@@ -49,6 +49,7 @@ def build_request(
     cache: str = "default",
     retrieval: bool | None = None,
     retrieval_top_k: int | None = None,
+    session_id: str = "",
 ) -> pb.GenerateRequest:
     """A GenerateRequest from a question string or (role, content) pairs.
 
@@ -56,6 +57,7 @@ def build_request(
     names), or None for the classifier; an unknown name is NOT_FOUND.
     cache: "default" (exact and semantic), "exact_only" or "off".
     retrieval: True/False to ask for document retrieval or not; None for the tier's default.
+    session_id: a conversation's id: it stays on the most capable tier it has reached (session affinity).
     """
     if route is not None and (not isinstance(route, str) or not route):
         raise ValueError(f"route must be a tier name or None, got {route!r}")
@@ -66,7 +68,7 @@ def build_request(
         if value is not None:
             setattr(sampling, name, value)
     req = pb.GenerateRequest(request_id=request_id, messages=_messages(messages), sampling=sampling, route_name=route or "",
-                             cache_mode=_CACHE_MODES[cache])
+                             cache_mode=_CACHE_MODES[cache], session_id=session_id)
     if threshold is not None:
         req.threshold = threshold
     if retrieval is not None:

@@ -21,6 +21,7 @@ from .adaptive import ShareController
 from .cache import ResponseCache
 from .calls import Calls
 from .config import Config, ResilienceConfig, TierConfig
+from .costs import Costs, Price
 from .engine import Engine, VllmEngine
 from .auth import HEALTH_SERVICE, BearerTokenAuth, tls_credentials
 from .feedback import FeedbackStore, Outcomes, RecentAnswers
@@ -30,6 +31,7 @@ from .metrics import RouterMetrics
 from .policy import RoutingPolicy
 from .router import Router
 from .servicer import RouterServicer, add_to_server
+from .sessions import SessionStore
 from .tiers import Tier, Tiers
 from .tracing import from_environment_or_config
 
@@ -187,6 +189,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     policy = RoutingPolicy(
         classifier.score, cut_points, [(n, t.model) for n, t in config.tiers.items()],
         on_degraded=lambda: metrics.degraded.labels("classifier_error").inc(), share=share_controller(config, cut_points),
+        conversation_turns=config.routing.conversation_turns,
     )
     export_routing(policy, config, metrics)
     fb = config.feedback
@@ -194,8 +197,14 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     recent = RecentAnswers(fb.remember_answers, fb.remember_seconds) if store is not None else None
     if recent is not None:
         metrics.answers_remembered.set_function(recent.__len__)
+    sc = config.routing.session
+    sessions = SessionStore(sc.max_sessions, sc.idle_seconds) if sc.enabled else None
+    if sessions is not None:
+        metrics.export_sessions(sessions)
+    prices = {name: Price(t.cost.prompt_per_1k, t.cost.completion_per_1k) for name, t in config.tiers.items()}
     router = Router(policy, tiers, metrics, cache=cache, retrieval=retrieval, limits=config.limits, resilience=config.resilience,
-                    recent=recent, keep_text=fb.keep_text, spill=config.routing.spill, tracing=from_environment_or_config(config.tracing))
+                    recent=recent, keep_text=fb.keep_text, spill=config.routing.spill, tracing=from_environment_or_config(config.tracing),
+                    sessions=sessions, costs=Costs(prices, list(config.tiers)[-1], metrics))
 
     lim = config.limits
     options = [

@@ -37,12 +37,21 @@ class SamplingDefaults:
 
 
 @dataclass(frozen=True)
+class CostConfig:
+    """A tier's price, per 1,000 tokens, in any unit (server/costs.py)."""
+
+    prompt_per_1k: float = 0.0
+    completion_per_1k: float = 0.0
+
+
+@dataclass(frozen=True)
 class TierConfig:
     name: str  # as written in the profile: "small", "large", "medium", ...
     model: str  # name reported to clients
     model_path: str  # local folder or hub id handed to vLLM
     max_model_len: int  # prompt + completion tokens
     sampling: SamplingDefaults
+    cost: CostConfig = field(default_factory=CostConfig)  # what its answers cost: savings accounting
     max_in_flight: int = 16  # requests generating on this tier at once
     max_queued: int = 32  # waiting for a slot; beyond: RESOURCE_EXHAUSTED at once
     # A request whose expected wait for a slot is longer than this (or than
@@ -185,6 +194,16 @@ class SpillConfig:
 
 
 @dataclass(frozen=True)
+class SessionConfig:
+    """Session affinity (server/sessions.py): a conversation stays on the
+    most capable tier it has reached until it has been idle this long."""
+
+    enabled: bool = True
+    idle_seconds: float = 1800.0
+    max_sessions: int = 100_000  # the least recently seen go first beyond this
+
+
+@dataclass(frozen=True)
 class RoutingConfig:
     """Adaptive routing over the classifier's score (docs/routing.md)."""
 
@@ -201,6 +220,11 @@ class RoutingConfig:
     correction: float = 0.0625
     min_samples: int = 100  # decisions in the window before the cut points move
     spill: SpillConfig = field(default_factory=SpillConfig)
+    # User turns the score is carried along (server/conversation.py): a
+    # follow-up inherits the weight of the turns before it. 1: the last
+    # message alone.
+    conversation_turns: int = 4
+    session: SessionConfig = field(default_factory=SessionConfig)
 
 
 @dataclass(frozen=True)
@@ -293,6 +317,9 @@ def _tier(name: str, raw: Any, base: Path) -> TierConfig:
     if "stop" in sampling_raw:
         sampling_raw["stop"] = tuple(sampling_raw["stop"] or ())
     sampling = _build(SamplingDefaults, sampling_raw, f"{where}.sampling")
+    cost = _build(CostConfig, raw.pop("cost", None), f"{where}.cost")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf") for v in vars(cost).values()):
+        raise ConfigError(f"{where}.cost: prices are numbers >= 0 per 1,000 tokens, got {vars(cost)}")
     if "model_path" not in raw and "model" in raw:
         raw["model_path"] = raw["model"]
     if "model_path" in raw:
@@ -304,7 +331,7 @@ def _tier(name: str, raw: Any, base: Path) -> TierConfig:
         raw["replicas"] = tuple(str(url).rstrip("/") for url in raw["replicas"] or ())
     if raw.get("gateway_url"):
         raw["gateway_url"] = str(raw["gateway_url"]).rstrip("/")
-    tier = _build(TierConfig, raw, where, name=name, sampling=sampling)
+    tier = _build(TierConfig, raw, where, name=name, sampling=sampling, cost=cost)
     _check_tier(tier, where)
     # A local folder must be there now, not fail an engine start later (a
     # copied profile's relative paths point elsewhere). A hub id stays as
@@ -358,12 +385,17 @@ def _check_tier(tier: TierConfig, where: str) -> None:
 def _routing(raw: Any, tier_names: Sequence[str]) -> RoutingConfig:
     raw = dict(raw or {})
     spill = _build(SpillConfig, raw.pop("spill", None), "routing.spill")
+    session = _build(SessionConfig, raw.pop("session", None), "routing.session")
+    if session.idle_seconds <= 0 or session.max_sessions < 1:
+        raise ConfigError("routing.session: idle_seconds must be > 0 and max_sessions >= 1")
     if raw.get("target_share") is None:
         raw["target_share"] = {}
     if not isinstance(raw["target_share"], dict):
         raw["target_share"] = {"?": raw["target_share"]}  # reported below, naming the key
     raw["target_share"] = dict(raw["target_share"])
-    routing = _build(RoutingConfig, raw, "routing", spill=spill)
+    routing = _build(RoutingConfig, raw, "routing", spill=spill, session=session)
+    if not isinstance(routing.conversation_turns, int) or routing.conversation_turns < 1:
+        raise ConfigError(f"routing.conversation_turns must be an integer >= 1, got {routing.conversation_turns!r}")
     targets = routing.target_share
     if targets:
         above = list(tier_names[1:])

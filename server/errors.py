@@ -30,6 +30,15 @@ class InvalidArgument(RouterError):
         self.field = field
 
 
+class PromptTooLong(InvalidArgument):
+    """The prompt does not fit a tier's context: another tier's may hold it
+    (placement.for_context); INVALID_ARGUMENT when none does."""
+
+    def __init__(self, tier: str, tokens: int, max_model_len: int):
+        super().__init__("messages", f"the prompt is {tokens} tokens; tier {tier} holds at most {max_model_len - 1}")
+        self.tier, self.tokens = tier, tokens
+
+
 class TooLarge(InvalidArgument):
     """A request body over the size limit: INVALID_ARGUMENT on gRPC (whose
     own limit answers RESOURCE_EXHAUSTED before the router sees it), 413 on

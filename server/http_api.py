@@ -29,6 +29,7 @@ import msgspec
 
 from .auth import matches
 from .calls import Call, Calls, Failure
+from .costs import Cost
 from .errors import InvalidArgument, NotFound, RouterError, TooLarge, Unauthenticated
 from .router import Router
 from .types import ROLE_ALIASES, ChatMessage, DecisionEvent, DeltaEvent, FinalEvent, GenerateInput, SamplingRequest
@@ -136,9 +137,11 @@ def _text_parts(i: int, parts: list) -> str:
     return "\n".join(texts)
 
 
-def parse(body, tiers, auto_model: str, request_id: str) -> tuple[GenerateInput, bool, bool]:
+def parse(body, tiers, auto_model: str, request_id: str, session_id: str | None = None) -> tuple[GenerateInput, bool, bool]:
     """A chat completion request as the router's input; (input, stream,
-    include_usage). Raises InvalidArgument / NotFound naming the field."""
+    include_usage). The session is the `x-session-id` header's
+    (`session_id`), else OpenAI's `user` field. Raises InvalidArgument /
+    NotFound naming the field."""
     if not isinstance(body, dict):
         raise InvalidArgument("body", "expected a JSON object")
     unknown = sorted(k for k in set(body) - SUPPORTED if body[k] is not None)  # null: not set, as in OpenAI's API
@@ -178,7 +181,11 @@ def parse(body, tiers, auto_model: str, request_id: str) -> tuple[GenerateInput,
         max_tokens=_number(body, "max_tokens", int) if body.get("max_tokens") is not None else _number(body, "max_completion_tokens", int),
         stop=stop, seed=_number(body, "seed", int),
     )
-    return GenerateInput(request_id, tuple(messages), sampling, route=route), stream, bool(options.get("include_usage"))
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise InvalidArgument("user", "expected a string (the end user's or conversation's id)")
+    req = GenerateInput(request_id, tuple(messages), sampling, route=route, session_id=session_id or user or "")
+    return req, stream, bool(options.get("include_usage"))
 
 
 def _decision_headers(d, cache: str | None = None) -> dict[str, str]:
@@ -197,6 +204,12 @@ def _decision_json(d, cache: str | None) -> dict:
 def _usage(usage) -> dict:
     return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
             "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+
+
+def _cost_json(usage) -> dict:
+    """The answer's savings against the most capable tier (server/costs.py)."""
+    return {"cost": usage.cost, "cost_if_most_capable": usage.cost_if_most_capable,
+            "saved_share": Cost(usage.cost, usage.cost_if_most_capable).saved_share}
 
 
 class OpenAIHttp:
@@ -280,7 +293,7 @@ class OpenAIHttp:
                 raise Unauthenticated("missing or invalid bearer token")
             call.check_id()
             body = await _read_json(request)
-            req, stream, include_usage = parse(body, self.router.tiers, self.auto_model, call.request_id)
+            req, stream, include_usage = parse(body, self.router.tiers, self.auto_model, call.request_id, request.headers.get("x-session-id"))
             req = dataclasses.replace(req, trace_parent=request.headers.get("traceparent"), stream=stream)
             events = self.router.generate(req, arrived)
             if stream:
@@ -304,7 +317,7 @@ class OpenAIHttp:
         body = {
             "id": f"chatcmpl-{req.request_id}", "object": "chat.completion", "created": int(time.time()), "model": decision.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(parts)}, "finish_reason": final.finish_reason}],
-            "usage": _usage(final.usage), "triage": _decision_json(decision, cache),
+            "usage": _usage(final.usage), "triage": {**_decision_json(decision, cache), **_cost_json(final.usage)},
         }
         return web.json_response(body, headers={**_decision_headers(decision, cache), "x-request-id": req.request_id})
 
@@ -338,7 +351,8 @@ class OpenAIHttp:
                 elif isinstance(event, DeltaEvent):
                     await response.write(text_chunk(event.text))
                 elif isinstance(event, FinalEvent):
-                    await response.write(chunk({}, event.finish_reason, triage=_decision_json(decision, event.cache.status)))
+                    triage = {**_decision_json(decision, event.cache.status), **_cost_json(event.usage)}
+                    await response.write(chunk({}, event.finish_reason, triage=triage))
                     if include_usage:
                         usage = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": decision.model,
                                  "choices": [], "usage": _usage(event.usage)}

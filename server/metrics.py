@@ -56,6 +56,10 @@ class RouterMetrics:
         self.prompt_tokens_per_request = histogram("router_request_prompt_tokens", "Prompt tokens per request", ("tier",), TOKEN_BUCKETS)
         self.completion_tokens_per_request = histogram("router_request_completion_tokens", "Completion tokens per request", ("tier",), TOKEN_BUCKETS)
         self.prompt_tokens = Counter("router_prompt_tokens_total", "Prompt tokens", ["tier"], registry=registry)
+        self.cost = Counter("router_cost_total", "What answers cost on the tier that gave them (tiers' cost in the profile; cache hits 0)",
+                            ["tier"], registry=registry)
+        self.cost_if_most_capable = Counter("router_cost_if_most_capable_total",
+                                            "What the same answers would have cost on the most capable tier", registry=registry)
         self.completion_tokens = Counter("router_generated_tokens_total", "Generated tokens", ["tier"], registry=registry)
         self.degraded = Counter("router_degraded_total", "Decisions that could not follow the normal path", ["reason"], registry=registry)
         # State.
@@ -100,6 +104,11 @@ class RouterMetrics:
         self.replica_healthy = Gauge("router_replica_healthy", "1 when the replica's /health answers and it serves the tier's model", ["tier", "replica"], registry=registry)
         self._seed(tiers)
 
+    def export_sessions(self, store) -> None:
+        """The session store's size and counts (sessions.SessionStore, their
+        one owner), read at each scrape."""
+        self.registry.register(_SessionCollector(store))
+
     def record_generation(self, tier: str, t, usage) -> None:
         """One generated answer's timings (types.Timings) and tokens."""
         self.ttft_seconds.labels(tier).observe(t.ttft_ms / 1e3)
@@ -116,9 +125,27 @@ class RouterMetrics:
 
         for tier in tiers:
             self.semantic_overlap_aborts.labels(tier)
+            self.cost.labels(tier)
             for to in tiers:
                 for busy in SPILL_REASONS:
                     if to != tier:
                         self.spills.labels(tier, to, busy)
             for result in FEEDBACK_RESULTS:
                 self.feedback.labels(tier, result)
+
+
+class _SessionCollector:
+    def __init__(self, store):
+        self.store = store
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        s = self.store
+        yield GaugeMetricFamily("router_sessions", "Conversations the session store remembers now", value=len(s))
+        yield CounterMetricFamily("router_session_pins", "Requests session affinity placed above their score's tier", value=s.pins)
+        yield CounterMetricFamily("router_session_escalations", "Sessions moved up to a more capable tier", value=s.escalations)
+        yield CounterMetricFamily("router_session_expiries", "Sessions forgotten: idle too long, or pushed out by newer ones", value=s.expiries)

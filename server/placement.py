@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from .config import SpillConfig
-from .errors import Unavailable
+from .errors import InvalidArgument, Unavailable
 
 # Why a tier is too busy to take a request soon (the `busy` answers).
 SPILL_REASONS = ("queue_full", "queue_wait")
@@ -36,10 +36,10 @@ class ByScore:
 
 @dataclass(frozen=True)
 class Moved:
-    """Rules 5-6: the request goes to another tier than the one decided."""
+    """Rules 6-8: the request goes to another tier than the one decided."""
 
     tier: str
-    reason: str  # "load" (spill) or "fallback"
+    reason: str  # "load" (spill), "context" or "fallback"
     degraded: bool
     busy: str | None = None  # a spill's cause: one of SPILL_REASONS
     why: str = ""  # a fallback's cause: why the tier it leaves cannot serve
@@ -54,6 +54,36 @@ def by_score(p: float, cuts: Sequence[float], tiers: Sequence[str], *, route: st
         return ByScore(tiers.index(route), "override", False)
     index = bisect.bisect_right(cuts, p)
     return ByScore(index, "target_share" if share_active and not own_threshold else "classifier", not own_threshold)
+
+
+def by_session(index: int, reason: str, reached: int | None) -> int | None:
+    """Rule 5, session affinity: a conversation that reached a more capable
+    tier than its score names stays there (`reached`: the store's tier, None
+    when it knows none). Only the score's own decisions move: a named tier
+    is the caller's choice. None: the score's tier stands."""
+    if reached is None or reason not in ("classifier", "target_share") or reached <= index:
+        return None
+    return reached
+
+
+# The decisions after which a conversation has "reached" its tier: not a
+# spill under load nor a fallback, which say nothing of what it needs.
+REACHES = ("classifier", "target_share", "override", "session", "context")
+
+
+def for_context(tiers: Sequence[str], name: str, tokens: int, max_lens: Sequence[int], tried: set[str]) -> Moved:
+    """Rule 6, context escalation: a prompt of `tokens` (counted on tier
+    `name`) that does not fit its context goes to the nearest tier whose
+    context holds it, the more capable first at equal distance. Its tokens
+    are counted again there (another tokenizer may count otherwise), so
+    `tried` holds the tiers already found too small. INVALID_ARGUMENT,
+    naming the largest context, when none can."""
+    for other in fallback_order(tiers, name):
+        if other not in tried and max_lens[tiers.index(other)] > tokens:
+            return Moved(other, "context", False)
+    largest = max(range(len(tiers)), key=lambda i: max_lens[i])
+    raise InvalidArgument("messages", f"the prompt is {tokens} tokens; the largest context, tier {tiers[largest]}'s, "
+                                      f"holds at most {max_lens[largest] - 1}")
 
 
 def unscored(tiers: Sequence[str], route: str | None) -> int:
@@ -76,7 +106,7 @@ def fallback_order(tiers: Sequence[str], name: str) -> list[str]:
 
 
 def fall_back(tiers: Sequence[str], failed: str, why: str, *, why_not: Ask, enabled: bool) -> Moved:
-    """Rule 6: the nearest tier that can serve, degraded; UNAVAILABLE, with
+    """Rule 8: the nearest tier that can serve, degraded; UNAVAILABLE, with
     every tier's reason, when none can."""
     reasons = [f"{failed}: {why}"]
     for other in fallback_order(tiers, failed):
@@ -89,7 +119,7 @@ def fall_back(tiers: Sequence[str], failed: str, why: str, *, why_not: Ask, enab
 
 def spill(tiers: Sequence[str], chosen: str, p: float, cuts: Sequence[float], rule: SpillConfig, *, busy: Ask, why_not: Ask,
           fits: Callable[[str], bool]) -> Moved | None:
-    """Rule 5: the chosen tier is busy, the score lies within the margin of
+    """Rule 7: the chosen tier is busy, the score lies within the margin of
     the cut it just crossed (or just missed), and the neighbour on that side
     can start the request sooner and allows its sampling values (`fits`: a
     spill never shortens an answer). None: it stays."""
@@ -110,7 +140,7 @@ def spill(tiers: Sequence[str], chosen: str, p: float, cuts: Sequence[float], ru
 
 def place(tiers: Sequence[str], chosen: str, reason: str, p: float, cuts: Sequence[float], *, own_threshold: bool, rule: SpillConfig,
           fallback: bool, why_not: Ask, busy: Ask, fits: Callable[[str], bool]) -> Moved | None:
-    """Rules 5-6 for a decided request about to be admitted: a tier that
+    """Rules 7-8 for a decided request about to be admitted: a tier that
     cannot serve falls back; one that is busy may spill (only the score's
     own decisions: an override or a request's own threshold never moves).
     None: the decided tier answers."""

@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 
 from . import placement
 from .adaptive import ShareController
+from .conversation import conversation_score
 from .types import ChatMessage, Decision
 
 log = logging.getLogger("triage.policy")
@@ -26,8 +27,9 @@ Scorer = Callable[[list[str]], Sequence[float]]
 
 
 def question_text(messages: Sequence[ChatMessage]) -> str:
-    """What the classifier sees: the last user message (the question being
-    asked now), not system prompts or earlier turns."""
+    """The question being asked now: the last user message (what the caches,
+    retrieval and the feedback store key on; the score also weighs the
+    turns before it, conversation.py)."""
     for m in reversed(messages):
         if m.role == "user":
             return m.content
@@ -37,10 +39,11 @@ def question_text(messages: Sequence[ChatMessage]) -> str:
 class RoutingPolicy:
     def __init__(self, score: Scorer, cut_points: Sequence[float], models: Sequence[tuple[str, str]], *,
                  on_degraded: Callable[[], None] | None = None, share: ShareController | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, conversation_turns: int = 1):
         """`models`: (tier, model) pairs, cheapest first; `cut_points`: one
         fewer, ascending (the configured ones). `share` watches the realised
-        shares and, with a target, moves the live cut points."""
+        shares and, with a target, moves the live cut points.
+        `conversation_turns`: user turns the score is carried along."""
         if len(cut_points) != len(models) - 1:
             raise ValueError(f"{len(models)} tiers need {len(models) - 1} cut points, got {len(cut_points)}")
         self._score = score
@@ -50,6 +53,7 @@ class RoutingPolicy:
         self._on_degraded = on_degraded or (lambda: None)
         self.share = share or ShareController(self.tiers, None, self.cut_points)
         self._clock = clock
+        self.conversation_turns = conversation_turns
 
     @property
     def threshold(self) -> float:
@@ -83,7 +87,7 @@ class RoutingPolicy:
         cuts = self.cuts_for(threshold)
         started = time.perf_counter()
         try:
-            p = float(self._score([question_text(messages)])[0])
+            p = conversation_score(messages, self._score, self.conversation_turns)
             if not math.isfinite(p):
                 raise ValueError(f"classifier returned {p}")
         except Exception:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from .cache import BYPASS, Lookup
-from .errors import DeadlineExceeded, EngineFailure, InvalidArgument, RouterError, Unavailable
+from .errors import DeadlineExceeded, EngineFailure, PromptTooLong, RouterError, Unavailable
 from .retrieval import with_sources
 from .tiers import Tier
 from .types import Decision, EffectiveSampling, GenerateInput, Prompt, RetrievalResult, Timings, Usage
@@ -49,6 +49,8 @@ class RequestContext:
     lookup: Lookup = field(default_factory=lambda: Lookup(BYPASS))
     fell_back: bool = False
     failure_mark: int | None = None  # the answering tier's, as the request reached its engine (Tier.failed)
+    prompt: Prompt | None = None  # rendered before admission, on `prompt_tier`
+    prompt_tier: str = ""
     announced: bool = False  # the DecisionEvent has gone out
     first_token_at: float | None = None
     parts: list[str] = field(default_factory=list)
@@ -143,15 +145,18 @@ async def _fit_prompt(ctx: RequestContext, max_chunk_chars: int) -> Prompt:
         ctx.hits = ctx.hits[:-1]
         ctx.dropped += 1
     if len(prompt.ids) >= tier.max_model_len:
-        raise InvalidArgument("messages", f"the prompt is {len(prompt.ids)} tokens; tier {tier.name} holds at most {tier.max_model_len - 1}")
+        raise PromptTooLong(tier.name, len(prompt.ids), tier.max_model_len)
     return prompt
 
 
 async def prompt_for(ctx: RequestContext, max_chunk_chars: int) -> Prompt:
     """The prompt's tokens on the answering tier, and the answer's budget
-    cut to what its context holds beside them (effective_sampling says so)."""
+    cut to what its context holds beside them (effective_sampling says so).
+    The one rendered before admission when it is for this tier."""
     tier = ctx.tier
     ctx.failure_mark = tier.failure_mark()
+    if ctx.prompt is not None and ctx.prompt_tier == tier.name:
+        return ctx.prompt
     try:
         prompt = await _fit_prompt(ctx, max_chunk_chars)
     except EngineFailure as exc:  # e.g. a remote tier's replica went away between health checks
@@ -161,6 +166,7 @@ async def prompt_for(ctx: RequestContext, max_chunk_chars: int) -> Prompt:
     room = tier.config.max_model_len - len(prompt.ids)
     if ctx.sampling.max_tokens > room:
         ctx.sampling = replace(ctx.sampling, max_tokens=room)
+    ctx.prompt, ctx.prompt_tier = prompt, tier.name
     return prompt
 
 

@@ -26,12 +26,14 @@ from typing import AsyncIterator
 from . import placement
 from .cache import EXACT, MISS, SEMANTIC, CachedAnswer, ResponseCache
 from .config import LimitsConfig, ResilienceConfig, SpillConfig
-from .errors import RouterError, Unavailable
+from .costs import Costs, Price
+from .errors import PromptTooLong, RouterError, Unavailable
 from .feedback import Answered, RecentAnswers
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy, question_text
 from .request import Ceiling, EngineFailedEarly, Progress, RequestContext, SemanticHit, log_line, next_chunk, prompt_for, replay_deltas
 from .retrieval import RetrievalService, wants_retrieval, with_sources
+from .sessions import SessionStore
 from .stats import Stats
 from .tiers import Tiers
 from .tracing import Tracing
@@ -55,10 +57,12 @@ class Router:
                  cache: ResponseCache | None = None, retrieval: RetrievalService | None = None,
                  limits: LimitsConfig | None = None, resilience: ResilienceConfig | None = None,
                  recent: RecentAnswers | None = None, keep_text: bool = False, spill: SpillConfig | None = None,
-                 tracing: Tracing | None = None):
+                 tracing: Tracing | None = None, sessions: SessionStore | None = None, costs: Costs | None = None):
         self.policy = policy
         self.tracing = tracing or Tracing()
         self.spill = spill or SpillConfig(enabled=False)
+        self.sessions = sessions  # None: session affinity off
+        self.costs = costs or Costs({name: Price() for name in tiers.names}, tiers.names[-1])
         # What was answered lately, for the Feedback RPC (None: not taken).
         self.recent = recent
         self._keep_text = keep_text
@@ -114,6 +118,9 @@ class Router:
                 else:  # it would wait for a slot anyway, or fall back: search first
                     await self._search_semantic(ctx)
             if ctx.lookup.answer is None:
+                if await self._fit(ctx) and search is not None:  # the looked-up tier is not the one answering
+                    search.cancel()
+                    search = None
                 self._place(ctx)
                 remaining = None if req.deadline_s is None else req.deadline_s - (time.perf_counter() - ctx.arrived)
                 async with self.tiers.admit(ctx.tier, remaining):
@@ -128,10 +135,7 @@ class Router:
                             self.metrics.semantic_overlap_aborts.labels(ctx.tier.name).inc()
                             break
                         except EngineFailedEarly as failed:
-                            # Before the first token another tier may still answer; never after.
-                            if ctx.fell_back or not self.resilience.fallback:
-                                raise Unavailable(f"tier {ctx.tier.name} failed before answering") from failed
-                            self._fall_back(ctx, "engine failed")
+                            self._after_early_failure(ctx, failed)
                             if search is not None:  # the fallback's answer stands: the search must not relabel it
                                 search.cancel()
             # A cached answer needs no engine (a hit aborted the one it started).
@@ -150,9 +154,23 @@ class Router:
         ctx.decision, ctx.timings.classify_ms = self._classify(req.messages, req.route, req.threshold, record=True)
         if not math.isnan(ctx.decision.p_complex):
             self.metrics.p_complex.observe(ctx.decision.p_complex)
+        self._keep_session(ctx)
         ctx.tier = self.tiers[ctx.decision.tier]
         ctx.sampling = effective_sampling(req.sampling, ctx.tier.config.sampling, ctx.tier.name)
         ctx.retrieving = wants_retrieval(self.retrieval, req.retrieval, ctx.tier.name)
+
+    def _keep_session(self, ctx: RequestContext) -> None:
+        """Rule 5 (placement.by_session): a conversation that reached a more
+        capable tier than its score names stays there."""
+        if self.sessions is None or not ctx.req.session_id:
+            return
+        d, names = ctx.decision, self.tiers.names
+        pinned = placement.by_session(names.index(d.tier), d.reason, self.sessions.tier(ctx.req.session_id))
+        if pinned is not None:
+            self.sessions.placed()
+            tier = self.tiers[names[pinned]]
+            ctx.decision = replace(d, tier=tier.name, model=tier.model, reason="session",
+                                   threshold=placement.bounding_cut(self.policy.cuts_for(ctx.req.threshold), pinned))
 
     async def _retrieve(self, ctx: RequestContext) -> None:
         if ctx.retrieving:
@@ -173,8 +191,37 @@ class Router:
         await self.cache.search_or_miss(ctx.lookup, ctx.req.request_id)
         ctx.timings.cache_ms = ctx.lookup.ms
 
+    async def _fit(self, ctx: RequestContext) -> bool:
+        """Rule 6 (placement.for_context): render the prompt on the decided
+        tier; one its context cannot hold goes to the nearest tier whose
+        context can. A tier that cannot render (a remote replica gone) falls
+        back (rule 8). True when the tier changed. A tier whose engine is
+        not up is left to rules 7-8 (the fallback tier renders as it starts)."""
+        moved, tried = False, set()
+        while ctx.tier.ready:
+            try:
+                await prompt_for(ctx, self.retrieval.max_chunk_chars if self.retrieval is not None else 0)
+                return moved
+            except PromptTooLong as exc:
+                tried.add(ctx.tier.name)
+                names = self.tiers.names
+                self._move(ctx, placement.for_context(names, ctx.tier.name, exc.tokens,
+                                                      [self.tiers[n].config.max_model_len for n in names], tried))
+                moved = True
+            except EngineFailedEarly as failed:
+                self._after_early_failure(ctx, failed)
+                moved = True
+        return moved
+
+    def _after_early_failure(self, ctx: RequestContext, failed: EngineFailedEarly) -> None:
+        """Before the first token another tier may still answer; never after,
+        and only once."""
+        if ctx.fell_back or not self.resilience.fallback:
+            raise Unavailable(f"tier {ctx.tier.name} failed before answering") from failed
+        self._fall_back(ctx, "engine failed")
+
     def _place(self, ctx: RequestContext) -> None:
-        """Rules 5-6 (placement.place) for the decided tier: fall back from
+        """Rules 7-8 (placement.place) for the decided tier: fall back from
         a tier that cannot serve, spill from a busy one."""
         d, names = ctx.decision, self.tiers.names
         moved = placement.place(
@@ -194,7 +241,9 @@ class Router:
         for the tier it was meant for), and nothing is cached under the key
         of the tier it was meant for."""
         before, other = ctx.tier, self.tiers[moved.tier]
-        if moved.reason == "load":
+        if moved.reason == "context":
+            log.info("request %s: the prompt does not fit tier %s's context: tier %s answers", ctx.req.request_id, before.name, other.name)
+        elif moved.reason == "load":
             self.metrics.spills.labels(before.name, other.name, moved.busy).inc()
             self.stats.record_spill(before.name, other.name)
             log.info("request %s: tier %s is busy (%s): spilling to %s (p_complex %.3f)", ctx.req.request_id, before.name, moved.busy,
@@ -276,10 +325,14 @@ class Router:
         t.generate_ms = (done - first) * 1e3
         t.total_ms = (done - ctx.arrived) * 1e3
         status = ctx.lookup.status
+        cost = self.costs.answered(ctx.decision.tier, usage, cached=status in (EXACT, SEMANTIC))
+        usage = replace(usage, cost=cost.cost, cost_if_most_capable=cost.if_most_capable)
         if status not in (EXACT, SEMANTIC):  # a replayed answer's timings are not the engine's: log only
             self.metrics.record_generation(ctx.decision.tier, t, usage)
             self.stats.record_generation(ctx.decision.tier, t.total_ms, t.ttft_ms, t.generate_ms, usage.completion_tokens)
         self.stats.record_cache(status)
+        if self.sessions is not None and ctx.req.session_id and ctx.decision.reason in placement.REACHES:
+            self.sessions.reached(ctx.req.session_id, self.tiers.names.index(ctx.decision.tier))
         if self.recent is not None:
             d = ctx.decision
             self.recent.remember(ctx.req.request_id, Answered(d.tier, d.model, d.p_complex, d.threshold, d.reason, time.time(),

@@ -120,6 +120,7 @@ def _request(req: pb.GenerateRequest, tiers: tuple[str, ...], deadline_s: float 
         retrieval_top_k=retrieval.top_k if retrieval.HasField("top_k") else None,
         deadline_s=deadline_s,
         trace_parent=next((v for k, v in metadata or () if k == "traceparent"), None),
+        session_id=req.session_id,
         stream=stream,
     )
 
@@ -158,7 +159,7 @@ def _retrieval(event: FinalEvent) -> pb.RetrievalInfo | None:
 
 
 def _usage(u: Usage) -> pb.Usage:
-    return pb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens)
+    return pb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, cost=u.cost, cost_if_most_capable=u.cost_if_most_capable)
 
 
 def _effective(s: EffectiveSampling) -> pb.EffectiveSampling:
@@ -295,10 +296,17 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 uptime_seconds=stats.uptime(), total_requests=sum(stats.by_code.values()), completed_generations=stats.completed(),
                 large_share=stats.above_cheapest_share(), tiers=tiers, requests_by_code=dict(stats.by_code),
                 cache_lookups=stats.cache_lookups(), exact_hit_rate=stats.hit_rate("EXACT"), semantic_hit_rate=stats.hit_rate("SEMANTIC"),
-                routing_window=policy.share.size,
+                routing_window=policy.share.size, **_session_stats(self.router.sessions),
+                cost=self.router.costs.total, cost_if_most_capable=self.router.costs.if_most_capable, saved_share=self.router.costs.saved_share,
             )
             response.summary = format_stats(response)
             return response
+
+
+def _session_stats(store) -> dict:
+    if store is None:
+        return {}
+    return {"sessions": len(store), "session_pins": store.pins, "session_escalations": store.escalations, "session_expiries": store.expiries}
 
 
 def format_stats(r: pb.GetStatsResponse) -> str:
@@ -321,4 +329,8 @@ def format_stats(r: pb.GetStatsResponse) -> str:
         target = f"{t.target_share:.1%}" if t.target_share >= 0 else "none"
         lines.append(f"  {t.tier_name:<{width}} cut {cut:>5} · target {target:>5} · realised {t.window_share:.1%} · "
                      f"spilled {t.spilled_out}/{t.spilled_in} · feedback {t.feedback}")
+    lines.append(f"cost: {r.cost:.4g} · {r.cost_if_most_capable:.4g} if every answer came from the most capable tier · "
+                 f"saved {r.saved_share:.1%}")
+    lines.append(f"sessions: {r.sessions} remembered · {r.session_pins} requests kept up · {r.session_escalations} moved up · "
+                 f"{r.session_expiries} forgotten")
     return "\n".join(lines)

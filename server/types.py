@@ -57,6 +57,7 @@ class GenerateInput:
     retrieval_top_k: int | None = None
     deadline_s: float | None = None  # the caller's remaining time when the RPC arrived, if it set one
     trace_parent: str | None = None  # the caller's W3C traceparent (gRPC metadata or HTTP header), if any
+    session_id: str = ""  # a conversation's id, for session affinity; "": none
     # False: the caller sees nothing before the whole answer (unary), so the
     # router holds the text back, and an engine that fails midway may still
     # be replaced by another tier.
@@ -113,6 +114,10 @@ class EngineChunk:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    # What the answer cost on its tier, and on the most capable tier
+    # (server/costs.py; 0 for a cached one), in the profile's unit.
+    cost: float = 0.0
+    cost_if_most_capable: float = 0.0
 
 
 # Events the router core yields for one generation, in this order:

@@ -16,6 +16,7 @@ from .types import ROLES, ChatMessage, EffectiveSampling, GenerateInput, Samplin
 MAX_STOP_STRINGS = 16
 MIN_TEMPERATURE = 0.01  # vLLM's own floor for a non-zero temperature (sampling_params._MAX_TEMP)
 MAX_REQUEST_ID = 128
+MAX_SESSION_ID = 200
 MAX_RETRIEVAL_TOP_K = 100
 
 
@@ -46,6 +47,8 @@ def check_request(req: GenerateInput, limits, tiers) -> None:
     tier-dependent checks (max_tokens cap, prompt length in tokens) happen
     where the tier is known: effective_sampling and the router's render."""
     check_request_id(req.request_id)
+    if len(req.session_id) > MAX_SESSION_ID or not req.session_id.isprintable():
+        raise InvalidArgument("session_id", f"must be printable and at most {MAX_SESSION_ID} characters")
     check_sampling(req.sampling)
     if req.route is not None and req.route not in tiers:
         raise NotFound(f"route: no tier named {req.route!r}; tiers: {', '.join(tiers)}")

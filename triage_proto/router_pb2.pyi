@@ -73,7 +73,7 @@ class RetrievalRequest(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "messages", "sampling", "route", "threshold", "cache_mode", "retrieval", "route_name")
+    __slots__ = ("request_id", "messages", "sampling", "route", "threshold", "cache_mode", "retrieval", "route_name", "session_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +82,7 @@ class GenerateRequest(_message.Message):
     CACHE_MODE_FIELD_NUMBER: _ClassVar[int]
     RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
     ROUTE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     sampling: SamplingParams
@@ -90,7 +91,8 @@ class GenerateRequest(_message.Message):
     cache_mode: CacheMode
     retrieval: RetrievalRequest
     route_name: str
-    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., route: _Optional[_Union[Tier, str]] = ..., threshold: _Optional[float] = ..., cache_mode: _Optional[_Union[CacheMode, str]] = ..., retrieval: _Optional[_Union[RetrievalRequest, _Mapping]] = ..., route_name: _Optional[str] = ...) -> None: ...
+    session_id: str
+    def __init__(self, request_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., route: _Optional[_Union[Tier, str]] = ..., threshold: _Optional[float] = ..., cache_mode: _Optional[_Union[CacheMode, str]] = ..., retrieval: _Optional[_Union[RetrievalRequest, _Mapping]] = ..., route_name: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
 
 class RoutingDecision(_message.Message):
     __slots__ = ("tier", "model", "p_complex", "threshold", "reason", "degraded", "tier_name")
@@ -111,12 +113,16 @@ class RoutingDecision(_message.Message):
     def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., model: _Optional[str] = ..., p_complex: _Optional[float] = ..., threshold: _Optional[float] = ..., reason: _Optional[str] = ..., degraded: _Optional[bool] = ..., tier_name: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "completion_tokens")
+    __slots__ = ("prompt_tokens", "completion_tokens", "cost", "cost_if_most_capable")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    COST_IF_MOST_CAPABLE_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     completion_tokens: int
-    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+    cost: float
+    cost_if_most_capable: float
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., cost: _Optional[float] = ..., cost_if_most_capable: _Optional[float] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("classify_ms", "queue_ms", "ttft_ms", "generate_ms", "total_ms", "cache_ms", "retrieve_ms", "routing_ms")
@@ -327,7 +333,7 @@ class TierStats(_message.Message):
     def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., model: _Optional[str] = ..., requests: _Optional[int] = ..., share: _Optional[float] = ..., mean_latency_ms: _Optional[float] = ..., p95_latency_ms: _Optional[float] = ..., mean_ttft_ms: _Optional[float] = ..., completion_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., engine_load_seconds: _Optional[float] = ..., ready: _Optional[bool] = ..., tier_name: _Optional[str] = ..., cut_point: _Optional[float] = ..., target_share: _Optional[float] = ..., window_share: _Optional[float] = ..., spilled_out: _Optional[int] = ..., spilled_in: _Optional[int] = ..., feedback: _Optional[int] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("uptime_seconds", "total_requests", "completed_generations", "large_share", "tiers", "requests_by_code", "summary", "cache_lookups", "exact_hit_rate", "semantic_hit_rate", "routing_window")
+    __slots__ = ("uptime_seconds", "total_requests", "completed_generations", "large_share", "tiers", "requests_by_code", "summary", "cache_lookups", "exact_hit_rate", "semantic_hit_rate", "routing_window", "sessions", "session_pins", "session_escalations", "session_expiries", "cost", "cost_if_most_capable", "saved_share")
     class RequestsByCodeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -346,6 +352,13 @@ class GetStatsResponse(_message.Message):
     EXACT_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
     SEMANTIC_HIT_RATE_FIELD_NUMBER: _ClassVar[int]
     ROUTING_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_PINS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ESCALATIONS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_EXPIRIES_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    COST_IF_MOST_CAPABLE_FIELD_NUMBER: _ClassVar[int]
+    SAVED_SHARE_FIELD_NUMBER: _ClassVar[int]
     uptime_seconds: float
     total_requests: int
     completed_generations: int
@@ -357,7 +370,14 @@ class GetStatsResponse(_message.Message):
     exact_hit_rate: float
     semantic_hit_rate: float
     routing_window: int
-    def __init__(self, uptime_seconds: _Optional[float] = ..., total_requests: _Optional[int] = ..., completed_generations: _Optional[int] = ..., large_share: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., requests_by_code: _Optional[_Mapping[str, int]] = ..., summary: _Optional[str] = ..., cache_lookups: _Optional[int] = ..., exact_hit_rate: _Optional[float] = ..., semantic_hit_rate: _Optional[float] = ..., routing_window: _Optional[int] = ...) -> None: ...
+    sessions: int
+    session_pins: int
+    session_escalations: int
+    session_expiries: int
+    cost: float
+    cost_if_most_capable: float
+    saved_share: float
+    def __init__(self, uptime_seconds: _Optional[float] = ..., total_requests: _Optional[int] = ..., completed_generations: _Optional[int] = ..., large_share: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., requests_by_code: _Optional[_Mapping[str, int]] = ..., summary: _Optional[str] = ..., cache_lookups: _Optional[int] = ..., exact_hit_rate: _Optional[float] = ..., semantic_hit_rate: _Optional[float] = ..., routing_window: _Optional[int] = ..., sessions: _Optional[int] = ..., session_pins: _Optional[int] = ..., session_escalations: _Optional[int] = ..., session_expiries: _Optional[int] = ..., cost: _Optional[float] = ..., cost_if_most_capable: _Optional[float] = ..., saved_share: _Optional[float] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
     __slots__ = ("request_id", "rating", "correct", "label")

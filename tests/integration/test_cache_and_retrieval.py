@@ -133,7 +133,6 @@ def test_context_overflow_drops_the_lowest_ranked_chunks(live):
 
 
 def test_bad_retrieval_top_k(live):
-    from clients import InvalidArgumentError
 
     with pytest.raises(InvalidArgumentError, match="retrieval.top_k"):
         live.client.generate(retrieval_request("hello", top_k=0), timeout=30)

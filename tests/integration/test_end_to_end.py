@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import grpc
 import pytest
 
-from clients import CancelledError, DeadlineExceededError, InvalidArgumentError, TriageClient
+from clients import DeadlineExceededError, InvalidArgumentError
 from triage_proto import router_pb2 as pb
 
 SMALL, LARGE = pb.TIER_SMALL, pb.TIER_LARGE
@@ -138,7 +137,7 @@ LONG_PROMPT = " ".join(["The quick brown fox jumps over the lazy dog."] * 250)  
         ({"top_p": 1.01}, "sampling.top_p"),
         ({"max_tokens": 0}, "sampling.max_tokens"),
         ({"max_tokens": 513, "route": "small"}, "sampling.max_tokens"),
-        ({"messages": [("user", LONG_PROMPT)], "route": "small"}, "messages"),
+        ({"messages": [("user", LONG_PROMPT + " " + LONG_PROMPT)], "route": "small"}, "messages"),  # ~5,000 tokens: over every tier (a prompt over the small tier's alone goes up, reason "context")
         ({"threshold": 1.5}, "threshold"),
         ({"threshold": -0.1}, "threshold"),
         ({"stop": [f"s{i}" for i in range(17)]}, "sampling.stop"),

@@ -127,6 +127,12 @@ def test_real_prometheus_scrapes_and_computes_p95_per_tier(live, tmp_path):
                 break
             assert time.monotonic() < deadline, f"no p95 for both tiers: {result}"
             time.sleep(1)
+        # The dashboard's "saved vs always-large" panel, since start, is GetStats' saved share.
+        saved = next(t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] if p["title"].startswith("Saved vs always-large")
+                     for t in p["targets"] if t["refId"] == "A")
+        stats = live.client.stats()
+        time.sleep(2.5)  # two scrapes after the last request
+        assert stats.cost > 0 and float(_query(port, saved)[0]["value"][1]) == pytest.approx(stats.saved_share, abs=1e-9)
     finally:
         proc.terminate()
         proc.wait(20)
@@ -165,3 +171,45 @@ def test_load_generator_short_run(live, tmp_path):
             assert tier["e2e_ms"]["p50"] <= tier["e2e_ms"]["p99"]
     for png in report["plots"]:
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_savings_equal_a_hand_computation_from_the_token_counts(live):
+    """Each answer's cost is its tokens at its tier's prices (config/cpu.yaml),
+    beside the same tokens at the most capable tier's; a cache hit costs
+    nothing. GetStats, /metrics and the HTTP answer agree."""
+    from server.config import load
+
+    prices = {name: t.cost for name, t in load(ROOT / "config/cpu.yaml").tiers.items()}
+
+    def by_hand(tier, usage):
+        return (usage.prompt_tokens * prices[tier].prompt_per_1k + usage.completion_tokens * prices[tier].completion_per_1k) / 1000
+
+    client = live.client
+    before = client.stats()
+    small = client.generate("Name a colour.", route="small", max_tokens=8, cache="off")
+    large = client.generate("Name a colour.", route="large", max_tokens=8, cache="off")
+    client.generate("Name a yellow fruit.", route="small", max_tokens=8)
+    hit = client.generate("Name a yellow fruit.", route="small", max_tokens=8)
+    assert hit.cache.status == 2  # CACHE_EXACT
+    assert small.usage.cost == pytest.approx(by_hand("small", small.usage)) and small.usage.cost > 0
+    assert small.usage.cost_if_most_capable == pytest.approx(by_hand("large", small.usage))
+    assert large.usage.cost == pytest.approx(large.usage.cost_if_most_capable) == pytest.approx(by_hand("large", large.usage))
+    assert (hit.usage.cost, hit.usage.cost_if_most_capable) == (0.0, pytest.approx(by_hand("large", hit.usage)))
+    after = client.stats()
+    spent = small.usage.cost + large.usage.cost + by_hand("small", hit.usage)  # the first "yellow fruit" answer, then the hit
+    would = by_hand("large", small.usage) + by_hand("large", large.usage) + 2 * by_hand("large", hit.usage)
+    assert after.cost - before.cost == pytest.approx(spent)
+    assert after.cost_if_most_capable - before.cost_if_most_capable == pytest.approx(would)
+    assert after.saved_share == pytest.approx(1 - after.cost / after.cost_if_most_capable)
+    assert "saved" in after.summary
+    metered = sum(live.metric_value("router_cost_total", tier=t) for t in ("small", "large"))
+    assert metered == pytest.approx(after.cost) and live.metric_value("router_cost_if_most_capable_total") == pytest.approx(after.cost_if_most_capable)
+    body = json.dumps({"model": "small", "messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 8}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{live.http_port}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        answer = json.loads(r.read())
+    u, triage = answer["usage"], answer["triage"]
+    cost = (u["prompt_tokens"] * prices["small"].prompt_per_1k + u["completion_tokens"] * prices["small"].completion_per_1k) / 1000
+    if triage["cache"] == "EXACT":
+        cost = 0.0
+    assert triage["cost"] == pytest.approx(cost) and triage["saved_share"] == pytest.approx(1 - cost / triage["cost_if_most_capable"])

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Live, ROOT, _test_config, free_port, start_server, stop_server, wait_for
+from .conftest import ROOT, _test_config, free_port, start_server, stop_server, wait_for
 
 MODEL = "SmolLM2-135M-Instruct"
 COMPLEX = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "

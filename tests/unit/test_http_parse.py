@@ -70,3 +70,21 @@ def test_a_part_that_is_not_text_is_refused_by_name(content, field):
     with pytest.raises(InvalidArgument) as err:
         parse({"model": "auto", "messages": [{"role": "user", "content": content}]}, TIERS, "auto", "r")
     assert err.value.field == field
+
+
+def test_the_session_is_the_header_else_openais_user_field():
+    body = {"model": "auto", "messages": HI, "user": "conv-7"}
+    assert parse(body, TIERS, "auto", "r")[0].session_id == "conv-7"
+    assert parse(body, TIERS, "auto", "r", session_id="conv-9")[0].session_id == "conv-9"
+    assert parse({"model": "auto", "messages": HI}, TIERS, "auto", "r")[0].session_id == ""
+    with pytest.raises(InvalidArgument, match="user"):
+        parse({**body, "user": 7}, TIERS, "auto", "r")
+
+
+def test_a_session_id_must_be_printable_and_short():
+    from server.config import LimitsConfig
+    from server.validation import check_request
+
+    req = parse({"model": "auto", "messages": HI}, TIERS, "auto", "r", session_id="x" * 201)[0]
+    with pytest.raises(InvalidArgument, match="session_id"):
+        check_request(req, LimitsConfig(), ("small", "large"))

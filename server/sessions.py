@@ -1,0 +1,83 @@
+"""Session affinity: a conversation stays on the most capable tier it has
+reached.
+
+Without it, a short follow-up of a hard turn may score as simple and go to
+the cheap tier, which answers without the large model's reasoning behind it
+("multi-turn bouncing"). With a session id the router remembers, per
+conversation, the highest tier that answered it (by the score, an override,
+its own affinity or its length: not a spill under load or a fallback), and
+places every later request there or higher, until the conversation has been
+idle for `idle_seconds`.
+
+Bounded by count (the least recently seen go first) and by age (an idle
+session is forgotten when next seen, and the oldest are dropped as new ones
+arrive). Every operation runs on the event loop without awaiting, so
+concurrent requests never see a half-updated store. One router replica
+knows only its own sessions: docs/routing.md says what several need.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class _Session:
+    tier: int  # index of the most capable tier the conversation reached, cheapest = 0
+    seen: float  # when it was last seen (monotonic)
+
+
+class SessionStore:
+    def __init__(self, max_sessions: int, idle_seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.max_sessions, self.idle_seconds, self._clock = max_sessions, idle_seconds, clock
+        self._items: OrderedDict[str, _Session] = OrderedDict()  # least recently seen first
+        self.pins = 0  # requests the affinity placed above their score's tier
+        self.escalations = 0  # sessions moved up a tier
+        self.expiries = 0  # sessions forgotten: idle, or pushed out by newer ones
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def tier(self, session_id: str) -> int | None:
+        """The tier the conversation has reached, or None: unknown, or idle
+        too long (then forgotten). Seeing it keeps it alive."""
+        self._drop_idle()
+        found = self._items.get(session_id)
+        if found is None:
+            return None
+        found.seen = self._clock()
+        self._items.move_to_end(session_id)
+        return found.tier
+
+    def placed(self) -> None:
+        """The affinity placed a request above its score's tier."""
+        self.pins += 1
+
+    def reached(self, session_id: str, tier: int) -> None:
+        """The conversation was answered on `tier`: it stays there or higher."""
+        now = self._clock()
+        found = self._items.get(session_id)
+        if found is None:
+            self._items[session_id] = _Session(tier, now)
+            while len(self._items) > self.max_sessions:
+                self._items.popitem(last=False)
+                self.expiries += 1
+            return
+        if tier > found.tier:
+            found.tier = tier
+            self.escalations += 1
+        found.seen = now
+        self._items.move_to_end(session_id)
+
+    def _drop_idle(self) -> None:
+        """The least recently seen first: stop at the first still alive."""
+        limit = self._clock() - self.idle_seconds
+        while self._items:
+            first = next(iter(self._items.values()))
+            if first.seen > limit:
+                return
+            self._items.popitem(last=False)
+            self.expiries += 1
