@@ -13,6 +13,13 @@ tier would have done as well, so those rows are counted but never used to
 move the cut. The cheap tier's answers sit below the cut (plus whatever
 spills, overrides and a target share sent there), so the cut can rise only
 as far as such answers reach: no further than the evidence.
+
+Shadow evaluation (routing.shadow, server/shadow.py) supplies that evidence
+above the cut: a capable tier's answer is asked again of the cheaper tier
+and the two compared, stored as an outcome *of the cheaper tier* at the
+request's score (label `shadow-down`; cheap answers shadowed upward are
+`shadow-up`). So the same fit reads both directions: agreement above the
+current cut lets it rise, disagreement below lets it fall.
 """
 
 from __future__ import annotations

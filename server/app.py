@@ -32,6 +32,7 @@ from .policy import RoutingPolicy
 from .router import Router
 from .servicer import RouterServicer, add_to_server
 from .sessions import SessionStore
+from .shadow import FinalAnswerGrader, Shadows
 from .tiers import Tier, Tiers
 from .tracing import from_environment_or_config
 
@@ -157,6 +158,14 @@ def export_routing(policy: RoutingPolicy, config: Config, metrics: RouterMetrics
         metrics.window_share.labels(name).set_function(lambda j=j: policy.share.window_shares()[j])
 
 
+def _shadows(config: Config, tiers: Tiers, store: FeedbackStore | None, cache: ResponseCache | None, metrics: RouterMetrics) -> Shadows | None:
+    """Shadow evaluation, when on: graded with the semantic cache's embedding model when there is one."""
+    sc = config.routing.shadow
+    if not sc.enabled:
+        return None
+    return Shadows(sc, tiers, store, FinalAnswerGrader(cache.embedder if cache is not None else None, sc.similarity), metrics)
+
+
 def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None = None, registry: CollectorRegistry | None = None,
               embedder=None, tokens: tuple[str, ...] = (), api_keys: Mapping[str, str] | None = None,
               servicer: type[RouterServicer] = RouterServicer) -> App:
@@ -204,7 +213,8 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     prices = {name: Price(t.cost.prompt_per_1k, t.cost.completion_per_1k) for name, t in config.tiers.items()}
     router = Router(policy, tiers, metrics, cache=cache, retrieval=retrieval, limits=config.limits, resilience=config.resilience,
                     recent=recent, keep_text=fb.keep_text, spill=config.routing.spill, tracing=from_environment_or_config(config.tracing),
-                    sessions=sessions, costs=Costs(prices, list(config.tiers)[-1], metrics))
+                    sessions=sessions, costs=Costs(prices, list(config.tiers)[-1], metrics),
+                    shadows=_shadows(config, tiers, store, cache, metrics))
 
     lim = config.limits
     options = [

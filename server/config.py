@@ -204,6 +204,17 @@ class SessionConfig:
 
 
 @dataclass(frozen=True)
+class ShadowConfig:
+    """Shadow evaluation (server/shadow.py): a sampled share of answered
+    requests is asked again of a neighbouring tier when it is idle, and the
+    comparison is stored as an outcome (docs/routing.md)."""
+
+    enabled: bool = False
+    sample: float = 0.05  # of answered (generated, not degraded) requests
+    similarity: float = 0.85  # the default grader's cosine similarity for "the same answer"
+
+
+@dataclass(frozen=True)
 class RoutingConfig:
     """Adaptive routing over the classifier's score (docs/routing.md)."""
 
@@ -225,6 +236,7 @@ class RoutingConfig:
     # message alone.
     conversation_turns: int = 4
     session: SessionConfig = field(default_factory=SessionConfig)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
 
 
 @dataclass(frozen=True)
@@ -386,6 +398,9 @@ def _routing(raw: Any, tier_names: Sequence[str]) -> RoutingConfig:
     raw = dict(raw or {})
     spill = _build(SpillConfig, raw.pop("spill", None), "routing.spill")
     session = _build(SessionConfig, raw.pop("session", None), "routing.session")
+    shadow = _build(ShadowConfig, raw.pop("shadow", None), "routing.shadow")
+    if not (0.0 <= shadow.sample <= 1.0 and 0.0 <= shadow.similarity <= 1.0):
+        raise ConfigError("routing.shadow: sample and similarity are in [0, 1]")
     if session.idle_seconds <= 0 or session.max_sessions < 1:
         raise ConfigError("routing.session: idle_seconds must be > 0 and max_sessions >= 1")
     if raw.get("target_share") is None:
@@ -393,7 +408,7 @@ def _routing(raw: Any, tier_names: Sequence[str]) -> RoutingConfig:
     if not isinstance(raw["target_share"], dict):
         raw["target_share"] = {"?": raw["target_share"]}  # reported below, naming the key
     raw["target_share"] = dict(raw["target_share"])
-    routing = _build(RoutingConfig, raw, "routing", spill=spill, session=session)
+    routing = _build(RoutingConfig, raw, "routing", spill=spill, session=session, shadow=shadow)
     if not isinstance(routing.conversation_turns, int) or routing.conversation_turns < 1:
         raise ConfigError(f"routing.conversation_turns must be an integer >= 1, got {routing.conversation_turns!r}")
     targets = routing.target_share

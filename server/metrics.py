@@ -78,6 +78,10 @@ class RouterMetrics:
         self.engine_requests = Counter("router_engine_requests_total", "Requests handed to the engine (cache hits are not)", ["tier"], registry=registry)
         self.feedback = Counter("router_feedback_total", "Outcomes reported with the Feedback RPC, by the tier that answered",
                                 ["tier", "result"], registry=registry)
+        self.shadow_requests = Counter("router_shadow_requests_total", "Shadow requests (routing.shadow) by direction and what became of them",
+                                       ["direction", "result"], registry=registry)
+        self.shadow_outcomes = Counter("router_shadow_outcomes_total", "Shadow comparisons by direction, p_complex bucket and agreement",
+                                       ["direction", "bucket", "agreed"], registry=registry)
         self.answers_remembered = Gauge("router_feedback_answers_remembered",
                                         "Recent answers the Feedback RPC can still take an outcome for (bounded by feedback.remember_answers)",
                                         registry=registry)
@@ -122,6 +126,14 @@ class RouterMetrics:
     def _seed(self, tiers: tuple[str, ...]) -> None:
         from .feedback import FEEDBACK_RESULTS
         from .placement import SPILL_REASONS
+        from .shadow import DIRECTIONS, RESULTS
+
+        for direction in DIRECTIONS:
+            for result in RESULTS:
+                self.shadow_requests.labels(direction, result)
+            for bucket in range(10):
+                for agreed in ("true", "false"):
+                    self.shadow_outcomes.labels(direction, f"{bucket / 10:.1f}", agreed)
 
         for tier in tiers:
             self.semantic_overlap_aborts.labels(tier)

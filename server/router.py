@@ -34,6 +34,7 @@ from .policy import RoutingPolicy, question_text
 from .request import Ceiling, EngineFailedEarly, Progress, RequestContext, SemanticHit, log_line, next_chunk, prompt_for, replay_deltas
 from .retrieval import RetrievalService, wants_retrieval, with_sources
 from .sessions import SessionStore
+from .shadow import Answer, Shadows
 from .stats import Stats
 from .tiers import Tiers
 from .tracing import Tracing
@@ -57,11 +58,13 @@ class Router:
                  cache: ResponseCache | None = None, retrieval: RetrievalService | None = None,
                  limits: LimitsConfig | None = None, resilience: ResilienceConfig | None = None,
                  recent: RecentAnswers | None = None, keep_text: bool = False, spill: SpillConfig | None = None,
-                 tracing: Tracing | None = None, sessions: SessionStore | None = None, costs: Costs | None = None):
+                 tracing: Tracing | None = None, sessions: SessionStore | None = None, costs: Costs | None = None,
+                 shadows: Shadows | None = None):
         self.policy = policy
         self.tracing = tracing or Tracing()
         self.spill = spill or SpillConfig(enabled=False)
         self.sessions = sessions  # None: session affinity off
+        self.shadows = shadows  # None: shadow evaluation off
         self.costs = costs or Costs({name: Price() for name in tiers.names}, tiers.names[-1])
         # What was answered lately, for the Feedback RPC (None: not taken).
         self.recent = recent
@@ -262,6 +265,8 @@ class Router:
         before producing any text (the caller may fall back), SemanticHit if
         the overlapped `search` answers before any text is sent."""
         tier = ctx.tier
+        if self.shadows is not None:
+            self.shadows.yield_to(tier.name)  # live traffic first: a shadow there stops now
         prompt = await prompt_for(ctx, self.retrieval.max_chunk_chars if self.retrieval is not None else 0)
         progress = Progress(self.metrics.itl_seconds.labels(tier.name))
         gauge = self.metrics.in_flight.labels(tier.name)
@@ -328,6 +333,8 @@ class Router:
         cost = self.costs.answered(ctx.decision.tier, usage, cached=status in (EXACT, SEMANTIC))
         usage = replace(usage, cost=cost.cost, cost_if_most_capable=cost.if_most_capable)
         if status not in (EXACT, SEMANTIC):  # a replayed answer's timings are not the engine's: log only
+            if self.shadows is not None:
+                self.shadows.consider(Answer(ctx.req.request_id, ctx.req.messages, ctx.req.sampling, ctx.decision, "".join(ctx.parts)))
             self.metrics.record_generation(ctx.decision.tier, t, usage)
             self.stats.record_generation(ctx.decision.tier, t.total_ms, t.ttft_ms, t.generate_ms, usage.completion_tokens)
         self.stats.record_cache(status)

@@ -42,7 +42,8 @@ def test_router_metric_names_follow_the_conventions():
 # Every label any router_* series may carry, each with bounded values: never
 # a request id or user text. (A replica is a URL from the config; to_tier a
 # tier name.)
-ALLOWED_LABELS = {"tier", "to_tier", "model", "rpc", "code", "reason", "kind", "result", "scope", "replica", "generation"}  # generation: 0, 1 or 2
+ALLOWED_LABELS = {"tier", "to_tier", "model", "rpc", "code", "reason", "kind", "result", "scope", "replica", "generation",  # generation: 0, 1 or 2
+                  "direction", "bucket", "agreed"}  # shadow: up/down, ten p_complex buckets (and nan), true/false
 
 
 def test_every_router_metric_declares_only_bounded_labels():
