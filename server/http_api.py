@@ -19,6 +19,7 @@ status. Served by aiohttp on the router's own event loop (`server.http_port`;
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -288,17 +289,24 @@ class OpenAIHttp:
         from aiohttp import web
 
         arrived = time.perf_counter()
-        with self.calls.track("http.chat_completions", request.headers.get("x-request-id")) as call:
-            if not self._authorised(request):
-                raise Unauthenticated("missing or invalid bearer token")
-            call.check_id()
-            body = await _read_json(request)
-            req, stream, include_usage = parse(body, self.router.tiers, self.auto_model, call.request_id, request.headers.get("x-session-id"))
-            req = dataclasses.replace(req, trace_parent=request.headers.get("traceparent"), stream=stream)
-            events = self.router.generate(req, arrived)
-            if stream:
-                return await self._stream(request, events, req, include_usage, call)
-            return await self._unary(events, req, call)
+        try:
+            with self.calls.track("http.chat_completions", request.headers.get("x-request-id")) as call:
+                if not self._authorised(request):
+                    raise Unauthenticated("missing or invalid bearer token")
+                call.check_id()
+                body = await _read_json(request)
+                req, stream, include_usage = parse(body, self.router.tiers, self.auto_model, call.request_id,
+                                                   request.headers.get("x-session-id"))
+                req = dataclasses.replace(req, trace_parent=request.headers.get("traceparent"), stream=stream)
+                events = self.router.generate(req, arrived)
+                if stream:
+                    return await self._stream(request, events, req, include_usage, call)
+                return await self._unary(events, req, call)
+        except ConnectionResetError:
+            # The caller left while its answer was being written (counted
+            # CANCELLED, the engine request aborted): nothing to send it, and
+            # nothing for aiohttp to log as a server error with a traceback.
+            raise asyncio.CancelledError from None
         return _error_response(web, call.failure)
 
     async def _unary(self, events, req: GenerateInput, call: Call):

@@ -15,6 +15,7 @@ import time
 from typing import Awaitable, Callable, Iterator, Sequence
 
 from .admission import Gate
+from .stalls import freeze_heap, thaw_heap
 from .breaker import CircuitBreaker
 from .config import LimitsConfig, ResilienceConfig, TierConfig
 from .engine import Engine
@@ -247,7 +248,15 @@ class Tiers:
             while not self.draining:
                 try:
                     await tier.engine.shutdown()
+                    # The dead engine's objects were frozen with everything
+                    # else at start-up (stalls.freeze_heap): out of the
+                    # collector's reach, its reference cycles stayed, 60-80 MB
+                    # of the router's memory per restart (benchmarks.soak).
+                    # Collect them, and freeze again once the new one is up:
+                    # two full collections, once per restart.
+                    thaw_heap()
                     await self._bring_up(tier)
+                    freeze_heap()
                     self.metrics.engine_restarts.labels(tier.name).inc()
                     log.warning("tier %s: engine restarted in %.1f s; tier SERVING", tier.name, tier.engine.load_seconds)
                     return
