@@ -47,6 +47,8 @@ class Live:
     def metric_value(self, name: str, **labels) -> float | None:
         want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         for line in self.metrics().splitlines():
+            if not labels and line.startswith(name + " "):  # a series without labels
+                return float(line.rsplit(" ", 1)[1])
             if line.startswith(name + "{"):
                 got = ",".join(sorted(line[line.index("{") + 1 : line.index("}")].split(",")))
                 if got == want:
