@@ -21,7 +21,7 @@ from .adaptive import ShareController
 from .cache import ResponseCache
 from .calls import Calls
 from .config import Config, ResilienceConfig, TierConfig
-from .costs import Costs, Price
+from .costs import Costs
 from .engine import Engine, VllmEngine
 from .auth import HEALTH_SERVICE, BearerTokenAuth, tls_credentials
 from .feedback import FeedbackStore, Outcomes, RecentAnswers
@@ -210,10 +210,9 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     sessions = SessionStore(sc.max_sessions, sc.idle_seconds) if sc.enabled else None
     if sessions is not None:
         metrics.export_sessions(sessions)
-    prices = {name: Price(t.cost.prompt_per_1k, t.cost.completion_per_1k) for name, t in config.tiers.items()}
     router = Router(policy, tiers, metrics, cache=cache, retrieval=retrieval, limits=config.limits, resilience=config.resilience,
                     recent=recent, keep_text=fb.keep_text, spill=config.routing.spill, tracing=from_environment_or_config(config.tracing),
-                    sessions=sessions, costs=Costs(prices, list(config.tiers)[-1], metrics),
+                    sessions=sessions, costs=Costs({name: t.cost for name, t in config.tiers.items()}, list(config.tiers)[-1], metrics),
                     shadows=_shadows(config, tiers, store, cache, metrics))
 
     lim = config.limits

@@ -64,11 +64,15 @@ def follow_up_weight(message: str, earlier: Sequence[str]) -> float:
     a follow-up."""
     if not earlier:
         return 0.0
+    return _weight(message, {w for t in earlier for w in _words(t)})
+
+
+def _weight(message: str, seen: set[str]) -> float:
+    """follow_up_weight against the words the conversation has had (`seen`)."""
     text = " ".join(_words(message))
     if any(marker in text for marker in NEW_TOPIC):
         return 0.0
     words = text.split()
-    seen = {w for t in earlier for w in _words(t)}
     opener = any(text == o or text.startswith(o + " ") for o in OPENERS)
     pointers = min(2, sum(w in POINTERS for w in words))
     new_words = sum(1 for w in set(words) if w not in STOP and w not in seen)
@@ -86,8 +90,13 @@ def conversation_score(messages: Sequence[ChatMessage], score: Scorer, turns: in
     users = users[-max(1, turns):]
     own = [float(s) for s in score([messages[i].content for i in users])]
     carried = own[0]
+    seen: set[str] = set()  # the words of the user and assistant turns before users[k]: each message read once
+    read = 0
     for k in range(1, len(users)):
-        earlier = [m.content for m in messages[:users[k]] if m.role in ("user", "assistant")]
-        w = follow_up_weight(messages[users[k]].content, earlier)
+        for m in messages[read:users[k]]:
+            if m.role in ("user", "assistant"):
+                seen.update(_words(m.content))
+        read = users[k]
+        w = _weight(messages[users[k]].content, seen)
         carried = (1.0 - w) * own[k] + w * carried
     return carried

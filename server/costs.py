@@ -17,16 +17,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .config import CostConfig
 from .types import Usage
 
 
-@dataclass(frozen=True)
-class Price:
-    prompt_per_1k: float = 0.0
-    completion_per_1k: float = 0.0
-
-    def of(self, usage: Usage) -> float:
-        return (usage.prompt_tokens * self.prompt_per_1k + usage.completion_tokens * self.completion_per_1k) / 1000.0
+def charge(price: CostConfig, usage: Usage) -> float:
+    """The answer's tokens at a tier's price."""
+    return (usage.prompt_tokens * price.prompt_per_1k + usage.completion_tokens * price.completion_per_1k) / 1000.0
 
 
 @dataclass(frozen=True)
@@ -42,7 +39,7 @@ class Cost:
 
 
 class Costs:
-    def __init__(self, prices: Mapping[str, Price], most_capable: str, metrics=None):
+    def __init__(self, prices: Mapping[str, CostConfig], most_capable: str, metrics=None):
         self.prices, self.most_capable = dict(prices), most_capable
         self.by_tier = {tier: 0.0 for tier in prices}
         self.if_most_capable = 0.0
@@ -50,7 +47,7 @@ class Costs:
 
     def answered(self, tier: str, usage: Usage, cached: bool) -> Cost:
         """Count one answer (its tokens, as reported to the caller)."""
-        cost = Cost(0.0 if cached else self.prices[tier].of(usage), self.prices[self.most_capable].of(usage))
+        cost = Cost(0.0 if cached else charge(self.prices[tier], usage), charge(self.prices[self.most_capable], usage))
         self.by_tier[tier] += cost.cost
         self.if_most_capable += cost.if_most_capable
         if self._metrics is not None:

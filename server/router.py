@@ -25,8 +25,8 @@ from typing import AsyncIterator
 
 from . import placement
 from .cache import EXACT, MISS, SEMANTIC, CachedAnswer, ResponseCache
-from .config import LimitsConfig, ResilienceConfig, SpillConfig
-from .costs import Costs, Price
+from .config import CostConfig, LimitsConfig, ResilienceConfig, SpillConfig
+from .costs import Costs
 from .errors import PromptTooLong, RouterError, Unavailable
 from .feedback import Answered, RecentAnswers
 from .metrics import RouterMetrics
@@ -65,7 +65,7 @@ class Router:
         self.spill = spill or SpillConfig(enabled=False)
         self.sessions = sessions  # None: session affinity off
         self.shadows = shadows  # None: shadow evaluation off
-        self.costs = costs or Costs({name: Price() for name in tiers.names}, tiers.names[-1])
+        self.costs = costs or Costs({name: CostConfig() for name in tiers.names}, tiers.names[-1])
         # What was answered lately, for the Feedback RPC (None: not taken).
         self.recent = recent
         self._keep_text = keep_text
@@ -203,7 +203,7 @@ class Router:
         moved, tried = False, set()
         while ctx.tier.ready:
             try:
-                await prompt_for(ctx, self.retrieval.max_chunk_chars if self.retrieval is not None else 0)
+                await prompt_for(ctx, self._chunk_chars)
                 return moved
             except PromptTooLong as exc:
                 tried.add(ctx.tier.name)
@@ -215,6 +215,11 @@ class Router:
                 self._after_early_failure(ctx, failed)
                 moved = True
         return moved
+
+    @property
+    def _chunk_chars(self) -> int:
+        """The longest retrieved chunk a prompt carries (0: no retrieval)."""
+        return self.retrieval.max_chunk_chars if self.retrieval is not None else 0
 
     def _after_early_failure(self, ctx: RequestContext, failed: EngineFailedEarly) -> None:
         """Before the first token another tier may still answer; never after,
@@ -267,7 +272,7 @@ class Router:
         tier = ctx.tier
         if self.shadows is not None:
             self.shadows.yield_to(tier.name)  # live traffic first: a shadow there stops now
-        prompt = await prompt_for(ctx, self.retrieval.max_chunk_chars if self.retrieval is not None else 0)
+        prompt = await prompt_for(ctx, self._chunk_chars)
         progress = Progress(self.metrics.itl_seconds.labels(tier.name))
         gauge = self.metrics.in_flight.labels(tier.name)
         gauge.inc()

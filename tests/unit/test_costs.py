@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from server.config import ConfigError, load
-from server.costs import Costs, Price
+from server.config import ConfigError, CostConfig, load
+from server.costs import Costs
 from server.types import Usage
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_an_answer_costs_its_tokens_at_its_tiers_price_and_a_cached_one_nothing():
-    costs = Costs({"small": Price(0.01, 0.02), "large": Price(0.05, 0.1)}, "large")
+    costs = Costs({"small": CostConfig(0.01, 0.02), "large": CostConfig(0.05, 0.1)}, "large")
     small = costs.answered("small", Usage(1000, 500), cached=False)
     assert (small.cost, small.if_most_capable) == (pytest.approx(0.02), pytest.approx(0.1))
     assert small.saved_share == pytest.approx(0.8)
@@ -27,7 +27,7 @@ def test_an_answer_costs_its_tokens_at_its_tiers_price_and_a_cached_one_nothing(
 
 
 def test_without_prices_nothing_is_saved_or_divided_by_zero():
-    costs = Costs({"small": Price(), "large": Price()}, "large")
+    costs = Costs({"small": CostConfig(), "large": CostConfig()}, "large")
     costs.answered("small", Usage(10, 10), cached=False)
     assert (costs.total, costs.saved_share) == (0.0, 0.0)
 
