@@ -11,11 +11,14 @@ router can prevent.
   of the collector's reach (`gc.freeze`), as vLLM's own server does after
   start-up. In process, torch and vLLM leave millions of long-lived objects,
   and each full collection walked all of them, with the loop stopped.
+  Freezing also trims the allocator (`release_free_memory`), so an engine
+  restart's freed memory leaves the router's RSS.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import time
 
@@ -54,10 +57,25 @@ class GcPauses:
 
 def freeze_heap() -> int:
     """Collect what is garbage now, then exempt every surviving object from
-    future collections. Returns how many objects were frozen."""
+    future collections, and hand the freed memory back to the system.
+    Returns how many objects were frozen."""
     gc.collect()
     gc.freeze()
+    release_free_memory()
     return gc.get_freeze_count()
+
+
+def release_free_memory() -> None:
+    """glibc keeps freed memory in its arenas; loading an engine (in a
+    worker thread, with its own arena) frees tens of megabytes that would
+    otherwise stay in the router's RSS after every engine restart (15-35 MB
+    a restart, measured; no Python object outlives a restart)."""
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return
+    trim(0)
 
 
 def thaw_heap() -> None:
