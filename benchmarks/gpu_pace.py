@@ -48,17 +48,23 @@ from .remote import MODEL, MODEL_DIR, ROOT, _free_port, _healthy, _wait
 from .simulated_vllm import H200
 
 LITELLM_KEY = "sk-gpu-pace-benchmark-only"  # its proxy refuses to start without one
-PATHS = ("direct", "grpc", "http")  # with --against, also grpc_old and http_old; with --litellm, litellm
+PATHS = ("direct", "grpc", "http")  # with --against, also grpc_old and http_old; with --workers N, grpc_wN and http_wN; with --litellm, litellm
+# gRPC connections per load process and router: the kernel spreads
+# connections, not calls, over a router's workers (server/workers.py), and a
+# fleet of clients holds many.
+CHANNELS = 8
 
 
 # ---- the processes under test ---------------------------------------------------
 
-def _router_config(url: str, folder: Path, streams: int, tree: Path = ROOT) -> Path:
+def _router_config(url: str, folder: Path, streams: int, tree: Path = ROOT, stream_interval: int = 1) -> Path:
     raw = yaml.safe_load((tree / "config/cpu.yaml").read_text())
     for tier in raw["tiers"].values():
         tier.update(backend="remote", replicas=[url], model=MODEL, model_path=str(MODEL_DIR),
                     max_in_flight=streams, max_queued=streams, max_queue_seconds=600)
         tier.pop("engine_args", None)
+        if stream_interval > 1:  # a key older trees do not know
+            tier["stream_interval"] = stream_interval
     raw["cache"].update(exact=False, semantic=False)
     raw["limits"].update(max_in_flight=streams, max_queued=streams, max_concurrent_streams=streams)
     raw["routing"]["spill"]["enabled"] = False
@@ -75,19 +81,29 @@ class Started(NamedTuple):
 
 
 def start_router(config: Path, log, tree: Path = ROOT, http: bool = True, overrides: tuple[str, ...] = (),
-                 metrics: bool = False) -> Started:
+                 metrics: bool = False, workers: int = 1) -> Started:
     """`python -m server` (the code in `tree`) on free ports, once it says
-    it is ready. `overrides`: --set SECTION.KEY=VALUE items."""
-    argv = [sys.executable, "-m", "server", "--config", str(config), "--port", "0", "--http-port", "0" if http else "-1",
-            "--metrics-port", "0" if metrics else "-1"]
+    it is ready. `overrides`: --set SECTION.KEY=VALUE items. `workers` > 1:
+    that many processes on fixed ports (server/workers.py), metrics off."""
+    if workers == 1:
+        ports = ["--port", "0", "--http-port", "0" if http else "-1", "--metrics-port", "0" if metrics else "-1"]
+    else:
+        ports = ["--port", str(_free_port()), "--http-port", str(_free_port()) if http else "-1", "--metrics-port", "-1",
+                 "--set", f"server.workers={workers}"]
+    argv = [sys.executable, "-m", "server", "--config", str(config), *ports]
     router = subprocess.Popen(argv + [a for o in overrides for a in ("--set", o)], cwd=tree, stdout=subprocess.PIPE, stderr=log, text=True)
     line = router.stdout.readline()
+    if workers > 1:  # the supervisor's line, then each worker's
+        line = router.stdout.readline()
     address = re.search(r"gRPC on ([\d.]+:\d+)", line).group(1)
     host = address.split(":")[0]
     http_port, metrics_port = re.search(r"HTTP on port (\d+)", line), re.search(r"metrics on port (\d+)", line)
     if (http and http_port is None) or (metrics and metrics_port is None):
         raise SystemExit(f"no HTTP or metrics port in the router's first line: {line!r}")
-    while "ready" not in router.stdout.readline():
+    ready = 0
+    while ready < workers:
+        line = router.stdout.readline()
+        ready += "ready" in line
         if router.poll() is not None:
             raise SystemExit("the router exited before it was ready")
     return Started(router, address, f"http://{host}:{http_port.group(1)}" if http else None,
@@ -113,14 +129,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def router_pids(proc: subprocess.Popen, workers: int) -> tuple[int, ...]:
+    """The processes that do a router's work: itself, or the workers it
+    supervises (its own CPU is a poll every 0.2 s)."""
+    import psutil
+
+    return (proc.pid,) if workers == 1 else tuple(p.pid for p in psutil.Process(proc.pid).children())
+
+
 # ---- the load processes -----------------------------------------------------------
 
-async def _sse_stream(http, url: str, model: str, prompt: str, max_tokens: int, headers=None) -> tuple[float, list[float], int]:
+async def _sse_stream(http, url: str, model: str, prompt: str, max_tokens: int, headers=None, extra=None) -> tuple[float, list[float], int]:
     """One streamed chat completion: seconds to the first text, the arrival
     times of every delta, and the completion tokens (same code for the
     simulator and the router's HTTP front)."""
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0.0,
-            "stream": True, "stream_options": {"include_usage": True}}
+            "stream": True, "stream_options": {"include_usage": True}, **(extra or {})}
     started, arrivals, tokens = time.perf_counter(), [], 0
     async with http.post(url, json=body, headers=headers) as resp:
         if resp.status != 200:
@@ -147,13 +171,15 @@ async def _grpc_stream(client, prompt: str, max_tokens: int) -> tuple[float, lis
     return (arrivals[0] - started if arrivals else float("nan")), arrivals, tokens
 
 
-async def _block(ends: dict, clients: dict, path: str, streams: int, requests: int, max_tokens: int, offset: int) -> dict:
+async def _block(ends: dict, clients: dict, path: str, streams: int, requests: int, max_tokens: int, offset: int, interval: int) -> dict:
     async def one(n: int):
         prompt = f"Question {n}: what is {n} plus {n + 1}?"  # never the same twice
         if path.startswith("grpc"):
-            return await _grpc_stream(clients[path], prompt, max_tokens)
+            return await _grpc_stream(clients[path][n % CHANNELS], prompt, max_tokens)
         headers = {"Authorization": f"Bearer {LITELLM_KEY}"} if path == "litellm" else None
-        return await _sse_stream(clients["http"], ends[path], MODEL if path == "direct" else "small", prompt, max_tokens, headers)
+        direct = path == "direct"
+        return await _sse_stream(clients["http"], ends[path], MODEL if direct else "small", prompt, max_tokens, headers,
+                                 {"stream_interval": interval} if direct and interval > 1 else None)
 
     errors: list[str] = []
 
@@ -176,24 +202,32 @@ async def _block(ends: dict, clients: dict, path: str, streams: int, requests: i
 
 
 def _load_process(conn, ends: dict) -> None:
-    """A load process: a gRPC channel per router and one HTTP session, then
-    blocks as the parent asks, each started at the parent's wall-clock moment."""
+    """A load process: CHANNELS gRPC connections per router and one HTTP
+    session, then blocks as the parent asks, each started at the parent's
+    wall-clock moment."""
     import aiohttp
+    import grpc
 
     from clients import AsyncTriageClient
 
+    def connection(address: str) -> AsyncTriageClient:
+        # Its own subchannel: channels to one address otherwise share one connection.
+        channel = grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        return AsyncTriageClient(address, timeout=600, channel=channel)
+
     async def main():
-        grpc_clients = {p: AsyncTriageClient(address, timeout=600) for p, address in ends.items() if p.startswith("grpc")}
+        grpc_clients = {p: [connection(address) for _ in range(CHANNELS)] for p, address in ends.items() if p.startswith("grpc")}
         async with aiohttp.ClientSession(
                 # An idle connection is dropped after 2 s, before the servers close theirs (uvicorn, under LiteLLM: 5 s).
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=2.0), timeout=aiohttp.ClientTimeout(total=600)) as http:
             clients = {"http": http, **grpc_clients}
             while (job := await asyncio.to_thread(conn.recv)) is not None:
-                path, streams, requests, max_tokens, offset, at = job
+                path, streams, requests, max_tokens, offset, at, interval = job
                 await asyncio.sleep(max(0.0, at - time.time()))
-                conn.send(await _block(ends, clients, path, streams, requests, max_tokens, offset))
-        for client in grpc_clients.values():
-            await client.close()
+                conn.send(await _block(ends, clients, path, streams, requests, max_tokens, offset, interval))
+        for connections in grpc_clients.values():
+            for client in connections:
+                await client.close()
 
     import uvloop
 
@@ -202,16 +236,17 @@ def _load_process(conn, ends: dict) -> None:
 
 # ---- one level --------------------------------------------------------------------
 
-def _run_block(loaders: list, pid: int | None, sim_pid: int, path: str, streams: int, requests: int, max_tokens: int, offset: int) -> dict:
-    """One block on every load process at once; `pid`: the router whose
-    CPU it costs (None: direct), `sim_pid`: the simulator's."""
+def _run_block(loaders: list, pids: tuple[int, ...], sim_pid: int, path: str, streams: int, requests: int, max_tokens: int, offset: int,
+               interval: int = 1) -> dict:
+    """One block on every load process at once; `pids`: the router
+    processes whose CPU it costs (none: direct), `sim_pid`: the simulator's."""
     share = [streams // len(loaders) + (i < streams % len(loaders)) for i in range(len(loaders))]
     at = time.time() + 0.3
-    cpu0, sim0 = (cpu_seconds(pid) if pid else 0.0), cpu_seconds(sim_pid)
+    cpu0, sim0 = sum(map(cpu_seconds, pids)), cpu_seconds(sim_pid)
     for i, (conn, _) in enumerate(loaders):
-        conn.send((path, share[i], requests, max_tokens, offset + i * 100_000, at))
+        conn.send((path, share[i], requests, max_tokens, offset + i * 100_000, at, interval))
     parts = [conn.recv() for conn, _ in loaders]
-    router_cpu = cpu_seconds(pid) - cpu0 if pid else 0.0
+    router_cpu = sum(map(cpu_seconds, pids)) - cpu0
     wall = max(p["start"] + p["wall"] for p in parts) - min(p["start"] for p in parts)
     return {"wall_s": wall, "tokens": sum(p["tokens"] for p in parts), "ttft_s": [t for p in parts for t in p["ttft"]],
             "gaps_s": [g for p in parts for g in p["gaps"]], "router_cpu_s": router_cpu, "sim_cpu_s": cpu_seconds(sim_pid) - sim0,
@@ -231,18 +266,18 @@ def _summary(blocks: list[dict]) -> dict:
             "first_errors": [e for b in blocks for e in b["errors"]][:3]}
 
 
-def _level(loaders, pids: dict, sim_pid: int, streams: int, rounds: int, requests: int, max_tokens: int) -> dict:
-    """Every path in `pids` (direct: None), in alternating blocks."""
+def _level(loaders, pids: dict, sim_pid: int, streams: int, rounds: int, requests: int, max_tokens: int, interval: int = 1) -> dict:
+    """Every path in `pids` (direct: no router process), in alternating blocks."""
     paths = list(pids)
     blocks: dict[str, list[dict]] = {p: [] for p in paths}
     for p in paths:  # warm: channels, connections
         if p != "direct":
-            _run_block(loaders, None, sim_pid, p, min(streams, 64), 1, 8, 9_000_000)
+            _run_block(loaders, (), sim_pid, p, min(streams, 64), 1, 8, 9_000_000)
     offset = 0
     for r in range(rounds):
         for path in (paths if r % 2 == 0 else paths[::-1]):
             offset += 1_000_000
-            blocks[path].append(_run_block(loaders, pids[path], sim_pid, path, streams, requests, max_tokens, offset))
+            blocks[path].append(_run_block(loaders, pids[path], sim_pid, path, streams, requests, max_tokens, offset, interval))
     out = {p: _summary(b) for p, b in blocks.items()}
     direct = out.get("direct")
     if direct:
@@ -308,6 +343,11 @@ def main(argv=None) -> int:
     parser.add_argument("--load-procs", type=int, default=2)
     parser.add_argument("--paths", default=",".join(PATHS), help="a subset, e.g. grpc alone while profiling the router")
     parser.add_argument("--against", metavar="REV", help="also a router running the code of git revision REV, its paths beside these")
+    parser.add_argument("--workers", type=int, default=1, help="also a router of this many processes on one port "
+                                                                   "(server.workers), its paths grpc_wN and http_wN beside these")
+    parser.add_argument("--stream-interval", type=int, default=1, help="tokens per streamed event after the first (vLLM's "
+                                                                           "stream_interval): direct clients ask the simulator for it, the "
+                                                                           "router's tiers are set to it")
     parser.add_argument("--litellm", metavar="EXE", help="also LiteLLM's proxy (this `litellm` executable, from its own venv: "
                                                           "make litellm-env) in front of the same simulator")
     parser.add_argument("--out", default="docs")
@@ -315,6 +355,7 @@ def main(argv=None) -> int:
     levels = [int(x) for x in args.levels.split(",")]
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "pace": H200.__dict__, "max_tokens": args.max_tokens,
               "requests_per_stream": args.requests, "load_procs": args.load_procs, "cores": os.cpu_count(), "against": args.against,
+              "workers": args.workers, "grpc_connections_per_load_proc": CHANNELS, "stream_interval": args.stream_interval,
               "levels": {}}
     with tempfile.TemporaryDirectory() as tmp, _processes() as procs:
         tmp = Path(tmp)
@@ -323,18 +364,20 @@ def main(argv=None) -> int:
         procs.append(subprocess.Popen([sys.executable, "-m", "benchmarks.simulated_vllm", str(port), str(MODEL_DIR), MODEL, "--pace", "h200"],
                                       cwd=ROOT, stdout=(tmp / "sim.log").open("w"), stderr=subprocess.STDOUT))
         _wait(lambda: _healthy(url), 120, "the simulator")
-        ends, pids = {"direct": f"{url}/v1/chat/completions"}, {"direct": None}
-        trees = {"": ROOT, **({"_old": _tree_at(args.against, tmp)} if args.against else {})}
-        for suffix, tree in trees.items():
-            router, address, http, _ = start_router(_router_config(url, tmp, max(levels), tree), (tmp / f"router{suffix}.log").open("w"), tree)
+        ends, pids = {"direct": f"{url}/v1/chat/completions"}, {"direct": ()}
+        routers = {"": (ROOT, 1), **({"_old": (_tree_at(args.against, tmp), 1)} if args.against else {}),
+                   **({f"_w{args.workers}": (ROOT, args.workers)} if args.workers > 1 else {})}
+        for suffix, (tree, workers) in routers.items():
+            config = _router_config(url, tmp, max(levels), tree, args.stream_interval if tree == ROOT else 1)
+            router, address, http, _ = start_router(config, (tmp / f"router{suffix}.log").open("w"), tree, workers=workers)
             procs.append(router)
             for path, end in (("grpc", address), ("http", f"{http}/v1/chat/completions")):
                 if path in args.paths.split(","):
-                    ends[path + suffix], pids[path + suffix] = end, router.pid
+                    ends[path + suffix], pids[path + suffix] = end, router_pids(router, workers)
         if args.litellm:
             proc, ends["litellm"] = _start_litellm(args.litellm, url, tmp, (tmp / "litellm.log").open("w"))
             procs.append(proc)
-            pids["litellm"] = proc.pid
+            pids["litellm"] = (proc.pid,)
         if "direct" not in args.paths.split(","):
             del ends["direct"], pids["direct"]
         ctx = mp.get_context("spawn")
@@ -346,7 +389,8 @@ def main(argv=None) -> int:
                 proc.start()
                 loaders.append((parent, proc))
             for streams in levels:
-                r = result["levels"][str(streams)] = _level(loaders, pids, procs[0].pid, streams, args.rounds, args.requests, args.max_tokens)
+                r = result["levels"][str(streams)] = _level(loaders, pids, procs[0].pid, streams, args.rounds, args.requests, args.max_tokens,
+                                                            args.stream_interval)
                 _print_level(streams, r)
         finally:
             for conn, proc in loaders:

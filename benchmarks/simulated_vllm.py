@@ -8,7 +8,9 @@ Serves /health, /v1/models, /tokenize (the chat template rendered with the
 model's own tokenizer, so the router's start-up comparison agrees), and
 streamed or whole /v1/completions and /v1/chat/completions with usage on
 every event (`stream_options.continuous_usage_stats`), one server-sent event
-per token, as vLLM's server sends them.
+per token, as vLLM's server sends them (or, when a request asks for
+`stream_interval` N as vLLM's server allows, the first token alone and then
+N tokens to an event).
 
 The pace (class Pace) is continuous batching in its simplest form:
 
@@ -115,8 +117,10 @@ class Engine:
                 self.running -= 1
 
 
-def _event(chat: bool, model: str, i: int, n: int, prompt_tokens: int, created: int, rid: str) -> bytes:
-    choice = {"index": 0, "delta": {"content": " word"}} if chat else {"index": 0, "text": " word"}
+def _event(chat: bool, model: str, i: int, n: int, prompt_tokens: int, created: int, rid: str, tokens: int = 1) -> bytes:
+    """The event that carries tokens i - tokens + 1 .. i."""
+    text = " word" * tokens
+    choice = {"index": 0, "delta": {"content": text}} if chat else {"index": 0, "text": text}
     choice["finish_reason"] = "length" if i == n - 1 else None
     event = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created, "model": model,
              "choices": [choice], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": i + 1, "total_tokens": prompt_tokens + i + 1}}
@@ -160,8 +164,14 @@ def make_app(model_dir: str, model: str, pace: Pace) -> web.Application:
                                       "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n}})
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
+        # vLLM's stream_interval (per request, in its OpenAI server): the
+        # first and last tokens at once, the others `interval` to an event.
+        interval, held = max(1, int(body.get("stream_interval") or 1)), 0
         async for i in engine.tokens(prompt_tokens, n):
-            await resp.write(_event(chat, model, i, n, prompt_tokens, created, rid))
+            held += 1
+            if i == 0 or i == n - 1 or held >= interval:
+                await resp.write(_event(chat, model, i, n, prompt_tokens, created, rid, held))
+                held = 0
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp

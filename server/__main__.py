@@ -1,6 +1,7 @@
 """python -m server --config config/cpu.yaml [--port N] [--metrics-port M]
 
-The only place that reads argv, the environment and signals.
+The only place that reads argv, the environment and signals (a worker's
+index, when `server.workers` runs several, is read by server/workers.py).
 """
 
 from __future__ import annotations
@@ -45,12 +46,15 @@ async def _main(args: argparse.Namespace) -> int:
     import classifier
 
     from .app import build_app, serve
+    from .workers import for_worker, worker_index
 
     try:
         config = load(args.config, args.set).with_ports(args.port, args.metrics_port, args.host, args.http_port)
     except ConfigError as exc:
         print(f"triage: bad config: {exc}", file=sys.stderr)
         return 2
+    if worker_index() is not None:
+        config = for_worker(config, worker_index())
     from .auth import load_tokens
     from .retrieval import IndexError_
 
@@ -87,9 +91,33 @@ def run(main_coroutine) -> int:
     return uvloop.run(main_coroutine)
 
 
+def supervise(args: argparse.Namespace, argv: list[str]) -> int | None:
+    """With `server.workers` > 1, this process only supervises the workers
+    (server/workers.py), which run this same command: their exit code.
+    None: this process is the router itself."""
+    from . import workers
+
+    if workers.worker_index() is not None:
+        return None
+    try:
+        config = load(args.config, args.set).with_ports(args.port, args.metrics_port, args.host, args.http_port)
+        workers.check(config)
+    except ConfigError as exc:
+        print(f"triage: bad config: {exc}", file=sys.stderr)
+        return 2
+    if config.server.workers == 1:
+        return None
+    print(f"triage: {config.server.workers} workers on {config.server.host}:{config.server.port}", flush=True)
+    return workers.Supervisor(config.server.workers, argv).run()
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    code = supervise(args, argv)
+    if code is not None:
+        return code
     code = run(_main(args))
     # Everything the router owns is closed by now (server, engines and their
     # processes, caches, metrics endpoint). What is left is the interpreter

@@ -64,7 +64,8 @@ class App:
     async def start_http(self) -> None:
         """The OpenAI-compatible endpoint, on this loop, beside gRPC."""
         if self.http is not None:
-            self.http_port = await self.http.start(self.config.server.host, self.config.server.http_port, self.config.server.grace_seconds)
+            s = self.config.server
+            self.http_port = await self.http.start(s.host, s.http_port, s.grace_seconds, reuse_port=s.workers > 1)
 
     async def update_health(self) -> None:
         """Per tier: `router.v1.Router/<tier>` is SERVING while the tier is
@@ -227,6 +228,10 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
+        # Several workers share the port (server/workers.py); one alone must
+        # not: a second router started on its port fails instead of
+        # silently taking half its connections.
+        ("grpc.so_reuseport", int(config.server.workers > 1)),
     ]
     # Metrics first, so calls refused for their credentials are counted too.
     interceptors = [GrpcServerMetrics(registry)]

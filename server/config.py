@@ -83,6 +83,12 @@ class TierConfig:
     gateway_url: str | None = None
     # Name of an environment variable holding the servers' --api-key (never the key itself).
     api_key_env: str | None = None
+    # Tokens per streamed message after the first, which goes at once
+    # (vLLM's own `stream_interval`, asked of the engine, and held to by the
+    # router whatever the engine sends). 1: every token is a message. More:
+    # fewer, larger messages, and the router's CPU per token falls about as
+    # much (docs/benchmarks.md, section 12), for text that arrives in steps.
+    stream_interval: int = 1
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,9 @@ class ServerConfig:
     http_auto_model: str = "auto"  # the `model` that lets the classifier decide
     grace_seconds: float = 30.0  # in-flight requests get this long on SIGTERM
     warmup_prompt: str = "Say hello."
+    # Router processes sharing the ports (server/workers.py): more than one
+    # only when every tier is remote or smg.
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -358,6 +367,8 @@ def _check_tier(tier: TierConfig, where: str) -> None:
     s = tier.sampling
     if not re.fullmatch(r"auto|nobind|\d+(-\d+)?(,\d+(-\d+)?)*", tier.cpu_cores):
         raise ConfigError(f"{where}.cpu_cores: {tier.cpu_cores!r} is not auto, nobind or a core list such as 0, 1, 0-1")
+    if not isinstance(tier.stream_interval, int) or tier.stream_interval < 1:
+        raise ConfigError(f"{where}.stream_interval must be an integer >= 1 (tokens per streamed message), got {tier.stream_interval!r}")
     if tier.max_model_len < 16:
         raise ConfigError(f"{where}.max_model_len must be at least 16")
     if not 1 <= s.max_tokens <= s.max_tokens_cap:
@@ -545,6 +556,9 @@ def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
             raise ConfigError(f"feedback.path: the folder of {feedback.path} does not exist")
     if feedback.max_rows < 1 or feedback.remember_answers < 1 or feedback.remember_seconds <= 0:
         raise ConfigError("feedback.max_rows and feedback.remember_answers must be >= 1, feedback.remember_seconds > 0")
+    server = _build(ServerConfig, raw.get("server"), "server")
+    if not isinstance(server.workers, int) or server.workers < 1:
+        raise ConfigError(f"server.workers must be an integer >= 1, got {server.workers!r}")
     tracing = _build(TracingConfig, raw.get("tracing"), "tracing")
     if not 0.0 <= tracing.sample_ratio <= 1.0:
         raise ConfigError("tracing.sample_ratio must be in [0, 1]")
@@ -559,7 +573,7 @@ def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
         retrieval=retrieval,
         embedding=embedding,
         profile=str(raw.get("profile") or path.stem),
-        server=_build(ServerConfig, raw.get("server"), "server"),
+        server=server,
         classifier=classifier,
         tiers={name: _tier(name, tier, base) for name, tier in tiers_raw.items()},
     )

@@ -99,9 +99,10 @@ def build_engine_args(tier: TierConfig):
     )
 
 
-def to_vllm_sampling(sampling: EffectiveSampling):
+def to_vllm_sampling(sampling: EffectiveSampling, stream_interval: int = 1):
     """Every value explicit, so neither vLLM's defaults (max_tokens=16) nor the
-    model's generation_config.json can change what the request asked for."""
+    model's generation_config.json can change what the request asked for.
+    `stream_interval`: the tier's tokens per output after the first."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
@@ -115,6 +116,7 @@ def to_vllm_sampling(sampling: EffectiveSampling):
         seed=sampling.seed,
         repetition_penalty=sampling.repetition_penalty,
         output_kind=RequestOutputKind.DELTA,
+        stream_interval=stream_interval,
     )
 
 
@@ -196,7 +198,7 @@ class VllmEngine:
         if self._llm is None or self._llm.errored:
             raise Unavailable(f"tier {self.tier} engine is not running")
         stream = self._llm.generate(
-            TokensPrompt(prompt_token_ids=prompt.ids), to_vllm_sampling(sampling), request_id
+            TokensPrompt(prompt_token_ids=prompt.ids), to_vllm_sampling(sampling, self._config.stream_interval), request_id
         )
         completion_tokens = 0
         try:

@@ -231,7 +231,7 @@ class OpenAIHttp:
         app.router.add_get("/v1/models", self.models)
         return app
 
-    async def start(self, host: str, port: int, grace_s: float = 30.0) -> int:
+    async def start(self, host: str, port: int, grace_s: float = 30.0, reuse_port: bool = False) -> int:
         """Listen; on stop, requests in flight get `grace_s` (the router's
         drain ends them at their next token by then anyway)."""
         from aiohttp import web
@@ -240,7 +240,7 @@ class OpenAIHttp:
         # and with it the engine request (aiohttp's default lets it run on).
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=grace_s, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self._ssl_context())
+        site = web.TCPSite(self._runner, host, port, ssl_context=self._ssl_context(), reuse_port=reuse_port or None)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
         return self.port

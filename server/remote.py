@@ -207,7 +207,7 @@ class RemoteEngine:
     async def generate(self, prompt: Prompt, sampling: EffectiveSampling, request_id: str) -> AsyncIterator[EngineChunk]:
         if self._client is None:
             raise Unavailable(f"tier {self.tier} is not started")
-        body = completion_body(self.model, prompt.ids, sampling)
+        body = completion_body(self.model, prompt.ids, sampling, self._config.stream_interval)
         tried: list[Replica] = []
         while True:
             replica = self._pick(tried)
@@ -240,8 +240,13 @@ class RemoteEngine:
                 gauge.dec()
 
 
-def completion_body(model: str, prompt_ids: list[int], s: EffectiveSampling) -> dict:
+def completion_body(model: str, prompt_ids: list[int], s: EffectiveSampling, stream_interval: int = 1) -> dict:
     """Every value explicit: an unset one would be taken from the model's
-    generation_config.json by vLLM's OpenAI server."""
-    return {"model": model, "prompt": prompt_ids, "add_special_tokens": False,  # the template already placed them
+    generation_config.json by vLLM's OpenAI server. `stream_interval` > 1:
+    asked per request (vLLM's server raises its own setting to it; the
+    first and last events still come at once)."""
+    body = {"model": model, "prompt": prompt_ids, "add_special_tokens": False,  # the template already placed them
             **streamed_sampling(s, disabled_top_k=0)}
+    if stream_interval > 1:
+        body["stream_interval"] = stream_interval
+    return body

