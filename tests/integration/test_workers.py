@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from clients import TriageClient
+from clients.errors import UnavailableError
 
 from .conftest import ROOT, RemoteVllm, _test_config, free_port, wait_for
 
@@ -48,10 +49,14 @@ def _fresh_client(address: str) -> TriageClient:
     return TriageClient(address, timeout=120, channel=channel)
 
 
+def _metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
 def _answered(metrics_port: int) -> float:
     """Generate calls this worker answered OK, from its own /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
+    text = _metrics(metrics_port)
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("router_requests_total{") and 'rpc="Generate"' in line and 'code="OK"' in line)
 
@@ -77,8 +82,7 @@ def fleet(tmp_path_factory):
         assert re.search(rf"triage: {WORKERS} workers on [\d.]+:{port}", first), first
         address = f"127.0.0.1:{port}"
         probe = TriageClient(address, timeout=30)
-        wait_for(lambda: probe.health() == "SERVING" and all(_metrics_up(metrics + i) for i in range(WORKERS)),
-                 420, "every worker SERVING")
+        wait_for(lambda: _serving(probe) and all(_ready(metrics + i) for i in range(WORKERS)), 420, "every worker ready")
         probe.close()
         yield proc, address, metrics, tmp / "router.log"
     finally:
@@ -89,12 +93,20 @@ def fleet(tmp_path_factory):
         upstream.stop()
 
 
-def _metrics_up(port: int) -> bool:
+def _serving(client: TriageClient) -> bool:
     try:
-        _answered(port)
-        return True
-    except OSError:
+        return client.health() == "SERVING"
+    except UnavailableError:  # not listening yet
         return False
+
+
+def _ready(port: int) -> bool:
+    """Both tiers ready in the worker whose /metrics is on `port`."""
+    try:
+        text = _metrics(port)
+    except OSError:  # not started yet
+        return False
+    return sum(line.startswith("router_engine_ready{") and line.endswith(" 1.0") for line in text.splitlines()) == 2
 
 
 def _ask_on_fresh_connections(address: str, n: int) -> list[str]:
@@ -144,7 +156,7 @@ def test_a_killed_worker_is_replaced_and_the_others_keep_answering(fleet):
     texts = _ask_on_fresh_connections(address, 4)  # while it is gone: the other listens alone
     assert all("Paris" in t for t in texts), texts
     wait_for(lambda: len(_workers(proc)) == WORKERS, 30, "the supervisor to start a new worker")
-    wait_for(lambda: all(_metrics_up(metrics + i) for i in range(WORKERS)), 120, "the new worker's /metrics")
+    wait_for(lambda: all(_ready(metrics + i) for i in range(WORKERS)), 120, "the new worker ready")
     assert re.search(r"worker \d \(pid %d\) exited with -9" % pids[0], log.read_text())
 
 
