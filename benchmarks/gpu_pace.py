@@ -49,9 +49,9 @@ from .simulated_vllm import H200
 
 LITELLM_KEY = "sk-gpu-pace-benchmark-only"  # its proxy refuses to start without one
 PATHS = ("direct", "grpc", "http")  # with --against, also grpc_old and http_old; with --workers N, grpc_wN and http_wN; with --litellm, litellm
-# gRPC connections per load process and router: the kernel spreads
-# connections, not calls, over a router's workers (server/workers.py), and a
-# fleet of clients holds many.
+# gRPC connections per load process and router (--channels): the kernel
+# spreads connections, not calls, over a router's workers
+# (server/workers.py), and a fleet of clients holds many.
 CHANNELS = 8
 
 
@@ -175,7 +175,8 @@ async def _block(ends: dict, clients: dict, path: str, streams: int, requests: i
     async def one(n: int):
         prompt = f"Question {n}: what is {n} plus {n + 1}?"  # never the same twice
         if path.startswith("grpc"):
-            return await _grpc_stream(clients[path][n % CHANNELS], prompt, max_tokens)
+            connections = clients[path]
+            return await _grpc_stream(connections[n % len(connections)], prompt, max_tokens)
         headers = {"Authorization": f"Bearer {LITELLM_KEY}"} if path == "litellm" else None
         direct = path == "direct"
         return await _sse_stream(clients["http"], ends[path], MODEL if direct else "small", prompt, max_tokens, headers,
@@ -201,7 +202,7 @@ async def _block(ends: dict, clients: dict, path: str, streams: int, requests: i
             "cpu": time.process_time() - cpu0, "errors": errors}
 
 
-def _load_process(conn, ends: dict) -> None:
+def _load_process(conn, ends: dict, channels: int = CHANNELS) -> None:
     """A load process: CHANNELS gRPC connections per router and one HTTP
     session, then blocks as the parent asks, each started at the parent's
     wall-clock moment."""
@@ -216,7 +217,7 @@ def _load_process(conn, ends: dict) -> None:
         return AsyncTriageClient(address, timeout=600, channel=channel)
 
     async def main():
-        grpc_clients = {p: [connection(address) for _ in range(CHANNELS)] for p, address in ends.items() if p.startswith("grpc")}
+        grpc_clients = {p: [connection(address) for _ in range(channels)] for p, address in ends.items() if p.startswith("grpc")}
         async with aiohttp.ClientSession(
                 # An idle connection is dropped after 2 s, before the servers close theirs (uvicorn, under LiteLLM: 5 s).
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=2.0), timeout=aiohttp.ClientTimeout(total=600)) as http:
@@ -345,6 +346,7 @@ def main(argv=None) -> int:
     parser.add_argument("--against", metavar="REV", help="also a router running the code of git revision REV, its paths beside these")
     parser.add_argument("--workers", type=int, default=1, help="also a router of this many processes on one port "
                                                                    "(server.workers), its paths grpc_wN and http_wN beside these")
+    parser.add_argument("--channels", type=int, default=CHANNELS, help="gRPC connections per load process and router")
     parser.add_argument("--stream-interval", type=int, default=1, help="tokens per streamed event after the first (vLLM's "
                                                                            "stream_interval): direct clients ask the simulator for it, the "
                                                                            "router's tiers are set to it")
@@ -355,7 +357,7 @@ def main(argv=None) -> int:
     levels = [int(x) for x in args.levels.split(",")]
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "pace": H200.__dict__, "max_tokens": args.max_tokens,
               "requests_per_stream": args.requests, "load_procs": args.load_procs, "cores": os.cpu_count(), "against": args.against,
-              "workers": args.workers, "grpc_connections_per_load_proc": CHANNELS, "stream_interval": args.stream_interval,
+              "workers": args.workers, "grpc_connections_per_load_proc": args.channels, "stream_interval": args.stream_interval,
               "levels": {}}
     with tempfile.TemporaryDirectory() as tmp, _processes() as procs:
         tmp = Path(tmp)
@@ -385,7 +387,7 @@ def main(argv=None) -> int:
         try:
             for _ in range(args.load_procs):
                 parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_load_process, args=(child, ends), daemon=True)
+                proc = ctx.Process(target=_load_process, args=(child, ends, args.channels), daemon=True)
                 proc.start()
                 loaders.append((parent, proc))
             for streams in levels:

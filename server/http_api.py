@@ -213,6 +213,9 @@ def _cost_json(usage) -> dict:
             "saved_share": Cost(usage.cost, usage.cost_if_most_capable).saved_share}
 
 
+LISTEN_BACKLOG = 2048  # pending connections (the kernel caps it at net.core.somaxconn)
+
+
 class OpenAIHttp:
     """The aiohttp application and its site, on the router's loop."""
 
@@ -240,7 +243,11 @@ class OpenAIHttp:
         # and with it the engine request (aiohttp's default lets it run on).
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=grace_s, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self._ssl_context(), reuse_port=reuse_port or None)
+        # backlog: aiohttp's default of 128 pending connections drops part of
+        # a burst of new clients, whose SYNs are then retried a second later
+        # (+1 s first-token p99 at 256 new streams, benchmarks.gpu_pace).
+        site = web.TCPSite(self._runner, host, port, ssl_context=self._ssl_context(), reuse_port=reuse_port or None,
+                           backlog=LISTEN_BACKLOG)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
         return self.port
