@@ -353,6 +353,7 @@ def main(argv=None) -> int:
     parser.add_argument("--litellm", metavar="EXE", help="also LiteLLM's proxy (this `litellm` executable, from its own venv: "
                                                           "make litellm-env) in front of the same simulator")
     parser.add_argument("--out", default="docs")
+    parser.add_argument("--name", default="gpu_pace.json", help="the result's file name in --out")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "pace": H200.__dict__, "max_tokens": args.max_tokens,
@@ -401,7 +402,7 @@ def main(argv=None) -> int:
                 proc.join(10)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_pace.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / args.name).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
