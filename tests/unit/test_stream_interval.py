@@ -1,14 +1,16 @@
 """A tier's stream_interval (request.StreamInterval): the first text at
 once, then messages of at least that many tokens, nothing lost."""
 
+from pathlib import Path
+
 import pytest
 
 from server.config import ConfigError, load
 from server.engine import to_vllm_sampling
 from server.request import StreamInterval
-from server.types import EngineChunk, EffectiveSampling
+from server.types import EffectiveSampling, EngineChunk
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _send(interval: int, tokens_per_chunk: list[int]) -> list[tuple[str, int]]:

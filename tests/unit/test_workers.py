@@ -3,13 +3,14 @@ checked before any starts."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from server.config import ConfigError, load
 from server.workers import check, for_worker
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_in_process_engines_cannot_be_shared_by_workers():
