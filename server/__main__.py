@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from .config import ConfigError, load
+from .config import Config, ConfigError, load
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,19 +42,10 @@ def remote_api_keys(config) -> dict[str, str]:
     return keys
 
 
-async def _main(args: argparse.Namespace) -> int:
+async def _main(config: Config) -> int:
     import classifier
 
     from .app import build_app, serve
-    from .workers import for_worker, worker_index
-
-    try:
-        config = load(args.config, args.set).with_ports(args.port, args.metrics_port, args.host, args.http_port)
-    except ConfigError as exc:
-        print(f"triage: bad config: {exc}", file=sys.stderr)
-        return 2
-    if worker_index() is not None:
-        config = for_worker(config, worker_index())
     from .auth import load_tokens
     from .retrieval import IndexError_
 
@@ -91,34 +82,26 @@ def run(main_coroutine) -> int:
     return uvloop.run(main_coroutine)
 
 
-def supervise(args: argparse.Namespace, argv: list[str]) -> int | None:
-    """With `server.workers` > 1, this process only supervises the workers
-    (server/workers.py), which run this same command: their exit code.
-    None: this process is the router itself."""
+def main(argv: list[str] | None = None) -> int:
     from . import workers
 
-    if workers.worker_index() is not None:
-        return None
-    try:
-        config = load(args.config, args.set).with_ports(args.port, args.metrics_port, args.host, args.http_port)
-        workers.check(config)
-    except ConfigError as exc:
-        print(f"triage: bad config: {exc}", file=sys.stderr)
-        return 2
-    if config.server.workers == 1:
-        return None
-    print(f"triage: {config.server.workers} workers on {config.server.host}:{config.server.port}", flush=True)
-    return workers.Supervisor(config.server.workers, argv).run()
-
-
-def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    code = supervise(args, argv)
-    if code is not None:
-        return code
-    code = run(_main(args))
+    index = workers.worker_index()
+    try:
+        config = load(args.config, args.set).with_ports(args.port, args.metrics_port, args.host, args.http_port)
+        if index is None:
+            workers.check(config)
+    except ConfigError as exc:
+        print(f"triage: bad config: {exc}", file=sys.stderr)
+        return 2
+    if index is not None:  # one of several workers (server/workers.py)
+        config = workers.for_worker(config, index)
+    elif config.server.workers > 1:  # this process only supervises them; they run this same command
+        print(f"triage: {config.server.workers} workers on {config.server.host}:{config.server.port}", flush=True)
+        return workers.Supervisor(config.server.workers, argv).run()
+    code = run(_main(config))
     # Everything the router owns is closed by now (server, engines and their
     # processes, caches, metrics endpoint). What is left is the interpreter
     # tearing down torch, vLLM and OpenBLAS in native code, measured at 3.8 s

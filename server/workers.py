@@ -73,7 +73,6 @@ class Supervisor:
     until SIGTERM or SIGINT, which it passes on to every one."""
 
     def __init__(self, n: int, argv: Sequence[str]):
-        self.n = n
         self.argv = [sys.executable, "-m", "server", *argv]
         self.procs: list[subprocess.Popen | None] = [None] * n
         self.delays = [RESTART_DELAY_S[0]] * n
@@ -94,7 +93,7 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
-        for i in range(self.n):
+        for i in range(len(self.procs)):
             self._start(i)
         due: dict[int, float] = {}  # worker -> when it starts again
         while not self.stopping:
