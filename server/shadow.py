@@ -130,8 +130,12 @@ class Shadows:
     async def _run(self, answer: Answer, target, direction: str, cheap_tier: str) -> None:
         try:
             text = await self._generate(answer, target)
+            # The target is free from here: a live request there no longer cancels the grading and the record.
+            if self._running.get(target.name) is asyncio.current_task():
+                del self._running[target.name]
             question = next((m.content for m in reversed(answer.messages) if m.role == "user"), "")
             agreed = await asyncio.to_thread(self.grader.agree, question, answer.text, text)
+            await self._record(answer, agreed, direction, cheap_tier)
         except asyncio.CancelledError:
             self._count(direction, "preempted")
             return
@@ -139,7 +143,10 @@ class Shadows:
             log.warning("shadow of %s on tier %s failed: %s", answer.request_id, target.name, exc)
             self._count(direction, "failed")
             return
+        # Counted last, so that a shadow counted as ended has its outcome in the store.
         self._count(direction, "agreed" if agreed else "disagreed")
+
+    async def _record(self, answer: Answer, agreed: bool, direction: str, cheap_tier: str) -> None:
         d = answer.decision
         bucket = "nan" if math.isnan(d.p_complex) else f"{min(9, int(d.p_complex * 10)) / 10:.1f}"
         self.metrics.shadow_outcomes.labels(direction, bucket, "true" if agreed else "false").inc()
