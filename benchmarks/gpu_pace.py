@@ -335,6 +335,12 @@ def _tree_at(rev: str, folder: Path) -> Path:
     return tree
 
 
+def _knows_stream_interval(tree: Path) -> bool:
+    """Whether the router's code in `tree` has tiers.*.stream_interval (an
+    older tree is measured with one token per event)."""
+    return "stream_interval" in (tree / "server/config.py").read_text()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_pace", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", default="32,128,256,512")
@@ -349,7 +355,8 @@ def main(argv=None) -> int:
     parser.add_argument("--channels", type=int, default=CHANNELS, help="gRPC connections per load process and router")
     parser.add_argument("--stream-interval", type=int, default=1, help="tokens per streamed event after the first (vLLM's "
                                                                            "stream_interval): direct clients ask the simulator for it, the "
-                                                                           "router's tiers are set to it")
+                                                                           "router's tiers are set to it (an --against revision's "
+                                                                           "too, if its code has the setting)")
     parser.add_argument("--litellm", metavar="EXE", help="also LiteLLM's proxy (this `litellm` executable, from its own venv: "
                                                           "make litellm-env) in front of the same simulator")
     parser.add_argument("--out", default="docs")
@@ -371,7 +378,7 @@ def main(argv=None) -> int:
         routers = {"": (ROOT, 1), **({"_old": (_tree_at(args.against, tmp), 1)} if args.against else {}),
                    **({f"_w{args.workers}": (ROOT, args.workers)} if args.workers > 1 else {})}
         for suffix, (tree, workers) in routers.items():
-            config = _router_config(url, tmp, max(levels), tree, args.stream_interval if tree == ROOT else 1)
+            config = _router_config(url, tmp, max(levels), tree, args.stream_interval if _knows_stream_interval(tree) else 1)
             router, address, http, _ = start_router(config, (tmp / f"router{suffix}.log").open("w"), tree, workers=workers)
             procs.append(router)
             for path, end in (("grpc", address), ("http", f"{http}/v1/chat/completions")):

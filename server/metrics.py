@@ -9,7 +9,11 @@ these per-tier series are the source of truth (docs/observability.md).
 
 from __future__ import annotations
 
+import bisect
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 # From 50 us (a classification) to 120 s (a long CPU generation).
 LATENCY_BUCKETS = (
@@ -51,7 +55,9 @@ class RouterMetrics:
         self.overhead_seconds = histogram("router_routing_overhead_seconds", "RPC arrival to the request handed to the engine (validate, classify, template, tokenise)", ("tier",))
         self.queue_seconds = histogram("router_queue_duration_seconds", "Time queued in the engine before first scheduled", ("tier",))
         self.ttft_seconds = histogram("router_time_to_first_token_seconds", "RPC arrival to first token", ("tier",))
-        self.itl_seconds = histogram("router_inter_token_latency_seconds", "Time between consecutive output tokens", ("tier",))
+        # Observed once per streamed chunk for all the tokens it carries (a token's share of the gap).
+        self.itl_seconds = TokenGapHistogram("router_inter_token_latency_seconds", "Time between consecutive output tokens",
+                                             LATENCY_BUCKETS, registry)
         self.generate_seconds = histogram("router_generation_duration_seconds", "First token to last token", ("tier",))
         self.prompt_tokens_per_request = histogram("router_request_prompt_tokens", "Prompt tokens per request", ("tier",), TOKEN_BUCKETS)
         self.completion_tokens_per_request = histogram("router_request_completion_tokens", "Completion tokens per request", ("tier",), TOKEN_BUCKETS)
@@ -144,6 +150,51 @@ class RouterMetrics:
                         self.spills.labels(tier, to, busy)
             for result in FEEDBACK_RESULTS:
                 self.feedback.labels(tier, result)
+
+
+class TokenGapHistogram:
+    """A per-tier histogram that takes one value `count` times in one call:
+    a chunk of n tokens is n gaps of the same length, and a Histogram's
+    observe per token cost a lock and a bucket search each, one call per
+    token at a GPU's pace (benchmarks.gpu_pace). Observed on the event
+    loop only; read by the scrape thread, which may see a chunk's
+    count and sum a moment apart, as with any scrape racing an update."""
+
+    labelnames = ("tier",)
+
+    def __init__(self, name: str, doc: str, buckets: tuple[float, ...], registry: CollectorRegistry):
+        self.name, self.doc, self.bounds = name, doc, tuple(buckets)
+        self._children: dict[str, TokenGapHistogram.Child] = {}
+        registry.register(self)
+
+    class Child:
+        def __init__(self, bounds: tuple[float, ...]):
+            self.bounds = bounds
+            self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
+            self.sum = 0.0
+
+        def observe(self, value: float, count: int = 1) -> None:
+            self.counts[bisect.bisect_left(self.bounds, value)] += count
+            self.sum += value * count
+
+    def labels(self, tier: str) -> "TokenGapHistogram.Child":
+        child = self._children.get(tier)
+        if child is None:
+            child = self._children[tier] = TokenGapHistogram.Child(self.bounds)
+        return child
+
+    def describe(self):
+        return [HistogramMetricFamily(self.name, self.doc, labels=list(self.labelnames))]
+
+    def collect(self):
+        family = HistogramMetricFamily(self.name, self.doc, labels=list(self.labelnames))
+        for tier, child in list(self._children.items()):
+            running, buckets = 0, []
+            for bound, n in zip((*map(floatToGoString, self.bounds), "+Inf"), child.counts):
+                running += n
+                buckets.append((bound, running))
+            family.add_metric([tier], buckets, child.sum)
+        yield family
 
 
 class _SessionCollector:

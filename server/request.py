@@ -80,9 +80,7 @@ class Progress:
             if ctx.first_token_at is None:
                 ctx.first_token_at = now
             elif self._last_token_at is not None:
-                gap = (now - self._last_token_at) / new_tokens
-                for _ in range(new_tokens):
-                    self.itl.observe(gap)
+                self.itl.observe((now - self._last_token_at) / new_tokens, new_tokens)
             self._last_token_at = now
         if chunk.finished:
             self.finish_reason = chunk.finish_reason or "stop"

@@ -88,7 +88,8 @@ async def post_stream(client, url: str, body: dict, headers: dict):
     """A streamed POST's response. Left early (the caller went away, a
     deadline, an error), the connection is closed rather than returned to
     the pool, so the server sees the disconnect and aborts the request."""
-    resp = await client.post(url, json=body, headers=headers)
+    # msgspec, not aiohttp's json.dumps: a quarter of its time, once per request.
+    resp = await client.post(url, data=_JSON.encode(body), headers={"Content-Type": "application/json", **headers})
     try:
         yield resp
     except BaseException:
@@ -199,6 +200,7 @@ class _Event(msgspec.Struct):
     error: Any = None
 
 
+_JSON = msgspec.json.Encoder()
 # One typed decode of the bytes: a sixth of json.loads's time per event,
 # and one event arrives per token (benchmarks.gpu_pace).
 _EVENT = msgspec.json.Decoder(_Event)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from server.grpc_metrics import GrpcServerMetrics
-from server.metrics import LATENCY_BUCKETS, RouterMetrics
+from server.metrics import LATENCY_BUCKETS, RouterMetrics, TokenGapHistogram
 
 
 def families(registry):
@@ -53,6 +53,7 @@ def test_every_router_metric_declares_only_bounded_labels():
 
     metrics = RouterMetrics(CollectorRegistry())
     declared = {m._name: set(m._labelnames) for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)}
+    declared |= {m.name: set(m.labelnames) for m in vars(metrics).values() if isinstance(m, TokenGapHistogram)}
     assert len(declared) == len(families(metrics.registry)) >= 30  # every family, not only those with samples
     for name, labels in declared.items():
         assert labels <= ALLOWED_LABELS, (name, labels - ALLOWED_LABELS)
@@ -145,3 +146,22 @@ def test_garbage_collections_are_timed_by_generation_while_installed():
     assert registry.get_sample_value("router_gc_pause_seconds_sum", {"generation": "2"}) > 0
     gc.collect(2)  # removed: no longer observed
     assert count("2") - before == 2
+
+
+def test_a_gap_observed_n_times_at_once_is_exposed_as_n_observations():
+    """TokenGapHistogram (one call per streamed chunk) against
+    prometheus_client's Histogram observed once per token: the same text."""
+    from prometheus_client import Histogram, generate_latest
+
+    ours_registry, theirs_registry = CollectorRegistry(), CollectorRegistry()
+    ours = TokenGapHistogram("router_gap_seconds", "Gaps", LATENCY_BUCKETS, ours_registry)
+    theirs = Histogram("router_gap_seconds", "Gaps", ["tier"], buckets=LATENCY_BUCKETS, registry=theirs_registry)
+    for tier, gap, n in (("small", 0.0001, 3), ("small", 0.03, 1), ("small", 0.025, 2), ("large", 500.0, 4), ("large", 0.0, 1)):
+        ours.labels(tier).observe(gap, n)
+        for _ in range(n):
+            theirs.labels(tier).observe(gap)
+
+    def text(registry):
+        return sorted(line for line in generate_latest(registry).decode().splitlines() if "_created" not in line)
+
+    assert text(ours_registry) == text(theirs_registry)
