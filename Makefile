@@ -81,6 +81,8 @@ bench: install litellm-env
 	$(PY) -m benchmarks.remote --instant-upstream --out docs
 	$(PY) -m benchmarks.classify_handler --ratios --out docs
 	$(PY) -m benchmarks.gpu_pace --litellm $(LITELLM_VENV)/bin/litellm --out docs
+	$(PY) -m benchmarks.gpu_pace --arrivals spread --name gpu_pace_spread.json --out docs
+	$(PY) -m benchmarks.first_token --out docs
 	$(PY) -m benchmarks --render --out docs
 
 # LiteLLM's proxy, for section 12's side by side: a venv of its own, never a

@@ -2,14 +2,18 @@
 (benchmarks/simulated_vllm.py), beside direct clients, in one run:
 
     python -m benchmarks.gpu_pace [--levels 32,128,256,512] [--rounds 3] [--max-tokens 64]
-                                  [--load-procs 2] [--out docs]
+                                  [--load-procs 2] [--arrivals burst|spread] [--out docs]
 
 Starts the simulator and the router as their own processes (both tiers
 `remote` on the simulator, caches off), and load processes that each hold
 an equal part of the streams. Per level, in alternating blocks (direct,
 gRPC front, HTTP front; the order turns each round), every stream asks
 `--requests` streamed questions one after the other, each answered with
-`--max-tokens` tokens. Per path and level:
+`--max-tokens` tokens. With `--arrivals burst` (the default) a block's
+streams all start at once, so the router takes a burst of that many new
+requests in one moment; with `spread`, each stream starts at its own
+moment (the same on every path) within one answer's time, as the streams
+of a server that is already busy come and go. Per path and level:
 
 - output tokens/s and its ratio to direct;
 - time to first token p50/p99, and what the router adds to it;
@@ -32,6 +36,7 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import random
 import re
 import signal
 import subprocess
@@ -171,7 +176,8 @@ async def _grpc_stream(client, prompt: str, max_tokens: int) -> tuple[float, lis
     return (arrivals[0] - started if arrivals else float("nan")), arrivals, tokens
 
 
-async def _block(ends: dict, clients: dict, path: str, streams: int, requests: int, max_tokens: int, offset: int, interval: int) -> dict:
+async def _block(ends: dict, clients: dict, path: str, streams: int, requests: int, max_tokens: int, offset: int, interval: int,
+                 spread_s: float = 0.0) -> dict:
     async def one(n: int):
         prompt = f"Question {n}: what is {n} plus {n + 1}?"  # never the same twice
         if path.startswith("grpc"):
@@ -186,6 +192,8 @@ async def _block(ends: dict, clients: dict, path: str, streams: int, requests: i
 
     async def stream(s: int):
         out = []
+        if spread_s:  # the same moment for stream s on every path
+            await asyncio.sleep(random.Random(s).uniform(0.0, spread_s))
         for r in range(requests):
             try:
                 out.append(await one(offset + s * requests + r))
@@ -223,9 +231,9 @@ def _load_process(conn, ends: dict, channels: int = CHANNELS) -> None:
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=2.0), timeout=aiohttp.ClientTimeout(total=600)) as http:
             clients = {"http": http, **grpc_clients}
             while (job := await asyncio.to_thread(conn.recv)) is not None:
-                path, streams, requests, max_tokens, offset, at, interval = job
+                path, streams, requests, max_tokens, offset, at, interval, spread_s = job
                 await asyncio.sleep(max(0.0, at - time.time()))
-                conn.send(await _block(ends, clients, path, streams, requests, max_tokens, offset, interval))
+                conn.send(await _block(ends, clients, path, streams, requests, max_tokens, offset, interval, spread_s))
         for connections in grpc_clients.values():
             for client in connections:
                 await client.close()
@@ -238,14 +246,14 @@ def _load_process(conn, ends: dict, channels: int = CHANNELS) -> None:
 # ---- one level --------------------------------------------------------------------
 
 def _run_block(loaders: list, pids: tuple[int, ...], sim_pid: int, path: str, streams: int, requests: int, max_tokens: int, offset: int,
-               interval: int = 1) -> dict:
+               interval: int = 1, spread_s: float = 0.0) -> dict:
     """One block on every load process at once; `pids`: the router
     processes whose CPU it costs (none: direct), `sim_pid`: the simulator's."""
     share = [streams // len(loaders) + (i < streams % len(loaders)) for i in range(len(loaders))]
     at = time.time() + 0.3
     cpu0, sim0 = sum(map(cpu_seconds, pids)), cpu_seconds(sim_pid)
     for i, (conn, _) in enumerate(loaders):
-        conn.send((path, share[i], requests, max_tokens, offset + i * 100_000, at, interval))
+        conn.send((path, share[i], requests, max_tokens, offset + i * 100_000, at, interval, spread_s))
     parts = [conn.recv() for conn, _ in loaders]
     router_cpu = sum(map(cpu_seconds, pids)) - cpu0
     wall = max(p["start"] + p["wall"] for p in parts) - min(p["start"] for p in parts)
@@ -267,8 +275,13 @@ def _summary(blocks: list[dict]) -> dict:
             "first_errors": [e for b in blocks for e in b["errors"]][:3]}
 
 
-def _level(loaders, pids: dict, sim_pid: int, streams: int, rounds: int, requests: int, max_tokens: int, interval: int = 1) -> dict:
-    """Every path in `pids` (direct: no router process), in alternating blocks."""
+def _level(loaders, pids: dict, sim_pid: int, streams: int, rounds: int, requests: int, max_tokens: int, interval: int = 1,
+           spread: bool = False) -> dict:
+    """Every path in `pids` (direct: no router process), in alternating blocks.
+    `spread`: each stream starts at its own moment within one answer's
+    time at the pace, as streams of a busy server start, instead of all at
+    once (a burst of `streams` new requests)."""
+    spread_s = max_tokens * H200.step_seconds(min(streams, H200.max_num_seqs)) if spread else 0.0
     paths = list(pids)
     blocks: dict[str, list[dict]] = {p: [] for p in paths}
     for p in paths:  # warm: channels, connections
@@ -278,7 +291,7 @@ def _level(loaders, pids: dict, sim_pid: int, streams: int, rounds: int, request
     for r in range(rounds):
         for path in (paths if r % 2 == 0 else paths[::-1]):
             offset += 1_000_000
-            blocks[path].append(_run_block(loaders, pids[path], sim_pid, path, streams, requests, max_tokens, offset, interval))
+            blocks[path].append(_run_block(loaders, pids[path], sim_pid, path, streams, requests, max_tokens, offset, interval, spread_s))
     out = {p: _summary(b) for p, b in blocks.items()}
     direct = out.get("direct")
     if direct:
@@ -359,6 +372,8 @@ def main(argv=None) -> int:
                                                                            "too, if its code has the setting)")
     parser.add_argument("--litellm", metavar="EXE", help="also LiteLLM's proxy (this `litellm` executable, from its own venv: "
                                                           "make litellm-env) in front of the same simulator")
+    parser.add_argument("--arrivals", choices=("burst", "spread"), default="burst",
+                        help="burst: a block's streams all start at once; spread: each at its own moment within one answer's time")
     parser.add_argument("--out", default="docs")
     parser.add_argument("--name", default="gpu_pace.json", help="the result's file name in --out")
     args = parser.parse_args(argv)
@@ -366,6 +381,7 @@ def main(argv=None) -> int:
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "pace": H200.__dict__, "max_tokens": args.max_tokens,
               "requests_per_stream": args.requests, "load_procs": args.load_procs, "cores": os.cpu_count(), "against": args.against,
               "workers": args.workers, "grpc_connections_per_load_proc": args.channels, "stream_interval": args.stream_interval,
+              "arrivals": args.arrivals,
               "levels": {}}
     with tempfile.TemporaryDirectory() as tmp, _processes() as procs:
         tmp = Path(tmp)
@@ -400,7 +416,7 @@ def main(argv=None) -> int:
                 loaders.append((parent, proc))
             for streams in levels:
                 r = result["levels"][str(streams)] = _level(loaders, pids, procs[0].pid, streams, args.rounds, args.requests, args.max_tokens,
-                                                            args.stream_interval)
+                                                            args.stream_interval, args.arrivals == "spread")
                 _print_level(streams, r)
         finally:
             for conn, proc in loaders:

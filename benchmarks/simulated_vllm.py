@@ -2,7 +2,7 @@
 server that a `remote` tier cannot tell the difference, paced by a stated
 model of one H200 serving a 7-8B model:
 
-    python -m benchmarks.simulated_vllm PORT MODEL_DIR MODEL [--pace h200|instant]
+    python -m benchmarks.simulated_vllm PORT MODEL_DIR MODEL [--pace h200|instant] [--timeline FILE]
 
 Serves /health, /v1/models, /tokenize (the chat template rendered with the
 model's own tokenizer, so the router's start-up comparison agrees), and
@@ -17,7 +17,9 @@ The pace (class Pace) is continuous batching in its simplest form:
 - at most `max_num_seqs` requests run at once (vLLM's default on a GPU is
   256); the rest wait in arrival order, as in vLLM's scheduler;
 - a running request's first token comes `prefill_s + prefill_per_token_s *
-  prompt tokens` after it starts;
+  prompt tokens` after it starts (a chat's prompt tokens are its messages
+  rendered with the model's chat template, as vLLM counts them: a router
+  that renders the same chat and sends ids waits the same prefill);
 - then every running request gets one token per engine step, and a step
   takes `step_s + step_per_seq_s * running requests` (decoding is memory
   bound: the weights are read once per step whatever the batch, and each
@@ -127,7 +129,21 @@ def _event(chat: bool, model: str, i: int, n: int, prompt_tokens: int, created: 
     return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
 
 
-def make_app(model_dir: str, model: str, pace: Pace) -> web.Application:
+def _prompt_tokens(tokenizer, body: dict, chat: bool) -> int:
+    """What the prefill delay depends on: a completion's prompt ids, or a
+    chat's messages rendered with the model's template, as vLLM renders
+    them (so a chat sent directly and the same chat rendered by the router
+    and sent as ids wait the same prefill)."""
+    prompt = body.get("prompt")
+    if not chat:
+        return len(prompt) if isinstance(prompt, list) else len(tokenizer.encode(str(prompt or "")))
+    return len(render_ids(tokenizer, [ChatMessage(m["role"], m.get("content") or "") for m in body.get("messages") or ()]))
+
+
+def make_app(model_dir: str, model: str, pace: Pace, timeline=None) -> web.Application:
+    """`timeline`: a text file that gets a JSON line per streamed request
+    (its X-Request-Id, and when it arrived and its first event went, in
+    time.time()), for benchmarks.first_token."""
     tokenizer = load_tokenizer(model_dir)
     state: dict = {}
 
@@ -147,13 +163,13 @@ def make_app(model_dir: str, model: str, pace: Pace) -> web.Application:
         return web.json_response({"count": len(tokens), "max_model_len": 8192, "tokens": tokens})
 
     async def complete(request):
+        arrived = time.time()
         body = await request.json()
         chat = request.path.endswith("/chat/completions")
         n = int(body.get("max_tokens") or 16)
-        # Prompt tokens: counted for a completion; for a chat, 4 characters a
-        # token (only the prefill delay depends on it).
-        prompt_tokens = len(body["prompt"]) if not chat and isinstance(body.get("prompt"), list) else len(json.dumps(body.get("messages") or body.get("prompt"))) // 4
+        prompt_tokens = _prompt_tokens(tokenizer, body, chat)
         rid, created = f"sim-{id(request):x}", int(time.time())
+        seen = {"request_id": request.headers.get("X-Request-Id", rid), "arrived": arrived, "prompt_tokens": prompt_tokens}
         engine = state["engine"]
         if not body.get("stream"):
             async for _ in engine.tokens(prompt_tokens, n):
@@ -170,6 +186,8 @@ def make_app(model_dir: str, model: str, pace: Pace) -> web.Application:
         async for i in engine.tokens(prompt_tokens, n):
             held += 1
             if i == 0 or i == n - 1 or held >= interval:
+                if i == 0 and timeline is not None:  # stamped as it goes: the write may wait for the socket
+                    timeline.write(json.dumps({**seen, "first_event": time.time()}) + "\n")
                 await resp.write(_event(chat, model, i, n, prompt_tokens, created, rid, held))
                 held = 0
         await resp.write(b"data: [DONE]\n\n")
@@ -193,12 +211,14 @@ def main(argv=None) -> int:
     parser.add_argument("model_dir")
     parser.add_argument("model")
     parser.add_argument("--pace", choices=sorted(PACES), default="h200")
+    parser.add_argument("--timeline", help="append a JSON line per streamed request: its X-Request-Id, arrival and first event times")
     args = parser.parse_args(argv)
     try:
         import uvloop
     except ImportError:
         uvloop = None
-    app = make_app(args.model_dir, args.model, PACES[args.pace])
+    timeline = open(args.timeline, "a", buffering=1) if args.timeline else None  # line-buffered: read while it runs
+    app = make_app(args.model_dir, args.model, PACES[args.pace], timeline)
     web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, backlog=4096,
                 loop=uvloop.new_event_loop() if uvloop else None)
     return 0

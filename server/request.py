@@ -123,6 +123,8 @@ def log_line(ctx: RequestContext, usage: Usage) -> None:
         json.dumps(
             {
                 "request_id": ctx.req.request_id,
+                # When it arrived, on the wall clock (seconds since the epoch), to line it up with other services' logs.
+                "arrived_at": round(time.time() - (time.perf_counter() - ctx.arrived), 6),
                 "tier": d.tier,
                 "reason": d.reason,
                 "cache": ctx.lookup.status,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import grpc
@@ -41,7 +42,9 @@ def test_reflection_lists_the_router(live):
 
 
 def test_capital_of_france_goes_small_and_says_paris(live):
+    sent = time.time()
     r = live.client.generate("What is the capital of France?", request_id="it-paris")
+    answered = time.time()
     assert r.decision.tier == SMALL and r.decision.reason == "classifier" and not r.decision.degraded
     assert r.decision.p_complex < r.decision.threshold
     assert "Paris" in r.text
@@ -59,6 +62,8 @@ def test_capital_of_france_goes_small_and_says_paris(live):
     # One structured log line for the request, without the question's text.
     lines = [l for l in live.log().splitlines() if '"request_id": "it-paris"' in l]
     assert len(lines) == 1 and '"tier": "small"' in lines[0] and "France" not in lines[0]
+    line = json.loads(lines[0][lines[0].index("{"):])
+    assert sent <= line["arrived_at"] <= answered - t.total_ms / 1e3 + 0.05  # its arrival, on the wall clock
 
 
 def test_word_problem_goes_large(live):
