@@ -70,19 +70,24 @@ test: install test-deps
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Itriage_proto=proto --python_out=. --grpc_python_out=. --pyi_out=. triage_proto/router.proto
 
-# Speed, measured side by side in one run; writes docs/benchmarks.md (~10 min).
-# Sections 1-6, 9 and 11 in one process, then the remote front (section 8)
-# and where Classify's gap to Health/Check is, each in its own processes,
-# then the report again with their results. Section 7 (cores, about 15
-# minutes) and 10 (SMG) are their own commands: docs/benchmarks.md.
+# Speed, measured side by side in one run; writes docs/benchmarks.md (about
+# 100 minutes on 2 cores). Sections 1-6, 9 and 11 in one process, then the
+# remote front (section 8), where Classify's gap to Health/Check is, and
+# section 12's runs at a GPU's pace, each in its own processes, then the
+# report again with their results. Section 7 (cores, about 15 minutes) and
+# 10 (SMG) are their own commands: docs/benchmarks.md.
 bench: install litellm-env
 	$(PY) -m benchmarks --config $(CONFIG) --out docs
 	$(PY) -m benchmarks.remote --out docs
 	$(PY) -m benchmarks.remote --instant-upstream --out docs
 	$(PY) -m benchmarks.classify_handler --ratios --out docs
-	$(PY) -m benchmarks.gpu_pace --litellm $(LITELLM_VENV)/bin/litellm --out docs
+	$(PY) -m benchmarks.gpu_pace --out docs
+	$(PY) -m benchmarks.gpu_pace --stream-interval 4 --name gpu_pace_interval4.json --out docs
 	$(PY) -m benchmarks.gpu_pace --arrivals spread --name gpu_pace_spread.json --out docs
+	$(PY) -m benchmarks.gpu_pace --arrivals spread --stream-interval 4 --name gpu_pace_spread_interval4.json --out docs
+	$(PY) -m benchmarks.gpu_pace --levels 32,128,256 --rounds 2 --litellm $(LITELLM_VENV)/bin/litellm --name gpu_pace_litellm.json --out docs
 	$(PY) -m benchmarks.first_token --out docs
+	$(PY) -m benchmarks.stream_floor --out docs
 	$(PY) -m benchmarks --render --out docs
 
 # LiteLLM's proxy, for section 12's side by side: a venv of its own, never a

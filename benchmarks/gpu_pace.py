@@ -379,7 +379,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "pace": H200.__dict__, "max_tokens": args.max_tokens,
-              "requests_per_stream": args.requests, "load_procs": args.load_procs, "cores": os.cpu_count(), "against": args.against,
+              "rounds": args.rounds, "requests_per_stream": args.requests, "load_procs": args.load_procs, "cores": os.cpu_count(), "against": args.against,
               "workers": args.workers, "grpc_connections_per_load_proc": args.channels, "stream_interval": args.stream_interval,
               "arrivals": args.arrivals,
               "levels": {}}

@@ -192,14 +192,32 @@ def _smg_lines(path: Path) -> list[str]:
             "|---|---|---|---|---|---|---|", *rows, ""]
 
 
-def _gpu_pace_lines(path: Path) -> list[str]:
-    """Section 12, from `python -m benchmarks.gpu_pace` (its own command: a simulator, routers and LiteLLM's proxy)."""
-    if not path.is_file():
-        return []
-    r = json.loads(path.read_text())
-    pace = r["pace"]
-    names = {"grpc": "gRPC front", "http": "HTTP front", "grpc_old": f"gRPC front at {r.get('against')}",
-             "http_old": f"HTTP front at {r.get('against')}", "litellm": "LiteLLM proxy (1 worker)"}
+# Section 12's runs, each its own command and result file (make bench runs them all).
+GPU_PACE_RUNS = (
+    ("gpu_pace.json", "A token an event, all streams of a block starting together"),
+    ("gpu_pace_interval4.json", "Four tokens an event (`stream_interval: 4` on the router's tiers; direct clients ask the simulator "
+                                "for the same), all streams starting together"),
+    ("gpu_pace_spread.json", "A token an event, each stream starting at its own moment within one answer's time"),
+    ("gpu_pace_spread_interval4.json", "Four tokens an event, each stream starting at its own moment"),
+    ("gpu_pace_litellm.json", "Beside LiteLLM's proxy"),
+)
+
+
+def _gpu_pace_command(r: dict, name: str) -> str:
+    options = [f"--against {r['against']}" if r.get("against") else "", f"--stream-interval {r['stream_interval']}" if r.get("stream_interval", 1) > 1 else "",
+               "--arrivals spread" if r.get("arrivals") == "spread" else "", f"--workers {r['workers']}" if r.get("workers", 1) > 1 else "",
+               f"--levels {','.join(r['levels'])}" if list(r["levels"]) != ["32", "128", "256", "512"] else "",
+               f"--rounds {r['rounds']}" if r.get("rounds", 3) != 3 else "",
+               "--litellm .venv-litellm/bin/litellm" if any("litellm" in level for level in r["levels"].values()) else "",
+               f"--name {name}" if name != "gpu_pace.json" else ""]
+    return " ".join(["python -m benchmarks.gpu_pace", *filter(None, options)])
+
+
+def _gpu_pace_table(r: dict) -> list[str]:
+    against = r.get("against")
+    names = {"grpc": "gRPC front", "http": "HTTP front", "grpc_old": f"gRPC front at {against}", "http_old": f"HTTP front at {against}",
+             "litellm": "LiteLLM proxy (1 worker)", f"grpc_w{r.get('workers')}": f"gRPC front, {r.get('workers')} workers",
+             f"http_w{r.get('workers')}": f"HTTP front, {r.get('workers')} workers"}
     rows = []
     for streams, level in r["levels"].items():
         d = level["direct"]
@@ -208,24 +226,89 @@ def _gpu_pace_lines(path: Path) -> list[str]:
         for path_name, v in level.items():
             if path_name != "direct":
                 rows.append(f"| {streams} | {names.get(path_name, path_name)} | ×{v['throughput_ratio']:.3f} | {v['added_ttft_p50_ms']:+.0f} / "
-                            f"{v['added_ttft_p99_ms']:+.0f} ms | {v['added_gap_p99_ms']:+.0f} ms | {v['router_cores']:.2f} | "
+                            f"{v['added_ttft_p99_ms']:+.0f} ms | {v['added_gap_p99_ms']:+.1f} ms | {v['router_cores']:.2f} | "
                             f"{v['router_cpu_ms_per_1k_tokens']:.0f} |")
-    return ["## 12. At a GPU's pace: hundreds of streams against a simulated H200", "",
-            f"Measured {r['date']} by `python -m benchmarks.gpu_pace` on {r['cores']} cores: benchmarks/simulated_vllm.py in its own "
-            f"process (continuous batching of at most {pace['max_num_seqs']} requests; prefill {pace['prefill_s'] * 1e3:g} ms + "
-            f"{pace['prefill_per_token_s'] * 1e3:g} ms a prompt token; a step {pace['step_s'] * 1e3:g} ms + {pace['step_per_seq_s'] * 1e3:g} ms "
-            "a running request, one server-sent event per token), the router in its own process with both tiers `remote` on it and the "
-            f"caches off, {r['load_procs']} load processes; every stream asks {r['requests_per_stream']} questions of {r['max_tokens']} "
-            "tokens one after the other; alternating blocks of every path. Added = the path's figure less direct's; CPU = the "
-            "process's user + system time over the block (the router's, or the proxy's).", "",
-            "| streams | path | tokens/s vs direct | TTFT p50 / p99 (added) | gap p99 (added) | cores | CPU ms per 1,000 tokens |",
-            "|---|---|---|---|---|---|---|", *rows, "",
-            "What no router code can remove here: `python -m benchmarks.stream_floor` streams fixed messages with no router code "
-            "at 256 streams, one per 30 ms step; grpc.aio spent 77 µs and an aiohttp event stream 36 µs of server CPU per message "
-            "(2026-12-02). Every machine's cores are shared by the simulator, the router and the load processes, so at 256 streams "
-            "and above the figures measure this 2-core machine as much as the router. At 512 streams the simulator runs 256 and "
-            "queues the rest, as vLLM does, so direct's first tokens wait in that queue; a router path that delivers its streams "
-            "more slowly feeds that queue more slowly too, which is how a first-token time can come out below direct's.", ""]
+    return ["| streams | path | tokens/s vs direct | TTFT p50 / p99 (added) | gap p99 (added) | cores | CPU ms per 1,000 tokens |",
+            "|---|---|---|---|---|---|---|", *rows, ""]
+
+
+def _first_token_lines(path: Path) -> list[str]:
+    """Where one caller's first token goes, hop by hop (benchmarks.first_token)."""
+    if not path.is_file():
+        return []
+    r = json.loads(path.read_text())
+    m = r["ms_median"]
+    hops = ("client -> router", "router's work", "router -> server", "server", "server -> router", "router -> client")
+    direct = m["direct"]
+    rows = [f"| direct | {direct['client -> server']:.2f} | - | - | {direct['server']:.2f} | - | {direct['server -> client']:.2f} | "
+            f"{direct['total']:.2f} | - |"]
+    for name, key in (("HTTP front", "http"), ("gRPC front", "grpc")):
+        v = m[key]
+        rows.append(f"| {name} | " + " | ".join(f"{v[h]:.2f}" for h in hops) + f" | {v['total']:.2f} | {v['total'] - direct['total']:+.2f} |")
+    return [f"**Where one caller's first token goes**, {r['date']}, `python -m benchmarks.first_token` (docs/first_token.json): one "
+            "question at a time, directly and through each front in turn, every process stamping the same clock; medians in ms "
+            f"over {m['http']['requests']} requests a path. Direct has one hop each way (client -> server, server -> client).", "",
+            "| path | client -> router | router's work | router -> server | server (prefill) | server -> router | router -> client | total | added |",
+            "|---|---|---|---|---|---|---|---|---|", *rows, ""]
+
+
+def _stream_floor_line(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    r = json.loads(path.read_text())
+    us = r["us_per_message"]
+    return [f"What no router code can remove here: `python -m benchmarks.stream_floor` ({r['date']}, docs/stream_floor.json) streams "
+            f"fixed messages with no router code to {r['streams']} streams, one per {r['step_ms']:g} ms step: grpc.aio spent "
+            f"{us['grpc.aio']:.0f} µs and an aiohttp event stream {us['aiohttp SSE']:.0f} µs of server CPU per message, that is "
+            f"{us['grpc.aio']:.0f} and {us['aiohttp SSE']:.0f} ms per 1,000 tokens at a token a message before the router does anything.", ""]
+
+
+GPU_PACE_READING = [
+    "How to read them:", "",
+    "- Only figures of one run compare: these machines are noisy, and a run measures the 2 shared cores as much as the router "
+    "(the simulator, the router and the load processes share them).",
+    "- **All streams starting together** is a burst of that many new requests in one moment. The router does about 1 ms of "
+    "work per new request (validation, classification, rendering, the upstream request, the gRPC call's set-up) on one event "
+    "loop, so the last of 256 starts some hundreds of milliseconds late: that is the first-token p99. No single-threaded "
+    "router serves 256 simultaneous arrivals within 10 ms, which would take under 40 µs each.",
+    "- **Each stream starting at its own moment** is a busy server's steady state: what the router adds to a first token "
+    "is then its own work and its two extra hops (the hop-by-hop table below), unless its process or the machine is "
+    "saturated (then requests queue on the event loop, as the gRPC front's tails at 256 and 512 streams of a token an "
+    "event show). CPU per 1,000 tokens comes out higher than in a burst; a block then also holds a ramp up and down "
+    "with fewer streams running. The cause was not pinned down further.",
+    "- **`stream_interval: 4`** roughly halves the router's CPU per token: four times fewer messages on both hops, and the "
+    "per-request cost unchanged. First tokens are not delayed by it: the first text goes alone.",
+    "- At 512 streams the simulator runs 256 and queues the rest, as vLLM does, so direct's first tokens wait in that queue; "
+    "a router path that delivers its streams more slowly feeds that queue more slowly too, which is how a first-token time "
+    "can come out below direct's.",
+    "- Two workers (`server.workers: 2`) brought nothing here (2026-12-02 12:28 UTC run, in git history): the router never "
+    "used more than half a core, the simulator and the load processes sharing the same 2 cores; what workers are for, a "
+    "router saturating its core, cannot be shown on this machine.", "",
+]
+
+
+def _gpu_pace_lines(folder: Path) -> list[str]:
+    """Section 12, from `python -m benchmarks.gpu_pace` runs (a simulator, routers and LiteLLM's proxy), benchmarks.first_token
+    and benchmarks.stream_floor."""
+    runs = [(name, title, json.loads((folder / name).read_text())) for name, title in GPU_PACE_RUNS if (folder / name).is_file()]
+    if not runs:
+        return []
+    r = runs[0][2]
+    pace = r["pace"]
+    lines = ["## 12. At a GPU's pace: hundreds of streams against a simulated H200", "",
+             f"`python -m benchmarks.gpu_pace` on {r['cores']} cores: benchmarks/simulated_vllm.py in its own process (continuous "
+             f"batching of at most {pace['max_num_seqs']} requests; prefill {pace['prefill_s'] * 1e3:g} ms + "
+             f"{pace['prefill_per_token_s'] * 1e3:g} ms a prompt token, a chat's prompt counted as its template renders it; a step "
+             f"{pace['step_s'] * 1e3:g} ms + {pace['step_per_seq_s'] * 1e3:g} ms a running request; one server-sent event per token "
+             "unless a request asks for vLLM's `stream_interval`), the router in its own process with both tiers `remote` on it and "
+             f"the caches off, {r['load_procs']} load processes with {r.get('grpc_connections_per_load_proc', 8)} gRPC connections each; "
+             f"every stream asks {r['requests_per_stream']} questions of {r['max_tokens']} tokens one after the other; alternating "
+             "blocks of every path. Added = the path's figure less direct's; CPU = the process's user + system time over the block "
+             "(the router's, summed over its workers, or the proxy's), per 1,000 streamed tokens. `--against REV` runs the router "
+             "code of an earlier commit beside this one.", ""]
+    for name, title, result in runs:
+        lines += [f"**{title}**, {result['date']}, `{_gpu_pace_command(result, name)}` (docs/{name}):", "", *_gpu_pace_table(result)]
+    return [*lines, *_first_token_lines(folder / "first_token.json"), *_stream_floor_line(folder / "stream_floor.json"), *GPU_PACE_READING]
 
 
 def write_markdown(results: dict, path: Path) -> None:
@@ -297,7 +380,7 @@ def write_markdown(results: dict, path: Path) -> None:
         *spill_lines(results.get("spill"), results.get("section_dates", {}).get("spill", results["date"])),
         *_smg_lines(path.parent / "smg.json"),
         *http_lines(results.get("http"), results.get("section_dates", {}).get("http", results["date"])),
-        *_gpu_pace_lines(path.parent / "gpu_pace.json"),
+        *_gpu_pace_lines(path.parent),
         "Plots from the load generator: `triage bench --concurrency 1,4,16 --stream --out reports/bench` "
         "(latency per tier, throughput against concurrency).", "",
         "## Reproduce", "", "```sh", "make bench                      # sections 1-6, 8, 9 and 11, about 50 minutes on 2 cores",
@@ -306,8 +389,13 @@ def write_markdown(results: dict, path: Path) -> None:
         "python -m benchmarks.classify_handler --ratios  # section 1's decomposition, about 2 minutes",
         "python -m benchmarks.upstream_client  # httpx against aiohttp as a tier's upstream client, seconds",
         "python -m benchmarks.smg        # section 10, about 4 minutes",
-        "python -m benchmarks.gpu_pace --against REV --litellm .venv-litellm/bin/litellm  # section 12 (make litellm-env first)",
-        "python -m benchmarks.stream_floor  # a streamed message's cost to grpc.aio and aiohttp alone, a minute",
+        "python -m benchmarks.gpu_pace --against REV  # section 12, a token an event, about 12 minutes",
+        "python -m benchmarks.gpu_pace --against REV --stream-interval 4 --name gpu_pace_interval4.json  # four tokens an event",
+        "python -m benchmarks.gpu_pace --against REV --arrivals spread --name gpu_pace_spread.json  # streams starting apart",
+        "python -m benchmarks.gpu_pace --against REV --arrivals spread --stream-interval 4 --name gpu_pace_spread_interval4.json",
+        "python -m benchmarks.gpu_pace --levels 32,128,256 --rounds 2 --litellm .venv-litellm/bin/litellm --name gpu_pace_litellm.json  # make litellm-env first",
+        "python -m benchmarks.first_token  # section 12, a first token hop by hop, a minute",
+        "python -m benchmarks.stream_floor --out docs  # a streamed message's cost to grpc.aio and aiohttp alone, a minute",
         "python -m benchmarks.shutdown   # stop time of an idle server", "```", "",
     ]
     path.write_text("\n".join(lines))

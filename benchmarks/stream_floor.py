@@ -3,7 +3,7 @@ code: a grpc.aio server that streams fixed GenerateStreamResponse messages,
 beside an aiohttp server that streams fixed server-sent events, each in its
 own process on uvloop, under the same load, in alternating blocks:
 
-    python -m benchmarks.stream_floor [--streams 256] [--messages 100] [--step-ms 30] [--rounds 3]
+    python -m benchmarks.stream_floor [--streams 256] [--messages 100] [--step-ms 30] [--rounds 3] [--out docs]
 
 Every stream gets one message per step (as every running request gets one
 token per engine step); the client is another process. Prints each
@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import os
 import sys
+import time
+from pathlib import Path
 
 from .gpu_pace import cpu_seconds
 
@@ -129,6 +132,7 @@ def main(argv=None) -> int:
     parser.add_argument("--messages", type=int, default=100)
     parser.add_argument("--step-ms", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", help="also write stream_floor.json in this folder (docs/benchmarks.md section 12 quotes it)")
     args = parser.parse_args(argv)
     ctx = mp.get_context("spawn")
     servers, ports = {}, {}
@@ -154,6 +158,11 @@ def main(argv=None) -> int:
     for name in servers:
         print(f"{name:12s}: {1e6 * cpu[name] / sent[name]:.1f} µs of server CPU per streamed message "
               f"({sent[name]} messages to {args.streams} streams, one per {args.step_ms:g} ms step; {os.cpu_count()} cores)")
+    if args.out:
+        result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "streams": args.streams, "step_ms": args.step_ms,
+                  "cores": os.cpu_count(), "us_per_message": {name: 1e6 * cpu[name] / sent[name] for name in servers}}
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "stream_floor.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
