@@ -35,34 +35,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .gpu_pace import _processes, _router_config, start_router
+from .gpu_pace import _grpc_stream, _processes, _router_config, _sse_stream, start_router
 from .remote import MODEL, MODEL_DIR, ROOT, _free_port, _healthy, _wait
 
 WARM_UP = 5
+MAX_TOKENS = 8  # the first token is what is timed
 LEGS = ("client -> router", "router's work", "router -> server", "server", "server -> router", "router -> client")
 
 
-async def _http_first_token(http, url: str, model: str, prompt: str, request_id: str) -> tuple[float, float]:
-    """Sent and first-text times (time.time()) of one streamed chat completion."""
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 8, "temperature": 0.0, "stream": True}
-    sent, first = time.time(), None
-    async with http.post(url, json=body, headers={"X-Request-Id": request_id}) as resp:
-        if resp.status != 200:
-            raise RuntimeError(f"{url}: HTTP {resp.status}: {(await resp.read())[:200]!r}")
-        async for raw in resp.content:
-            if first is None and raw.startswith(b"data:") and b'"content"' in raw and not raw.startswith(b"data: [DONE]"):
-                event = json.loads(raw[5:])
-                if any((c.get("delta") or {}).get("content") for c in event.get("choices") or ()):
-                    first = time.time()
-    return sent, first
-
-
-async def _grpc_first_token(client, prompt: str, request_id: str) -> tuple[float, float]:
-    sent, first = time.time(), None
-    async for event in client.generate_stream(prompt, route="small", max_tokens=8, cache="off", temperature=0.0, request_id=request_id):
-        if first is None and event.WhichOneof("event") == "delta":
-            first = time.time()
-    return sent, first
+async def _first_token(stream) -> tuple[float, float]:
+    """Sent and first-text times (time.time()) of one streamed answer
+    (gpu_pace's clients, which time the first text from their start)."""
+    sent = time.time()
+    ttft, _, _ = await stream
+    return sent, sent + ttft
 
 
 async def _ask(direct: str, front: str, grpc_address: str, requests: int) -> dict[str, dict[str, tuple[float, float]]]:
@@ -80,10 +66,11 @@ async def _ask(direct: str, front: str, grpc_address: str, requests: int) -> dic
                 for path in stamps:
                     rid = f"ft-{path}-{n}"
                     if path == "grpc":
-                        stamps[path][rid] = await _grpc_first_token(client, prompt, rid)
+                        stream = _grpc_stream(client, prompt, MAX_TOKENS, request_id=rid)
                     else:
                         url, model = (direct, MODEL) if path == "direct" else (front, "small")
-                        stamps[path][rid] = await _http_first_token(http, url, model, prompt, rid)
+                        stream = _sse_stream(http, url, model, prompt, MAX_TOKENS, headers={"X-Request-Id": rid})
+                    stamps[path][rid] = await _first_token(stream)
     finally:
         await client.close()
     return stamps

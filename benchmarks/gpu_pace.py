@@ -165,9 +165,10 @@ async def _sse_stream(http, url: str, model: str, prompt: str, max_tokens: int, 
     return (arrivals[0] - started if arrivals else float("nan")), arrivals, tokens
 
 
-async def _grpc_stream(client, prompt: str, max_tokens: int) -> tuple[float, list[float], int]:
+async def _grpc_stream(client, prompt: str, max_tokens: int, **options) -> tuple[float, list[float], int]:
+    """The same through the gRPC front; `options`: more GenerateRequest fields (a request_id)."""
     started, arrivals, tokens = time.perf_counter(), [], 0
-    async for event in client.generate_stream(prompt, route="small", max_tokens=max_tokens, cache="off", temperature=0.0):
+    async for event in client.generate_stream(prompt, route="small", max_tokens=max_tokens, cache="off", temperature=0.0, **options):
         kind = event.WhichOneof("event")
         if kind == "delta":
             arrivals.append(time.perf_counter())

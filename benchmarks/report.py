@@ -234,17 +234,18 @@ def _gpu_pace_table(r: dict) -> list[str]:
 
 def _first_token_lines(path: Path) -> list[str]:
     """Where one caller's first token goes, hop by hop (benchmarks.first_token)."""
+    from .first_token import LEGS
+
     if not path.is_file():
         return []
     r = json.loads(path.read_text())
     m = r["ms_median"]
-    hops = ("client -> router", "router's work", "router -> server", "server", "server -> router", "router -> client")
     direct = m["direct"]
     rows = [f"| direct | {direct['client -> server']:.2f} | - | - | {direct['server']:.2f} | - | {direct['server -> client']:.2f} | "
             f"{direct['total']:.2f} | - |"]
     for name, key in (("HTTP front", "http"), ("gRPC front", "grpc")):
         v = m[key]
-        rows.append(f"| {name} | " + " | ".join(f"{v[h]:.2f}" for h in hops) + f" | {v['total']:.2f} | {v['total'] - direct['total']:+.2f} |")
+        rows.append(f"| {name} | " + " | ".join(f"{v[h]:.2f}" for h in LEGS) + f" | {v['total']:.2f} | {v['total'] - direct['total']:+.2f} |")
     return [f"**Where one caller's first token goes**, {r['date']}, `python -m benchmarks.first_token` (docs/first_token.json): one "
             "question at a time, directly and through each front in turn, every process stamping the same clock; medians in ms "
             f"over {m['http']['requests']} requests a path. Direct has one hop each way (client -> server, server -> client).", "",

@@ -137,7 +137,11 @@ def _prompt_tokens(tokenizer, body: dict, chat: bool) -> int:
     prompt = body.get("prompt")
     if not chat:
         return len(prompt) if isinstance(prompt, list) else len(tokenizer.encode(str(prompt or "")))
-    return len(render_ids(tokenizer, [ChatMessage(m["role"], m.get("content") or "") for m in body.get("messages") or ()]))
+    return len(render_ids(tokenizer, _messages(body)))
+
+
+def _messages(body: dict) -> list[ChatMessage]:
+    return [ChatMessage(m["role"], m.get("content") or "") for m in body.get("messages") or ()]
 
 
 def make_app(model_dir: str, model: str, pace: Pace, timeline=None) -> web.Application:
@@ -158,8 +162,7 @@ def make_app(model_dir: str, model: str, pace: Pace, timeline=None) -> web.Appli
 
     async def tokenize(request):
         body = await request.json()
-        messages = [ChatMessage(m["role"], m["content"]) for m in body["messages"]]
-        tokens = render_ids(tokenizer, messages)
+        tokens = render_ids(tokenizer, _messages(body))
         return web.json_response({"count": len(tokens), "max_model_len": 8192, "tokens": tokens})
 
     async def complete(request):

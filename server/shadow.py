@@ -119,7 +119,12 @@ class Shadows:
         self._count(direction, "sent")
         task = asyncio.get_running_loop().create_task(self._run(answer, target, direction, names[min(i, j)]))
         self._running[target.name] = task
-        task.add_done_callback(lambda t, name=target.name: self._running.pop(name) if self._running.get(name) is t else None)
+        task.add_done_callback(lambda t, name=target.name: self._release(name, t))
+
+    def _release(self, tier: str, task: asyncio.Task) -> None:
+        """`task` no longer holds `tier` (a newer shadow's hold is left alone)."""
+        if self._running.get(tier) is task:
+            del self._running[tier]
 
     def yield_to(self, tier: str) -> None:
         """A live request starts on `tier`: its shadow, if any, stops now."""
@@ -131,8 +136,7 @@ class Shadows:
         try:
             text = await self._generate(answer, target)
             # The target is free from here: a live request there no longer cancels the grading and the record.
-            if self._running.get(target.name) is asyncio.current_task():
-                del self._running[target.name]
+            self._release(target.name, asyncio.current_task())
             question = next((m.content for m in reversed(answer.messages) if m.role == "user"), "")
             agreed = await asyncio.to_thread(self.grader.agree, question, answer.text, text)
             await self._record(answer, agreed, direction, cheap_tier)

@@ -83,6 +83,9 @@ async def post_json(client, url: str, body: dict, timeout_s: float) -> tuple[int
         return resp.status, await resp.read()
 
 
+_JSON = msgspec.json.Encoder()
+
+
 @contextlib.asynccontextmanager
 async def post_stream(client, url: str, body: dict, headers: dict):
     """A streamed POST's response. Left early (the caller went away, a
@@ -200,7 +203,6 @@ class _Event(msgspec.Struct):
     error: Any = None
 
 
-_JSON = msgspec.json.Encoder()
 # One typed decode of the bytes: a sixth of json.loads's time per event,
 # and one event arrives per token (benchmarks.gpu_pace).
 _EVENT = msgspec.json.Decoder(_Event)
