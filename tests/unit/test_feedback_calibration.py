@@ -13,12 +13,16 @@ import time
 import numpy as np
 import pytest
 
+from classifier.data import DEFAULT_DATA
 from classifier.feedback import calibrate, fit_cut, read_outcomes, training_rows
 from server.feedback import Answered, FeedbackStore
 
 from classifier.model import ARTIFACT_DIR as ARTIFACTS
 
 from .test_classifier import ROOT
+
+# As in test_classifier: the labeled questions live outside the repository (../shared/data).
+NEEDS_LABELED = pytest.mark.skipif(not DEFAULT_DATA.is_file(), reason=f"labeled data not at {DEFAULT_DATA}")
 
 
 def fill(path, n: int, fails_above: float, seed: int = 0, cut: float = 0.45, questions=None) -> None:
@@ -106,8 +110,6 @@ def _graded_store(path, faithful: bool) -> int:
     """The small tier's answers to the held-out sources' questions, reported
     right for the simple ones and wrong for the complex ones (`faithful`), or
     the reverse (a broken grader). Returns how many."""
-    from classifier.data import DEFAULT_DATA
-
     rows = [json.loads(line) for line in open(DEFAULT_DATA, encoding="utf-8") if line.strip()]
     held = [r for r in rows if r["split"] == "test" and r["label"] in ("simple", "complex")]
     store = FeedbackStore(str(path), 10**6)
@@ -123,6 +125,7 @@ def _train(art, store, *options):
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
+@NEEDS_LABELED
 def test_cli_train_feedback_refuses_an_artifact_that_does_worse(tmp_path):
     """A broken grader's outcomes contradict the held-out labels: training on
     them costs held-out accuracy, so nothing is written, and the report
@@ -145,6 +148,7 @@ def _missing_sources() -> list[str]:
     return [s.name for s in SOURCES if read_source(s) is None]
 
 
+@NEEDS_LABELED
 @pytest.mark.skipif(bool(_missing_sources()), reason="the shipped artifact was trained with pinned source snapshots this machine "
                     "lacks (classifier/sources.py); a retrain without them is rightly refused as worse on the never-trained sources")
 def test_cli_train_feedback_writes_an_artifact_that_does_no_worse(tmp_path):
