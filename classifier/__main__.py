@@ -1,12 +1,12 @@
 """Command line for the complexity classifier.
 
     python -m classifier train [--data PATH] [--out DIR] [--no-extra] [--no-cross-source] [--set KEY=JSON ...]
-    python -m classifier evaluate [--data PATH] [--threshold T] [--no-extra] [--cross-source] [--lobo] [--against REV]
-    python -m classifier score < prompts.jsonl > scores.jsonl
+    python -m classifier evaluate [--data PATH] [--threshold T] [--no-extra] [--cross-source] [--against REV]
+    python -m classifier [--model DIR] score < prompts.jsonl > scores.jsonl
     python -m classifier calibrate --target-large-share 0.3 --sample prompts.jsonl
     python -m classifier calibrate --feedback STORE [--max-failure 0.2] [--dry-run]
-    python -m classifier train --feedback STORE [--tolerance 0.005] [--dry-run]
-    python -m classifier bench [--against REV]
+    python -m classifier [--model PRIOR] adapt --feedback STORE --out DIR [--cheap-tier small] [--min-rows 200]
+    python -m classifier [--model DIR] bench [--against REV]
 """
 
 from __future__ import annotations
@@ -44,12 +44,15 @@ def _texts_from_jsonl(stream, name: str):
 def cmd_train(args) -> int:
     from .evaluate import format_report
     from .model_card import write_model_card
+    from .sources import SourceError
     from .train import train
 
-    if args.feedback:
-        return train_with_feedback(args)
     set_hyperparameters(args.set)
-    metadata = train(args.data, args.out, extra=not args.no_extra, with_cross_source=not args.no_cross_source)
+    try:
+        metadata = train(args.data, args.out, extra=not args.no_extra, with_cross_source=not args.no_cross_source)
+    except SourceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(format_report(metadata["evaluation"]))
     write_model_card(args.out)
     return 0
@@ -68,49 +71,30 @@ def set_hyperparameters(assignments: list[str]) -> None:
         HYPERPARAMETERS[key] = json.loads(value)
 
 
-def train_with_feedback(args) -> int:
-    """Train with the cheap tier's outcomes (those that kept their text) as
-    extra rows, into a scratch folder; write it over --out only if no
-    held-out check is worse than the current artifact's by more than
-    --tolerance, the held-out outcomes included."""
-    import shutil
-    import tempfile
-
+def cmd_adapt(args) -> int:
+    """Fit an adapter from a router's feedback store (classifier/adapter.py)
+    and write prior + adapter to --out; refuse, writing nothing and exiting
+    1 with the figures, when it does not rank the newest quarter better."""
     from . import load
-    from .feedback import compare, ranking_auc, read_outcomes, training_rows
-    from .model_card import write_model_card
-    from .train import train
+    from .adapter import fit_and_gate, read_store
+    from .model import write_adapted
 
     current = load(args.model)
+    prior = getattr(current, "prior", current)  # an adapted artifact is refitted from its prior
     try:
-        rows, held = training_rows(read_outcomes(args.feedback, args.good_rating), args.cheap_tier)
+        outcomes = read_store(args.feedback, args.cheap_tier, args.good_rating)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if len(rows) < args.min_rows:
-        print(f"refused: {len(rows)} outcomes of tier {args.cheap_tier}'s answers with their text to train on "
-              f"(at least {args.min_rows}; the router stores the text only with feedback.keep_text: true)", file=sys.stderr)
-        return 1
-    with tempfile.TemporaryDirectory() as scratch:
-        metadata = train(args.data, scratch, threshold=current.threshold, extra=not args.no_extra, with_cross_source=False,
-                         feedback_rows=rows, feedback_source=Path(args.feedback).name)
-        new = load(scratch)
-        checks, worse = compare(current.metadata.get("evaluation", {}), metadata["evaluation"], args.tolerance)
-        auc_current, auc_new = ranking_auc(held, current.score), ranking_auc(held, new.score)
-        checks.append({"check": "held-out outcomes ROC AUC", "current": auc_current, "new": auc_new})
-        if auc_new == auc_new and auc_current == auc_current and auc_new < auc_current - args.tolerance:
-            worse.append(f"held-out outcomes ROC AUC: {auc_new:.3f} against {auc_current:.3f}")
-        written = not worse and not args.dry_run
-        if written:
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            for name in ("model.skops", "metadata.json"):
-                shutil.copy2(Path(scratch) / name, out / name)
-            write_model_card(out)
-    print(json.dumps({"feedback_rows": len(rows), "held_out_outcomes": len(held), "checks": checks, "worse": worse,
-                      "tolerance": args.tolerance, "written": written}, indent=2))
-    if worse:
-        print("refused: the retrained artifact does worse on " + "; ".join(worse), file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    adapter, report = fit_and_gate(prior, outcomes, args.min_rows)
+    report = {"store": str(args.feedback), "cheap_tier": args.cheap_tier, **report, "seconds": round(time.monotonic() - started, 2)}
+    if adapter is not None:
+        write_adapted(prior, args.model, adapter, report, args.out)
+        report["written"] = str(args.out)
+    print(json.dumps(report, indent=2))
+    if adapter is None:
+        print(f"refused: {report['refused_because']}", file=sys.stderr)
         return 1
     return 0
 
@@ -119,6 +103,7 @@ def cmd_evaluate(args) -> int:
     from . import load
     from .data import load_rows
     from .evaluate import format_report
+    from .shapes import shape_rows
     from .sources import load_sources
     from .train import full_evaluation
 
@@ -126,11 +111,9 @@ def cmd_evaluate(args) -> int:
     if args.threshold is not None:
         clf.threshold = args.threshold
     rows = load_rows(args.data, [] if args.no_extra else load_sources()[0])
+    rows += shape_rows(rows)
     against = (args.against, lambda texts: scores_at(args.against, texts)) if args.against else None
-    report = full_evaluation(clf, rows, args.data, with_cross_source=args.cross_source, with_lobo=args.lobo, against=against)
-    stored = clf.metadata.get("evaluation", {}).get("leave_one_benchmark_out")
-    if not args.lobo and stored:  # ten fits: shown as training measured them unless --lobo asks again
-        report["leave_one_benchmark_out"] = {**stored, "note": " (measured when the artifact was trained; --lobo refits)"}
+    report = full_evaluation(clf, rows, args.data, with_cross_source=args.cross_source, against=against)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 
@@ -309,8 +292,8 @@ def bench_against(args) -> int:
 
 
 def _feedback_options(p) -> None:
-    p.add_argument("--cheap-tier", default="small", help="with --feedback: the tier below the cut (default small)")
-    p.add_argument("--good-rating", type=int, default=4, help="with --feedback: a rating at or above this is a good answer (default 4)")
+    p.add_argument("--cheap-tier", default="small", help="the cheapest tier, whose outcomes are read (default small)")
+    p.add_argument("--good-rating", type=int, default=4, help="a rating at or above this is a good answer (default 4)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,12 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-extra", action="store_true", help="only shared/data/questions, not the pinned public sources (sources.py)")
     p.add_argument("--no-cross-source", action="store_true", help="skip the leave-one-source-out check (one fit per source)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                   help="replace a hyperparameter of train.py for this run, e.g. outcome_keep=1.0 (repeatable)")
-    p.add_argument("--feedback", metavar="STORE", help="a router's feedback store (feedback.path): add the cheap tier's outcomes as rows")
-    p.add_argument("--tolerance", type=float, default=0.005, help="with --feedback: how much lower a held-out check may come out")
-    p.add_argument("--min-rows", type=int, default=50, help="with --feedback: fewest outcomes with text to train on")
-    p.add_argument("--dry-run", action="store_true", help="with --feedback: report, write nothing")
-    _feedback_options(p)
+                   help="replace a hyperparameter of train.py for this run, e.g. C=1.0 (repeatable)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser(
         "evaluate", help="accuracy per held-out source, ranking by gain, GSM8K steps and outcomes, each next to prompt length"
@@ -337,7 +315,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--no-extra", action="store_true", help="only shared/data/questions, not the pinned public sources")
     p.add_argument("--cross-source", action="store_true", help="also train without each source in turn and score it (several minutes)")
-    p.add_argument("--lobo", action="store_true", help="also train without each outcome benchmark in turn and score it (about ten minutes)")
     p.add_argument("--against", metavar="REV", help="also the gain ranking of this git revision's classifier, on the same held-out rows")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
@@ -353,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print the threshold without writing it")
     _feedback_options(p)
     p.set_defaults(func=cmd_calibrate)
+    p = sub.add_parser("adapt", help="fit this deployment's adapter from a router's feedback store; write prior + adapter if it ranks better")
+    p.add_argument("--feedback", metavar="STORE", required=True, help="a router's feedback store (feedback.path)")
+    p.add_argument("--out", required=True, help="the artifact folder to write (prior + adapter)")
+    p.add_argument("--min-rows", type=int, default=200, help="fewest outcomes of the cheap tier with their text (default 200)")
+    _feedback_options(p)
+    p.set_defaults(func=cmd_adapt)
     p = sub.add_parser("bench", help="single-question latency and batch throughput, in process")
     p.add_argument("-n", type=int, default=5000)
     p.add_argument("--repeats", type=int, default=15)

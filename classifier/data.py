@@ -20,17 +20,15 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-def shared_file(relative: str, env: str) -> Path:
-    """$`env`, else `relative` under the nearest folder beside the checkout
-    or one of its ancestors that has it (the workplace keeps shared/ next to
-    the repository)."""
+def shared_file(relative: str, env: str, folder: bool = False) -> Path:
+    """$`env`, else `relative` under the nearest ancestor of the checkout
+    that has it (shared/ sits beside the repository). `folder`: return the
+    folder holding `relative` (the variable then names that folder)."""
     if env in os.environ:
         return Path(os.environ[env])
     repo = Path(__file__).resolve().parents[1]
-    for folder in repo.parents:
-        if (folder / relative).is_file():
-            return folder / relative
-    return repo.parent / relative
+    found = next((f / relative for f in repo.parents if (f / relative).is_file()), repo.parent / relative)
+    return found.parent if folder else found
 
 
 def labelled(row: dict) -> bool:
@@ -96,10 +94,10 @@ def file_sha256(path: str | Path) -> str:
 
 
 def eval_sources(rows: list[dict]) -> dict[str, list[dict]]:
-    """Held-out rows per source: the `test` split of training sources and the
-    `dev_cross` sources that were never trained on."""
+    """Held-out rows per source: the `test` split of training sources, the
+    `dev_cross` sources and the `shape` rows (shapes.py), never trained on."""
     out: dict[str, list[dict]] = {}
     for row in rows:
-        if row["split"] in ("test", "dev_cross"):
+        if row["split"] in ("test", "dev_cross", "shape"):
             out.setdefault(row["source"], []).append(row)
     return dict(sorted(out.items()))

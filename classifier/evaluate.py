@@ -12,7 +12,7 @@ prompt-length baseline:
    - outcomes, where we know per question whether a weaker answer was as good
      as a stronger one: the area under the quality/cost curve (APGR, as
      RouteLLM computes it) when `p_complex` decides which questions get the
-     stronger answer (see outcomes.py for the data).
+     stronger answer (gain.py: the shared outcome table).
 """
 
 from __future__ import annotations
@@ -139,10 +139,14 @@ def evaluate(clf, rows: list[dict], threshold: float | None = None) -> dict:
         sweep.append({"threshold": float(t), "macro_accuracy": float(np.mean(accuracies)), "min_accuracy": float(np.min(accuracies))})
     p, y = np.concatenate(all_p), np.concatenate(all_y)
     dev = [per_source[s]["accuracy"] for s in DEV_CROSS if s in per_source]
+    never = [m["accuracy"] for m in per_source.values() if m["split"] in ("dev_cross", "shape")]
     return {
         "threshold": threshold,
         "per_source": per_source,
         "dev_cross_macro_accuracy": float(np.mean(dev)) if dev else float("nan"),
+        # The sources and shapes never trained on: the check the hidden kinds resemble.
+        "never_trained_macro_accuracy": float(np.mean(never)) if never else float("nan"),
+        "never_trained_min_accuracy": float(np.min(never)) if never else float("nan"),
         "all_sources_macro_accuracy": float(np.mean([v["accuracy"] for v in per_source.values()])),
         "brier_all_heldout": float(np.mean((p - y) ** 2)),
         "reliability_all_heldout": reliability(p, y),
@@ -156,6 +160,9 @@ def format_report(report: dict) -> str:
         lines.append(f"{source:<19}{m['split']:<11}{m['n']:>6}{m['accuracy']:>10.3f}{m['length_baseline']:>9.3f}{m['brier']:>8.3f}")
     lines.append(f"dev_cross macro accuracy   {report['dev_cross_macro_accuracy']:.3f}")
     lines.append(f"all-sources macro accuracy {report['all_sources_macro_accuracy']:.3f}")
+    if "never_trained_macro_accuracy" in report:
+        lines.append(f"never-trained sources and shapes: macro {report['never_trained_macro_accuracy']:.3f}, "
+                     f"worst {report['never_trained_min_accuracy']:.3f}")
     lines.append(f"Brier (all held-out rows)  {report['brier_all_heldout']:.3f}")
     lines.append("other thresholds: macro accuracy / worst source")
     lines.append("  " + "  ".join(f"{t['threshold']:.2f}: {t['macro_accuracy']:.3f}/{t['min_accuracy']:.3f}" for t in report["threshold_sweep"]))

@@ -1,9 +1,8 @@
 """Outcomes reported to a running router (the Feedback RPC, server/feedback.py)
-as evidence for the routing: `calibrate --feedback` moves the cut, `train
---feedback` adds the outcomes as training rows. Both hold out the newest
-quarter of the outcomes and refuse to write a result that does worse there
-(and, for training, on the artifact's own held-out checks) than what is in
-use now.
+as evidence for the cut: `calibrate --feedback` moves it, holding out the
+newest quarter of the outcomes and refusing a cut that does worse there
+than the one in use. (Which questions go up is the adapter's business:
+adapter.py reads the same store.)
 
 What the outcomes can and cannot say. An outcome is observed only for the
 tier that answered. A good or bad answer from the cheap tier says whether
@@ -105,18 +104,6 @@ def share_at_or_above(outcomes: list[Outcome], cut: float) -> float:
     return sum(o.p_complex >= cut for o in outcomes) / len(outcomes) if outcomes else 0.0
 
 
-def ranking_auc(outcomes: list[Outcome], score) -> float:
-    """How well a score orders the cheap tier's failures above its
-    successes (ROC AUC; 0.5 is chance). `score(texts)` gives p_complex."""
-    from sklearn.metrics import roc_auc_score
-
-    rows = [o for o in outcomes if o.question is not None]
-    failed = [not o.good for o in rows]
-    if len(set(failed)) < 2:
-        return float("nan")
-    return float(roc_auc_score(failed, score([o.question for o in rows])))
-
-
 def calibrate(outcomes: list[Outcome], cheap_tier: str, current_cut: float, max_failure: float) -> dict:
     """Fit a cut on the older outcomes, check it on the newest, against the
     current cut. `accepted` is False (with the reason) when the new cut
@@ -146,46 +133,3 @@ def calibrate(outcomes: list[Outcome], cheap_tier: str, current_cut: float, max_
     else:
         report["accepted"] = True
     return report
-
-
-def training_rows(outcomes: list[Outcome], cheap_tier: str) -> tuple[list[dict], list[Outcome]]:
-    """The cheap tier's outcomes that kept their question's text, as
-    training rows (a failure: complex; a success: simple), from the older
-    part; and the newest part, held out."""
-    older, newest = split(outcomes)
-    rows = [{"text": o.question, "label": "simple" if o.good else "complex", "source": "feedback", "split": "train"}
-            for o in older if o.tier == cheap_tier and o.question]
-    return rows, [o for o in newest if o.tier == cheap_tier]
-
-
-# The held-out checks a retrained artifact must not do worse on (report key,
-# path into the evaluation), each higher-is-better.
-CHECKS = {
-    "macro accuracy, held-out sources": ("all_sources_macro_accuracy",),
-    "macro accuracy, never-trained sources": ("dev_cross_macro_accuracy",),
-    "GSM8K Spearman with steps": ("steps_ranking", "spearman_steps"),
-    "outcomes APGR, GSM8K": ("outcome_ranking", "gsm8k_test_direct_vs_cot", "apgr"),
-    "outcomes APGR, arithmetic": ("outcome_ranking", "arithmetic_mixed_direct_vs_cot", "apgr"),
-}
-
-
-def _get(report: dict, path: tuple[str, ...]) -> float | None:
-    for key in path:
-        if not isinstance(report, dict) or key not in report:
-            return None
-        report = report[key]
-    return float(report)
-
-
-def compare(current: dict, new: dict, tolerance: float) -> tuple[list[dict], list[str]]:
-    """Each check's current and new value; the checks the new artifact
-    fails (lower by more than `tolerance`)."""
-    rows, worse = [], []
-    for name, path in CHECKS.items():
-        a, b = _get(current, path), _get(new, path)
-        if a is None or b is None or a != a or b != b:
-            continue
-        rows.append({"check": name, "current": a, "new": b})
-        if b < a - tolerance:
-            worse.append(f"{name}: {b:.3f} against {a:.3f}")
-    return rows, worse

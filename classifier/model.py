@@ -22,6 +22,7 @@ import numpy as np
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
 MODEL_FILE = "model.skops"
 METADATA_FILE = "metadata.json"
+ADAPTER_FILE = "adapter.json"  # a deployment's adapter (adapter.py), when one was adopted
 
 # The only non-library objects the artifact may reference. Anything else in
 # the file is refused at load time (skops' trusted-type check).
@@ -105,8 +106,8 @@ class _FastLinear:
         self._dense_w = [float(w) for w in dense_coef / scaler.scale_]
         self._bias = float(lr.intercept_[0]) + float(-(scaler.mean_ / scaler.scale_) @ dense_coef)
 
-    def score(self, text: str) -> float:
-        terms, dense = self._featurize(text)
+    def logit(self, terms: list[str], dense) -> float:
+        """The prior's log-odds for one text's (terms, dense features)."""
         get = self._vocab.get
         dot = norm_sq = 0.0
         for term in set(terms):
@@ -115,9 +116,19 @@ class _FastLinear:
                 dot += entry[0]
                 norm_sq += entry[1]
         z = self._bias + sum(map(float.__mul__, self._dense_w, dense))
-        if norm_sq > 0.0:
-            z += dot / math.sqrt(norm_sq)
-        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+        return z + dot / math.sqrt(norm_sq) if norm_sq > 0.0 else z
+
+    def score(self, text: str) -> float:
+        return _sigmoid(self.logit(*self._featurize(text)))
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+
+def _text(t) -> str:
+    """Odd input is never an error: non-strings are their str(), None empty."""
+    return t if t.__class__ is str else "" if t is None else str(t)
 
 
 class Classifier:
@@ -133,10 +144,29 @@ class Classifier:
         """p_complex in [0, 1] per text, in order. Never raises on odd text:
         non-strings are treated as their str(), None as empty."""
         fast = self._fast.score
-        return np.array([fast(t if t.__class__ is str else "" if t is None else str(t)) for t in texts], dtype=np.float64)
+        return np.array([fast(_text(t)) for t in texts], dtype=np.float64)
 
     def label(self, p_complex: float, threshold: float | None = None) -> str:
         return "complex" if p_complex >= (self.threshold if threshold is None else threshold) else "simple"
+
+
+class AdaptedClassifier(Classifier):
+    """The prior with a deployment's adapter (adapter.py): one tokenisation,
+    the prior's logit, then the adapter's raw score mapped onto the prior's
+    scale. Same interface as the prior; `prior` stays reachable."""
+
+    def __init__(self, prior: Classifier, adapter, adapter_info: dict | None = None):
+        self.prior, self.adapter = prior, adapter
+        self.pipeline, self.threshold, self._fast = prior.pipeline, prior.threshold, prior._fast
+        self.metadata = {**prior.metadata, "adapter": adapter_info or {}}
+
+    def score(self, texts: Sequence[str] | Iterable[str]) -> np.ndarray:
+        fast, adapter = self._fast, self.adapter
+        out = []
+        for t in texts:
+            terms, dense = fast._featurize(_text(t))
+            out.append(adapter.to_p(adapter.raw(terms, dense, fast.logit(terms, dense))))
+        return np.array(out, dtype=np.float64)
 
 
 def load(path: str | Path | None = None) -> Classifier:
@@ -152,4 +182,31 @@ def load(path: str | Path | None = None) -> Classifier:
         raise FileNotFoundError(f"no classifier artifact at {model_path}: run `make train`")
     pipeline = sio.load(model_path, trusted=trusted_types(model_path))
     metadata = json.loads((folder / METADATA_FILE).read_text())
-    return Classifier(pipeline, metadata)
+    prior = Classifier(pipeline, metadata)
+    if not (folder / ADAPTER_FILE).is_file():
+        return prior
+    from .adapter import Adapter
+
+    state = json.loads((folder / ADAPTER_FILE).read_text())
+    return AdaptedClassifier(prior, Adapter.from_state(state["adapter"]), state.get("report", {}))
+
+
+def write_adapted(prior: Classifier, prior_folder: str | Path | None, adapter, report: dict, out: str | Path) -> Path:
+    """An artifact folder holding the prior (its files copied) and the
+    adapter (ADAPTER_FILE, JSON), written to a scratch folder beside `out`
+    and renamed into place, so a reader never sees half of it."""
+    import os
+    import shutil
+    import tempfile
+
+    source = Path(prior_folder) if prior_folder is not None else ARTIFACT_DIR
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    for name in (MODEL_FILE, METADATA_FILE):
+        shutil.copy2(source / name, scratch / name)
+    (scratch / ADAPTER_FILE).write_text(json.dumps({"adapter": adapter.to_state(), "report": report}) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(scratch, out)
+    return out

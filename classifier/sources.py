@@ -1,14 +1,11 @@
 """Public question sources beyond shared/data/questions, each pinned to a
-repository and commit, with its license and the rule that labels it.
+repository, commit and sha256, with its license and the rule that labels it.
 
-None of these rows is in this repository (some are share-alike). They are
-read at training time from local git snapshots of the pinned repositories:
-`$TRIAGE_SOURCES` (default `/work/.mirror`, where the workplace's `fetch`
-puts them) holds one `<owner>+<name>/repo` git directory per repository, and
-each file is read with `git show <commit>:<path>`, so a newer snapshot of the
-repository cannot change what a given artifact was trained on. A source
-whose snapshot is missing is skipped and the training log and the model card
-say so.
+None of these rows is in this repository (some are share-alike). Training
+reads each file, byte for byte as it is at its pinned commit, from the
+shared sources folder (`shared/data/sources/` beside the checkout, or the
+folder `$TRIAGE_SOURCES` names) and refuses a file whose sha256 differs
+from the one pinned here, so what an artifact was trained on cannot drift.
 
 Kinds the shared data lacks, and what each source brings:
 - short questions that need several facts found and combined (multi-hop):
@@ -30,19 +27,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 log = logging.getLogger("triage.classifier")
 
-DEFAULT_MIRROR = Path("/work/.mirror")
+SOURCES_ENV = "TRIAGE_SOURCES"
 
 
-def mirror_root() -> Path:
-    return Path(os.environ.get("TRIAGE_SOURCES", DEFAULT_MIRROR))
+def sources_folder() -> Path:
+    """$TRIAGE_SOURCES, else shared/data/sources beside the checkout (data.shared_file)."""
+    from .data import shared_file
+
+    return shared_file("shared/data/sources/README.md", SOURCES_ENV, folder=True)
+
+
+class SourceError(ValueError):
+    """A pinned source file is missing or is not the pinned bytes."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,9 @@ class Source:
     name: str
     repo: str  # owner/name on GitHub
     commit: str
-    path: str
+    path: str  # in the repository at `commit`
+    file: str  # its name in the shared sources folder
+    sha256: str
     license: str
     origin: str  # where the data set itself comes from
     rule: str  # how its rows are labelled
@@ -82,6 +86,8 @@ SOURCES = (
         repo="kojima-takeshi188/zero_shot_cot",
         commit="5ef330fcdeec0cd26aee27943504f91f8ec1c33c",
         path="dataset/StrategyQA/task.json",
+        file="strategyqa_task.json",
+        sha256="60af9081fed20102fd8bb1e02dc7d9f12238efcba33e4c1a56b4d61cb6409803",
         license="MIT (StrategyQA, Geva et al. 2021; this copy is BIG-bench's task file)",
         origin="allenai StrategyQA via BIG-bench `strategyqa` task",
         rule="every question needs an implicit chain of facts (the data set's own premise) -> complex",
@@ -92,6 +98,8 @@ SOURCES = (
         repo="xindili-cmu/anlp-project-multihop",
         commit="df0d5757f42f098ab6026f40323e91c369307506",
         path="processed_data/hotpotqa/dev_subsampled.jsonl",
+        file="hotpotqa_dev_subsampled.jsonl",
+        sha256="837a919903fedf521211c4271f168ad5458488198e9c4d967bf5f3a579525ce8",
         license="CC BY-SA 4.0 (HotpotQA, Yang et al. 2018): share-alike, rows kept out of the repository",
         origin="HotpotQA distractor dev, the 500-question subsample of IRCoT (Trivedi et al. 2023)",
         rule="every question needs two Wikipedia paragraphs (bridge or comparison) -> complex",
@@ -102,6 +110,8 @@ SOURCES = (
         repo="ppasupat/WikiTableQuestions",
         commit="7d455a5a707b96341ef72aff9428749d443d8aa9",
         path="data/training.tsv",
+        file="wikitablequestions_training.tsv",
+        sha256="38ed908ab897d1df37852d2c96a2c6c9e0a0c4fa9306cbef912965ef7670b9d0",
         license="CC BY-SA 4.0 (WikiTableQuestions, Pasupat & Liang 2015): share-alike, rows kept out of the repository",
         origin="WikiTableQuestions training set",
         rule=(
@@ -120,6 +130,8 @@ SOURCES = (
         repo="mrigankpawagi/PropertyEval",
         commit="b2be813dcff867cc350c61b8d3ea57ec088ce1ac",
         path="sanitized-mbpp.json",
+        file="mbpp_sanitized.json",
+        sha256="8ac32b2799150228e2d745aed09c870b7e4444246d4727d1004576207ef40769",
         license="CC BY 4.0 (MBPP, Austin et al. 2021)",
         origin="google-research MBPP, the 427-task sanitized split",
         rule="a programming task -> complex",
@@ -133,41 +145,34 @@ def split_of(text: str, test_share: float = 0.2) -> str:
     return "test" if digest[0] < 256 * test_share else "train"
 
 
-def read_pinned(repo: str, commit: str, path: str, root: Path | None = None) -> bytes | None:
-    """`path` as it is at `commit` in the local snapshot of `repo`, or None
-    when there is no snapshot (or no such file at that commit)."""
-    git_dir = (root or mirror_root()) / repo.replace("/", "+") / "repo"
-    if (git_dir / ".git").is_dir():  # a snapshot with a work tree
-        git_dir = git_dir / ".git"
-    if not git_dir.is_dir():
-        return None
-    out = subprocess.run(["git", "--git-dir", str(git_dir), "show", f"{commit}:{path}"], capture_output=True)
-    if out.returncode != 0:
-        log.warning("%s@%s:%s: %s", repo, commit[:12], path, out.stderr.decode(errors="replace").strip())
-        return None
-    return out.stdout
+def read_source(source: Source, folder: Path | None = None) -> bytes:
+    """The source's file from the shared sources folder, checked against its
+    pinned sha256."""
+    path = (folder or sources_folder()) / source.file
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SourceError(f"source {source.name}: cannot read {path} ({exc.strerror}); set ${SOURCES_ENV} to the folder "
+                          f"holding {source.file}, or train with --no-extra") from None
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != source.sha256:
+        raise SourceError(f"source {source.name}: {path} has sha256 {digest}, not the pinned {source.sha256} "
+                          f"({source.repo}@{source.commit[:12]}:{source.path})")
+    return raw
 
 
-def read_source(source: Source, root: Path | None = None) -> bytes | None:
-    return read_pinned(source.repo, source.commit, source.path, root)
-
-
-def load_sources(root: Path | None = None) -> tuple[list[dict], dict[str, dict]]:
-    """Rows of every available source, and per source what was used (or
-    that it was missing), for the metadata and the model card."""
+def load_sources(folder: Path | None = None) -> tuple[list[dict], dict[str, dict]]:
+    """Rows of every source, and per source what was used, for the metadata
+    and the model card. Raises SourceError when a file is missing or altered."""
     rows: list[dict] = []
     used: dict[str, dict] = {}
     for source in SOURCES:
-        raw = read_source(source, root)
-        info = {"repo": source.repo, "commit": source.commit, "path": source.path, "license": source.license, "origin": source.origin, "rule": source.rule}
-        if raw is None:
-            log.warning("source %s skipped: no snapshot of %s at %s under %s", source.name, source.repo, source.commit[:12], root or mirror_root())
-            used[source.name] = {**info, "rows": 0, "sha256": None}
-            continue
+        raw = read_source(source, folder)
         texts = list(dict.fromkeys(t.strip() for t in source.parse(raw) if t and t.strip()))
         if source.max_rows is not None:
             # A sample independent of the train/test split (another hash).
             texts = sorted(texts, key=lambda t: hashlib.sha256(b"sample:" + t.encode("utf-8")).digest())[: source.max_rows]
         rows += [{"text": t, "label": source.label, "source": source.name, "split": split_of(t)} for t in texts]
-        used[source.name] = {**info, "rows": len(texts), "sha256": hashlib.sha256(raw).hexdigest()}
+        used[source.name] = {"repo": source.repo, "commit": source.commit, "path": source.path, "license": source.license,
+                             "origin": source.origin, "rule": source.rule, "rows": len(texts), "sha256": source.sha256}
     return rows, used

@@ -19,7 +19,8 @@ import numpy as np
 
 from . import gain
 from .data import STEPS_OFFSET, STEPS_SLOPE, file_sha256, labelled, load_rows, load_solutions
-from .evaluate import evaluate, length_baseline, outcome_ranking, steps_ranking
+from .evaluate import evaluate, length_baseline, steps_ranking
+from .shapes import augmented_training_rows, shape_rows
 from .features import DENSE_FEATURE_NAMES, dense_features, terms
 from .model import ARTIFACT_DIR, METADATA_FILE, MODEL_FILE, Classifier
 
@@ -41,20 +42,9 @@ HYPERPARAMETERS = {
     # solution's calculation steps (data.steps_target), so their scores keep
     # an order instead of all saturating near 1.
     "gsm8k_steps_target_logit": [STEPS_OFFSET, STEPS_SLOPE],
-    # Multipliers on a source's 1/sqrt(rows) weight. The outcome rows
-    # (gain.py) teach which kinds of question gain from a stronger model:
-    # at 4 the held-out gain ranking is 0.601 (0.584 at 2) and the kinds'
-    # held-out macro accuracy 0.891 (0.897 at 2). They also flatten the
-    # order of word problems by their steps, which GSM8K's graded rows
-    # teach: weighting those 4x keeps it (Spearman with steps 0.349 at 1,
-    # 0.480 at 4; gain ranking 0.608 and 0.601). Each figure is
-    # `python -m classifier train --no-cross-source --out DIR --set 'source_multipliers={"llmrouter": 2.0, "gsm8k": 4.0}'`.
-    "source_multipliers": {"llmrouter": 4.0, "gsm8k": 4.0},
-    # How much of an outcome row's own deviation from its benchmark's mean
-    # gain its target keeps (gain.shrunk_gain): half. Held-out gain ranking
-    # 0.601 at a half, 0.593 keeping all (`--set outcome_keep=1.0`; kinds'
-    # macro 0.891 and 0.896).
-    "outcome_keep": 0.5,
+    # Multipliers on a source's 1/sqrt(rows) weight. GSM8K's graded rows
+    # teach the order of word problems by their steps.
+    "source_multipliers": {"gsm8k": 4.0},
 }
 
 
@@ -207,29 +197,21 @@ def fit_classifier(rows: list[dict], threshold: float = 0.5) -> Classifier:
     return Classifier(fit(rows), {"threshold": threshold})
 
 
-def full_evaluation(clf, rows: list[dict], data_path, with_cross_source: bool = True, with_lobo: bool = False,
+def full_evaluation(clf, rows: list[dict], data_path, with_cross_source: bool = True,
                     table: "gain.OutcomeTable | None" = None, against: tuple[str, Callable] | None = None) -> dict:
-    """Held-out accuracy per source, the GSM8K steps ranking, the outcome
-    rankings (the Kojima logs, and the gain ranking on the held-out split of
-    the outcome table, `table` or read here), and, slow (one fit per source
-    or benchmark), the cross-source check and leave-one-benchmark-out.
-    `against`: (a name, a scorer of texts) ranked on the same held-out rows."""
-    from .outcomes import load_outcomes
-
+    """Held-out accuracy per source and shape, the GSM8K steps ranking, the
+    outcome table's ranking (`table` or read here; never trained on by the
+    prior, so all of its rows are held out), and, slow (one fit per source),
+    the cross-source check. `against`: (a name, a scorer of texts) ranked
+    on the same outcome rows."""
     report = evaluate(clf, rows)
     report["steps_ranking"] = steps_ranking(clf, load_solutions(data_path))
-    report["outcome_ranking"] = outcome_ranking(clf, load_outcomes())
     table = table if table is not None else gain.load_table()
     if table is not None:
-        test = table.split("test")
-        report["gain_ranking"] = gain.ranking_report(clf.score(test.texts), test)
+        report["gain_ranking"] = gain.ranking_report(clf.score(table.texts), table)
         if against is not None:
             name, score = against
-            report["gain_ranking_against"] = {"revision": name, **gain.ranking_report(score(test.texts), test)}
-        if with_lobo:
-            kinds = [r for r in rows if r["split"] == "train" and labelled(r)]
-            report["leave_one_benchmark_out"] = gain.leave_one_benchmark_out(kinds, table, lambda r: fit_classifier(r, clf.threshold),
-                                                                             HYPERPARAMETERS["outcome_keep"])
+            report["gain_ranking_against"] = {"revision": name, **gain.ranking_report(score(table.texts), table)}
     if with_cross_source:
         report["cross_source"] = cross_source(rows, clf.threshold)
     return report
@@ -251,13 +233,12 @@ DEFAULT_THRESHOLD = 0.45
 
 
 def train(data_path: str | Path, out_dir: str | Path = ARTIFACT_DIR, threshold: float = DEFAULT_THRESHOLD, extra: bool = True,
-          with_cross_source: bool = True, feedback_rows: list[dict] = (), feedback_source: str | None = None,
-          with_lobo: bool | None = None) -> dict:
-    """`feedback_rows`: outcomes from a router's feedback store as training
-    rows (classifier/feedback.py), source "feedback". The outcome table's
-    training split (gain.py) is added when the shared file is there.
-    `with_lobo` (default: with the cross-source check) also fits once per
-    benchmark left out."""
+          with_cross_source: bool = True) -> dict:
+    """Fit the prior on the kinds of question (shared/data/questions and the
+    pinned sources) and write the artifact. Other models' outcomes are not
+    trained on: left out one benchmark at a time, their gain ranking did not
+    transfer (mean pair APGR 0.503; MODEL_CARD.md). A deployment's own
+    outcomes adapt it instead (adapter.py)."""
     import skops.io as sio
 
     from .sources import load_sources
@@ -265,11 +246,8 @@ def train(data_path: str | Path, out_dir: str | Path = ARTIFACT_DIR, threshold: 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     extra_rows, sources = load_sources() if extra else ([], {})
-    table = gain.load_table()
-    outcome_rows = gain.training_rows(table, HYPERPARAMETERS["outcome_keep"]) if table is not None else []
-    if table is None:
-        log.warning("no outcome table at %s: training on the kinds' labels alone", gain.default_outcomes())
-    rows = load_rows(data_path, [*extra_rows, *feedback_rows, *outcome_rows])
+    rows = load_rows(data_path, extra_rows)
+    rows += [*shape_rows(rows), *augmented_training_rows(rows)]
     train_rows = [r for r in rows if r["split"] == "train"]
     log.info("training on %d rows from %s", len(train_rows), sorted({r["source"] for r in train_rows}))
     started = time.monotonic()
@@ -281,10 +259,6 @@ def train(data_path: str | Path, out_dir: str | Path = ARTIFACT_DIR, threshold: 
         "data_file": Path(data_path).name,
         "data_sha256": file_sha256(data_path),
         "extra_sources": sources,
-        **({"outcomes": {"file": gain.default_outcomes().name, "sha256": file_sha256(gain.default_outcomes()),
-                         "train_rows": len(outcome_rows), "models": table.models,
-                         "benchmarks": dict(sorted(Counter(table.benchmarks.tolist()).items()))}} if table is not None else {}),
-        **({"feedback": {"store": feedback_source, "rows": len(feedback_rows)}} if feedback_rows else {}),
         "train_counts": {f"{s}/{l}": n for (s, l), n in sorted(Counter((r["source"], r["label"]) for r in train_rows).items())},
         "features": ["binary word TF-IDF 1-2 grams on normalised text", *DENSE_FEATURE_NAMES],
         "hyperparameters": {k: list(v) if isinstance(v, tuple) else v for k, v in HYPERPARAMETERS.items()},
@@ -293,8 +267,7 @@ def train(data_path: str | Path, out_dir: str | Path = ARTIFACT_DIR, threshold: 
         "versions": versions(),
     }
     clf = Classifier(pipeline, metadata)
-    metadata["evaluation"] = full_evaluation(clf, rows, data_path, with_cross_source,
-                                             with_cross_source if with_lobo is None else with_lobo, table=table)
+    metadata["evaluation"] = full_evaluation(clf, rows, data_path, with_cross_source)
     # The vocabulary is stored as JSON inside the zip: deflate it (55 MB -> a few).
     sio.dump(pipeline, out_dir / MODEL_FILE, compression=zipfile.ZIP_DEFLATED, compresslevel=9)
     (out_dir / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")

@@ -17,11 +17,13 @@ from classifier.calibrate import threshold_for_share
 from classifier.data import DEFAULT_DATA, steps_target
 from classifier.evaluate import apgr
 from classifier.model import ARTIFACT_DIR, MODEL_FILE, TRUSTED_TYPES
-from classifier.gain import OutcomeTable, default_outcomes, gain_of, mean_pair_apgr, rank_target
-from classifier.outcomes import _parse
-from classifier.sources import Source, load_sources, split_of
+from classifier.gain import mean_pair_apgr
+from classifier.sources import Source, SourceError, load_sources, split_of
 
 ROOT = Path(__file__).resolve().parents[2]
+# The labeled questions and the pinned sources live beside the checkout
+# (../shared/data), never in it; a clone elsewhere skips what needs them.
+NEEDS_SHARED = pytest.mark.skipif(not DEFAULT_DATA.is_file(), reason=f"labeled data not at {DEFAULT_DATA}")
 
 
 @pytest.fixture(scope="module")
@@ -124,37 +126,32 @@ def test_apgr_is_half_for_a_constant_score_and_orders_routers():
     assert np.isnan(apgr(np.zeros(3), np.ones(3), np.ones(3)))  # no gap to recover
 
 
-def test_outcome_logs_are_parsed_per_question():
-    log = (
-        "*****\n1st data\nQ: Tom has 3 apples and eats 1. How many are left?\nA: The answer is 2\n"
-        "pred_before : 2\npred_after : 2\npred_list : ['2']\npred_mode : 2\nGT : 2\n*****\n"
-        "*****\n2st data\nQ: Which is heavier? Answer Choices: (A) a kilo (B) a pound\nA: (B)\n"
-        "pred_mode : B\nGT : A\n*****\n"
-    )
-    assert _parse(log, "auto") == {"Tom has 3 apples and eats 1. How many are left?": True, "Which is heavier? Answer Choices: (A) a kilo (B) a pound": False}
+def test_sources_are_read_from_the_shared_folder_and_checked_against_their_sha256(tmp_path, monkeypatch):
+    import hashlib
 
-
-def test_sources_are_read_at_their_pinned_commit(tmp_path, monkeypatch):
-    repo = tmp_path / "someone+qa" / "repo"
-    run = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True, text=True).stdout.strip()
-    repo.mkdir(parents=True)
-    run("init", "-q")
-    run("config", "user.email", "t@example.com")
-    run("config", "user.name", "t")
-    (repo / "q.json").write_text(json.dumps(["Who wrote Hamlet?", "Who wrote Hamlet?", "What is 2+2?"]))
-    run("add", "q.json")
-    run("commit", "-qm", "one")
-    pinned = run("rev-parse", "HEAD")
-    (repo / "q.json").write_text(json.dumps(["changed later"]))
-    run("commit", "-qam", "two")
-    source = Source("qa", "someone/qa", pinned, "q.json", "MIT", "test", "all simple", json.loads, label="simple")
+    raw = json.dumps(["Who wrote Hamlet?", "Who wrote Hamlet?", "What is 2+2?"]).encode()
+    (tmp_path / "q.json").write_bytes(raw)
+    source = Source("qa", "someone/qa", "0" * 40, "data/q.json", "q.json", hashlib.sha256(raw).hexdigest(), "MIT", "test", "all simple",
+                    json.loads, label="simple")
     monkeypatch.setattr("classifier.sources.SOURCES", (source,))
     rows, used = load_sources(tmp_path)
-    assert [r["text"] for r in rows] == ["Who wrote Hamlet?", "What is 2+2?"]  # the pinned commit, de-duplicated
+    assert [r["text"] for r in rows] == ["Who wrote Hamlet?", "What is 2+2?"]  # de-duplicated
     assert all(r["label"] == "simple" and r["split"] == split_of(r["text"]) for r in rows)
-    assert used["qa"]["rows"] == 2 and len(used["qa"]["sha256"]) == 64
-    rows, used = load_sources(tmp_path / "nowhere")
-    assert rows == [] and used["qa"]["rows"] == 0  # a missing snapshot is skipped, and said so
+    assert used["qa"]["rows"] == 2 and used["qa"]["sha256"] == source.sha256
+    (tmp_path / "q.json").write_bytes(raw.replace(b"2+2", b"2+3"))
+    with pytest.raises(SourceError, match="not the pinned"):
+        load_sources(tmp_path)  # other bytes than the pinned ones are refused, not trained on
+    with pytest.raises(SourceError, match="TRIAGE_SOURCES"):
+        load_sources(tmp_path / "nowhere")  # a missing file says where to point
+
+
+@NEEDS_SHARED
+def test_the_pinned_sources_are_beside_the_checkout_with_their_bytes():
+    # What a fresh clone with ../shared beside it trains on; no snapshot of
+    # any repository is needed.
+    rows, used = load_sources()
+    assert set(used) == {"strategyqa", "hotpotqa", "wikitablequestions", "mbpp"}
+    assert all(u["rows"] > 300 for u in used.values()), {k: u["rows"] for k, u in used.items()}
 
 
 def test_fast_path_matches_the_pipeline(clf):
@@ -260,65 +257,50 @@ def test_cli_calibrate_writes_threshold_to_a_copy(tmp_path):
     assert abs(float((clf.score(texts) >= clf.threshold).mean()) - 0.3) <= 0.01
 
 
-@pytest.mark.skipif(not Path(DEFAULT_DATA).is_file(), reason=f"labeled data not at {DEFAULT_DATA}")
-def test_cli_evaluate_meets_the_kind_targets():
-    # Since the score also ranks by gain (issue 24) the kinds cost a few
-    # points: on the shared sources alone (all CI has) macro 0.908 -> 0.872,
-    # NQ's one-hop search queries most (0.90 -> 0.76: written as sentence
-    # completions, they look like OpenBookQA's, which gain in the outcome
-    # data). With the pinned extra sources the macro is 0.891 (MODEL_CARD.md).
-    out = run_cli("evaluate", "--json", "--no-extra")
+@pytest.fixture(scope="module")
+def evaluation():
+    if not DEFAULT_DATA.is_file():
+        pytest.skip(f"labeled data not at {DEFAULT_DATA}")
+    out = run_cli("evaluate", "--json")
     assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout)
-    assert report["all_sources_macro_accuracy"] >= 0.86
-    for source in ("nq_open", "mt_bench", "vicuna_bench", "dolly", "gsm8k", "trec"):
-        assert report["per_source"][source]["accuracy"] >= 0.75, source
-    for source in ("mt_bench", "vicuna_bench", "dolly", "gsm8k"):
-        m = report["per_source"][source]
-        assert m["accuracy"] > m["length_baseline"], source
+    return json.loads(out.stdout)
 
 
-@pytest.mark.skipif(not Path(DEFAULT_DATA).is_file(), reason=f"labeled data not at {DEFAULT_DATA}")
-def test_gsm8k_test_problems_are_ordered_by_steps_better_than_by_length():
-    out = run_cli("evaluate", "--json", "--no-extra")
-    assert out.returncode == 0, out.stderr
-    s = json.loads(out.stdout)["steps_ranking"]
+def test_cli_evaluate_meets_the_kind_targets(evaluation):
+    # Every kind of input a user sends, held out: the sources never trained
+    # on and the shapes built from held-out rows (classifier/shapes.py),
+    # code given as a stub to complete among them (it once scored simple).
+    per = evaluation["per_source"]
+    for source in ("nq_open", "mt_bench", "vicuna_bench", "gsm8k", "trec", "mbpp", "hotpotqa", "strategyqa", "wikitablequestions",
+                   "code_stub", "code_request", "multi_part", "chat"):
+        assert per[source]["accuracy"] >= 0.85, (source, per[source])
+    assert per["dolly"]["accuracy"] >= 0.70  # its category labels are noisy (SOURCES.md)
+    for source in ("mt_bench", "vicuna_bench", "dolly", "code_stub", "code_request", "multi_part"):
+        assert per[source]["accuracy"] > per[source]["length_baseline"], source
+    assert evaluation["all_sources_macro_accuracy"] >= 0.85
+
+
+def test_a_function_stub_to_complete_scores_as_code_does(clf):
+    stub = 'def merge_intervals(intervals):\n    """Merge all overlapping intervals and return the result sorted by start."""\n'
+    request = "Write a function that merges all overlapping intervals and returns them sorted by start."
+    assert min(clf.score([stub, request])) >= 0.8
+
+
+def test_gsm8k_test_problems_are_ordered_by_steps_better_than_by_length(evaluation):
+    s = evaluation["steps_ranking"]
     assert s["spearman_steps"] > s["spearman_steps_length"] + 0.05
     assert s["apgr_steps_above_median"] > s["apgr_steps_above_median_length"]
 
 
-def table_of(correct: list[list[float]]) -> OutcomeTable:
-    n = len(correct)
-    return OutcomeTable([f"q{i}" for i in range(n)], np.array(["b"] * n), ["m0", "m1", "m2"], np.array(correct, dtype=float),
-                        np.array(["train"] * n))
-
-
-def test_gain_is_strong_right_where_weak_is_wrong_not_difficulty():
-    # Three models of rising accuracy; the rows: everyone fails (hardest),
-    # everyone passes (easiest), only the strongest passes, the two
-    # stronger pass. The hardest question gains nothing, as the easiest.
-    correct = [[0, 0, 0], [1, 1, 1], [0, 0, 1], [0, 1, 1]] * 5 + [[0, 1, 1], [0, 0, 1]]
-    g = gain_of(np.array(correct, dtype=float))
-    assert g[0] == 0.0 and g[1] == 0.0
-    assert g[2] > 0 and g[3] > 0
-    target = rank_target(g)
-    assert np.all((target > 0) & (target < 1))
-    assert target[0] == target[1] < target[2]
-    # Ranking by gain recovers more than ranking by difficulty (errors), which
-    # puts the questions nobody answers first.
-    difficulty = 3 - np.array(correct).sum(axis=1)
-    by_gain, _ = mean_pair_apgr(g, np.array(correct, dtype=float))
-    by_difficulty, pairs = mean_pair_apgr(difficulty.astype(float), np.array(correct, dtype=float))
+def test_mean_pair_apgr_averages_over_pairs_with_a_gap():
+    # Three models of rising accuracy; ranking by who gains (the strongest
+    # alone right) recovers more than ranking by errors, which puts the
+    # questions nobody answers first.
+    correct = np.array([[0, 0, 0], [1, 1, 1], [0, 0, 1], [0, 1, 1]] * 5 + [[0, 1, 1], [0, 0, 1]], dtype=float)
+    gains = correct[:, 2] * (1 - correct[:, 0])
+    by_gain, pairs = mean_pair_apgr(gains, correct)
+    by_difficulty, _ = mean_pair_apgr(3 - correct.sum(axis=1), correct)
     assert pairs == 3 and by_gain > by_difficulty
-
-
-@pytest.mark.skipif(not default_outcomes().is_file(), reason=f"outcome table not at {default_outcomes()}")
-def test_gain_ranking_beats_prompt_length_on_held_out_outcomes():
-    out = run_cli("evaluate", "--json", "--no-extra")
-    assert out.returncode == 0, out.stderr
-    g = json.loads(out.stdout)["gain_ranking"]
-    assert g["pairs"] >= 20
-    assert g["apgr"] >= 0.58 and g["apgr"] > g["apgr_length"] + 0.1, g
 
 
 def test_another_revision_scores_with_its_own_code_and_artifact(clf):
@@ -333,7 +315,7 @@ def test_another_revision_scores_with_its_own_code_and_artifact(clf):
 
 
 def test_cli_train_refuses_an_unknown_hyperparameter_before_any_work(tmp_path):
-    out = run_cli("train", "--out", str(tmp_path / "art"), "--set", "outcome_kep=1.0")
+    out = run_cli("train", "--out", str(tmp_path / "art"), "--set", "word_weigth=1.0")
     assert out.returncode != 0
-    assert "no hyperparameter 'outcome_kep'" in out.stderr and "outcome_keep" in out.stderr
+    assert "no hyperparameter 'word_weigth'" in out.stderr and "word_weight" in out.stderr
     assert not (tmp_path / "art").exists()

@@ -1,6 +1,6 @@
-"""`python -m classifier calibrate --feedback` and `train --feedback`: the cut
-and the model re-fitted from a router's feedback store, checked on the newest
-outcomes, refused when the result does worse than what is in use."""
+"""`python -m classifier calibrate --feedback`: the cut re-fitted from a
+router's feedback store, checked on the newest outcomes, refused when the
+result does worse than what is in use."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from classifier.data import DEFAULT_DATA
-from classifier.feedback import calibrate, fit_cut, read_outcomes, training_rows
+from classifier.feedback import calibrate, fit_cut, read_outcomes
 from server.feedback import Answered, FeedbackStore
 
 from classifier.model import ARTIFACT_DIR as ARTIFACTS
@@ -94,77 +94,3 @@ def test_cli_calibrate_feedback_writes_the_threshold_to_a_copy_or_refuses(tmp_pa
     run = subprocess.run([sys.executable, "-m", "classifier", "--model", str(art), "calibrate", "--feedback", str(tmp_path / "missing.sqlite")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and "no such feedback store" in run.stderr and "Traceback" not in run.stderr
-
-
-def test_only_the_cheap_tiers_outcomes_with_text_become_training_rows(tmp_path):
-    fill(tmp_path / "f.sqlite", 400, fails_above=0.3, questions=["What is two plus two?", "Prove Fermat's last theorem."])
-    fill(tmp_path / "bare.sqlite", 400, fails_above=0.3)
-    rows, held = training_rows(read_outcomes(tmp_path / "f.sqlite"), "small")
-    assert rows and all(r["source"] == "feedback" and r["split"] == "train" for r in rows)
-    assert {r["label"] for r in rows} == {"simple", "complex"}
-    assert len(rows) + len(held) == sum(1 for o in read_outcomes(tmp_path / "f.sqlite") if o.tier == "small")
-    assert training_rows(read_outcomes(tmp_path / "bare.sqlite"), "small")[0] == []  # no text kept: nothing to train on
-
-
-def _graded_store(path, faithful: bool) -> int:
-    """The small tier's answers to the held-out sources' questions, reported
-    right for the simple ones and wrong for the complex ones (`faithful`), or
-    the reverse (a broken grader). Returns how many."""
-    rows = [json.loads(line) for line in open(DEFAULT_DATA, encoding="utf-8") if line.strip()]
-    held = [r for r in rows if r["split"] == "test" and r["label"] in ("simple", "complex")]
-    store = FeedbackStore(str(path), 10**6)
-    for i, r in enumerate(held):
-        right = (r["label"] == "simple") == faithful
-        store.record(f"r{i}", Answered("small", "S", 0.2, 0.45, "classifier", time.time(), r["text"]), None, right, "")
-    store.close()
-    return len(held)
-
-
-def _train(art, store, *options):
-    return subprocess.run([sys.executable, "-m", "classifier", "--model", str(art), "train", "--feedback", str(store), "--out", str(art), *options],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900)
-
-
-@NEEDS_LABELED
-def test_cli_train_feedback_refuses_an_artifact_that_does_worse(tmp_path):
-    """A broken grader's outcomes contradict the held-out labels: training on
-    them costs held-out accuracy, so nothing is written, and the report
-    says which checks fell."""
-    art = tmp_path / "art"
-    shutil.copytree(ARTIFACTS, art)
-    before = (art / "model.skops").read_bytes()
-    n = _graded_store(tmp_path / "f.sqlite", faithful=False)
-    run = _train(art, tmp_path / "f.sqlite")
-    assert run.returncode == 1, run.stdout + run.stderr
-    assert "refused: the retrained artifact does worse on" in run.stderr and "macro accuracy, held-out sources" in run.stderr
-    report = json.loads(run.stdout)
-    assert report["worse"] and not report["written"] and report["feedback_rows"] == round(n * 0.75)
-    assert (art / "model.skops").read_bytes() == before
-
-
-def _missing_sources() -> list[str]:
-    from classifier.sources import SOURCES, read_source
-
-    return [s.name for s in SOURCES if read_source(s) is None]
-
-
-@NEEDS_LABELED
-@pytest.mark.skipif(bool(_missing_sources()), reason="the shipped artifact was trained with pinned source snapshots this machine "
-                    "lacks (classifier/sources.py); a retrain without them is rightly refused as worse on the never-trained sources")
-def test_cli_train_feedback_writes_an_artifact_that_does_no_worse(tmp_path):
-    art = tmp_path / "art"
-    shutil.copytree(ARTIFACTS, art)
-    _graded_store(tmp_path / "f.sqlite", faithful=True)
-    # The never-trained sources' macro moves 0.004 per question of MT-Bench
-    # or Vicuna-bench (80 each): faithful outcomes moved it by two questions
-    # (0.850 -> 0.841) once the score also ranks by gain, so this run allows
-    # three; the refusal test above keeps the default.
-    run = _train(art, tmp_path / "f.sqlite", "--tolerance", "0.015")
-    assert run.returncode == 0, run.stdout + run.stderr
-    report = json.loads(run.stdout)
-    assert report["written"] and not report["worse"]
-    assert {c["check"] for c in report["checks"]} >= {"macro accuracy, held-out sources", "held-out outcomes ROC AUC"}
-    meta = json.loads((art / "metadata.json").read_text())
-    assert meta["feedback"] == {"store": "f.sqlite", "rows": report["feedback_rows"]}
-    assert meta["threshold"] == json.loads((ARTIFACTS / "metadata.json").read_text())["threshold"]  # the deployment's cut kept
-    assert "f.sqlite" in (art / "MODEL_CARD.md").read_text()

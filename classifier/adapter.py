@@ -1,0 +1,259 @@
+"""The adapter: where this deployment's cheap tier did not suffice, learned
+from its own outcomes.
+
+The prior (the artifact's logistic regression) scores kinds of question; it
+cannot know which questions a given pair of models splits on. The feedback
+store can: every shadow comparison (server/shadow.py) and every Feedback
+on a cheap-tier answer is one outcome "the cheap tier was enough, or not",
+with the question's text when `feedback.keep_text` is on.
+
+The adapter is a ridge regression of "the cheap tier failed" on
+- the question's terms (the prior's binary TF-IDF analyzer, its own
+  vocabulary fitted on the store's questions),
+- the prior's dense features (length, quantities, steps, cues) and
+- the prior's logit,
+so one dot product over the terms the prior already extracted gives its raw
+score. Ridge, not a classifier: it only ranks, and a ridge on 0/1 targets
+ranks as well as a logistic regression here at a fraction of the fit time.
+
+Its raw score becomes a probability by Platt scaling fitted to the
+cross-validated predictions (never to the fit's own, which are
+overconfident): p_complex is then what the prior's always meant, the
+probability that the cheap tier does not suffice, now for this pair. The
+threshold keeps its meaning; how many questions cross it follows from how
+often this deployment's cheap tier fails (`calibrate --feedback` or
+`routing.target_share` set how many instead).
+
+`fit_and_gate` fits on the older three quarters of the outcomes and accepts
+the adapter only when it ranks the newest quarter better than the prior
+does (APGR with the cheap tier's outcome as the weak answer and the capable
+tier as right: the share of failures caught, averaged over every share
+sent up), in at least GATE_CONFIDENCE of paired bootstrap resamples of that
+quarter, so that noise alone is seldom adopted.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .evaluate import apgr
+
+HOLDOUT_SHARE = 0.25  # the newest quarter checks what the older three quarters fitted
+MIN_ROWS = 200  # outcomes with text, both parts together
+MIN_FAILURES = 10  # in each part: a ranking needs both classes
+# The ridge penalty and the weight of the dense block (the dense features
+# and the prior's logit; 0: the terms alone), chosen by 3-fold
+# cross-validation on the fitting part. No one setting won across the
+# stand-in deployments of benchmarks.adapter_floor: where the prior or the
+# length carries signal (word problems) the dense block helps, where it
+# does not (trivia, multiple choice) it only adds noise to a small store.
+ALPHAS = (1.0, 3.0, 10.0, 30.0)
+DENSE_WEIGHTS = (0.0, 1.0, 3.0)
+GATE_CONFIDENCE = 0.8
+BOOTSTRAP = 200
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """The cheap tier's outcomes that kept their text, oldest first."""
+
+    texts: list[str]
+    failed: np.ndarray  # 1.0: the cheap tier did not suffice
+    received_at: np.ndarray
+
+    def part(self, idx) -> "Outcomes":
+        return Outcomes([self.texts[i] for i in idx], self.failed[idx], self.received_at[idx])
+
+    def split(self) -> tuple["Outcomes", "Outcomes"]:
+        k = int(round(len(self.texts) * (1 - HOLDOUT_SHARE)))
+        return self.part(np.arange(k)), self.part(np.arange(k, len(self.texts)))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def read_store(path: str | Path, cheap_tier: str = "small", good_rating: int = 4) -> Outcomes:
+    """The cheap tier's scored outcomes with text from a router's feedback
+    store (shadow-up, shadow-down, Feedback's correct or rating), oldest
+    first. Read-only: a running router may be writing to it."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such feedback store")
+    try:
+        db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT received_at, rating, correct, question FROM feedback WHERE tier = ? AND question IS NOT NULL "
+                              "AND question != '' AND (rating IS NOT NULL OR correct IS NOT NULL) ORDER BY received_at, rowid",
+                              (cheap_tier,)).fetchall()
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{path}: not a feedback store ({exc})") from None
+    failed = [0.0 if (bool(correct) if correct is not None else rating >= good_rating) else 1.0 for _, rating, correct, _ in rows]
+    return Outcomes([q for *_, q in rows], np.array(failed), np.array([r[0] for r in rows], dtype=np.float64))
+
+
+def ranking(scores: np.ndarray, failed: np.ndarray) -> float:
+    """APGR of `scores` at catching the cheap tier's failures (0.5: random)."""
+    return apgr(scores, 1.0 - failed, np.ones_like(failed))
+
+
+class Adapter:
+    """A fitted adapter's parts, all plain numbers: the term weights (idf
+    times coefficient, idf squared, as the prior's fast path), the dense
+    and logit weights, and Platt's scale and offset."""
+
+    def __init__(self, vocab: dict[str, tuple[float, float]], dense_w: list[float], logit_w: float, bias: float,
+                 scale: float, offset: float):
+        self.vocab, self.dense_w, self.logit_w, self.bias = vocab, dense_w, logit_w, bias
+        self.scale, self.offset = scale, offset
+
+    def raw(self, terms: list[str], dense, prior_logit: float) -> float:
+        get = self.vocab.get
+        dot = norm_sq = 0.0
+        for term in set(terms):
+            entry = get(term)
+            if entry is not None:
+                dot += entry[0]
+                norm_sq += entry[1]
+        z = self.bias + self.logit_w * prior_logit + sum(map(float.__mul__, self.dense_w, dense))
+        return z + dot / math.sqrt(norm_sq) if norm_sq > 0.0 else z
+
+    def to_p(self, raw: float) -> float:
+        """The raw score as the probability that the cheap tier fails."""
+        z = self.scale * raw + self.offset
+        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+    def to_state(self) -> dict:
+        """JSON-ready: the adapter is numbers only, so it is stored as JSON
+        (no pickle, nothing to trust)."""
+        return {"vocab": self.vocab, "dense_w": self.dense_w, "logit_w": self.logit_w, "bias": self.bias,
+                "scale": self.scale, "offset": self.offset}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Adapter":
+        vocab = {t: (float(w), float(q)) for t, (w, q) in state["vocab"].items()}
+        return cls(vocab, [float(w) for w in state["dense_w"]], float(state["logit_w"]), float(state["bias"]),
+                   float(state["scale"]), float(state["offset"]))
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _design(prior, texts: list[str]):
+    """(word block, scaled dense block, fitted word vectorizer, scaler,
+    prior p): the terms' binary TF-IDF, and the dense features plus the
+    prior's logit, standardised."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import StandardScaler
+
+    from .features import featurize, terms
+
+    feats = [featurize(t) for t in texts]
+    p = prior.score(texts)
+    dense = np.column_stack([np.array([f[1] for f in feats], dtype=np.float64), _logit(p)])
+    word = TfidfVectorizer(analyzer=terms, min_df=2, binary=True, dtype=np.float64).fit(texts)
+    scaler = StandardScaler().fit(dense)
+    return word.transform(texts).tocsr(), scaler.transform(dense), word, scaler, p
+
+
+def _stack(W, D, weight: float):
+    import scipy.sparse as sp
+
+    return sp.hstack([W, sp.csr_matrix(weight * D)]).tocsr()
+
+
+def _choose(W, D, y) -> tuple[float, float, np.ndarray]:
+    """(alpha, dense weight) with the best 3-fold ranking on the fitting
+    part, and that setting's out-of-fold predictions."""
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import KFold
+
+    best, chosen = -1.0, (ALPHAS[1], DENSE_WEIGHTS[1], np.zeros(len(y)))
+    folds = list(KFold(3, shuffle=True, random_state=0).split(np.arange(len(y))))
+    for weight in DENSE_WEIGHTS:
+        X = _stack(W, D, weight)
+        for alpha in ALPHAS:
+            pred = np.empty(len(y))
+            for tr, te in folds:
+                pred[te] = Ridge(alpha=alpha).fit(X[tr], y[tr]).predict(X[te])
+            value = ranking(pred, y)
+            if value > best:
+                best, chosen = value, (alpha, weight, pred)
+    return chosen
+
+
+def fit(prior, outcomes: Outcomes) -> tuple[Adapter, dict]:
+    """An adapter fitted to `outcomes` (all of them), and how it was fitted."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    started = time.monotonic()
+    W, D, word, scaler, p = _design(prior, outcomes.texts)
+    y = outcomes.failed
+    alpha, weight, held_pred = _choose(W, D, y)
+    X = _stack(W, D, weight)
+    ridge = Ridge(alpha=alpha).fit(X, y)
+    n_word = len(word.vocabulary_)
+    coef = ridge.coef_
+    idf = word.idf_
+    vocab = {t: (float(idf[j] * coef[j]), float(idf[j] * idf[j])) for t, j in word.vocabulary_.items() if coef[j] != 0.0}
+    # Dense weights folded through the scaler: w · (x - mean) / scale.
+    dense_coef = coef[n_word:] * weight / scaler.scale_
+    bias = float(ridge.intercept_) - float(dense_coef @ scaler.mean_)
+    platt = LogisticRegression(C=100.0).fit(held_pred[:, None], y)
+    adapter = Adapter(vocab, [float(w) for w in dense_coef[:-1]], float(dense_coef[-1]), bias,
+                      float(platt.coef_[0, 0]), float(platt.intercept_[0]))
+    info = {"outcomes": len(outcomes), "failures": int(y.sum()), "alpha": alpha, "dense_weight": weight, "terms": len(vocab),
+            "fit_seconds": round(time.monotonic() - started, 2)}
+    return adapter, info
+
+
+def _bootstrap_wins(ours: np.ndarray, theirs: np.ndarray, failed: np.ndarray) -> float:
+    """The share of paired bootstrap resamples of the held-out outcomes on
+    which `ours` ranks the failures better than `theirs`."""
+    rng = np.random.default_rng(0)
+    wins = 0
+    for _ in range(BOOTSTRAP):
+        idx = rng.integers(0, len(failed), len(failed))
+        a, b = ranking(ours[idx], failed[idx]), ranking(theirs[idx], failed[idx])
+        wins += a > b  # a resample with no failure gives NaN for both: not a win
+    return wins / BOOTSTRAP
+
+
+def fit_and_gate(prior, outcomes: Outcomes, min_rows: int = MIN_ROWS) -> tuple[Adapter | None, dict]:
+    """Fit on the older three quarters, rank the newest quarter with the
+    adapter and with the prior; then, if the adapter ranks it better, refit
+    on all the outcomes and return that adapter. The report always says
+    why (`adopted` and `refused_because`)."""
+    older, newest = outcomes.split()
+    report: dict = {"outcomes": len(outcomes), "fitted_on": len(older), "held_out": len(newest),
+                    "failure_rate": float(outcomes.failed.mean()) if len(outcomes) else float("nan")}
+    problem = None
+    if len(outcomes) < min_rows:
+        problem = f"{len(outcomes)} outcomes of the cheap tier with their text (at least {min_rows} needed)"
+    elif min(older.failed.sum(), newest.failed.sum(), (1 - older.failed).sum(), (1 - newest.failed).sum()) < MIN_FAILURES:
+        problem = f"too few failures or successes in a part (at least {MIN_FAILURES} of each in the fitted and the held-out part)"
+    if problem is not None:
+        return None, {**report, "adopted": False, "refused_because": problem}
+    trial, _ = fit(prior, older)
+    from .model import AdaptedClassifier
+
+    ours, theirs = AdaptedClassifier(prior, trial).score(newest.texts), prior.score(newest.texts)
+    report["held_out_apgr"] = figures = {"adapter": ranking(ours, newest.failed), "prior": ranking(theirs, newest.failed),
+                                         "length": ranking(np.array([len(t) for t in newest.texts], dtype=np.float64), newest.failed)}
+    report["held_out_wins"] = wins = _bootstrap_wins(ours, theirs, newest.failed)
+    if not (figures["adapter"] > figures["prior"] and wins >= GATE_CONFIDENCE):
+        return None, {**report, "adopted": False,
+                      "refused_because": f"on the newest {len(newest)} outcomes the adapter ranks the failures at APGR "
+                                         f"{figures['adapter']:.3f}, the prior at {figures['prior']:.3f} (better in {wins:.0%} "
+                                         f"of resamples; {GATE_CONFIDENCE:.0%} needed)"}
+    adapter, info = fit(prior, outcomes)
+    return adapter, {**report, **{"fit": info}, "adopted": True}
