@@ -6,7 +6,7 @@
     python -m classifier calibrate --target-large-share 0.3 --sample prompts.jsonl
     python -m classifier calibrate --feedback STORE [--max-failure 0.2] [--dry-run]
     python -m classifier [--model PRIOR] adapt --feedback STORE --out DIR [--cheap-tier small] [--min-rows 200]
-    python -m classifier [--model DIR] bench [--against REV]
+    python -m classifier [--model DIR] bench [--against REV | --beside DIR]
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ BENCH_TEXTS = [
 def cmd_bench(args) -> int:
     from . import load
 
-    if args.against:
+    if args.against or args.beside:
         return bench_against(args)
     clf = load(args.model)
     texts = BENCH_TEXTS * (args.n // len(BENCH_TEXTS) + 1)
@@ -270,23 +270,26 @@ def scores_at(rev: str, texts: list[str]) -> np.ndarray:
 
 def bench_against(args) -> int:
     """This artifact and code beside the classifier of another revision
-    (its own code and artifact, from `git archive`), in alternating
-    processes of one run, so a noisy machine moves both alike; prints each
-    side's medians and the ratios new/old."""
+    (its own code and artifact, from `git archive`; `--against REV`) or
+    beside another artifact folder with this code (`--beside DIR`, e.g. the
+    prior beside prior + adapter), in alternating processes of one run, so a
+    noisy machine moves both alike; prints each side's medians and the
+    ratios new/old."""
     import subprocess
 
     own = [sys.executable, "-m", "classifier", *(["--model", args.model] if args.model else []), "bench", "-n", str(args.n), "--repeats", str(args.repeats)]
-    other = [sys.executable, "-m", "classifier", "bench", "-n", str(args.n), "--repeats", str(args.repeats)]
+    other = [sys.executable, "-m", "classifier", *(["--model", args.beside] if args.beside else []), "bench", "-n", str(args.n),
+             "--repeats", str(args.repeats)]
     keys = ("single_p50_ms", "batch_1000_median_ms")
     runs: dict[str, list[dict]] = {"new": [], "old": []}
-    with revision(args.against) as old_tree:
+    with (revision(args.against) if args.against else contextlib.nullcontext(str(REPO))) as old_tree:
         for _ in range(args.rounds):
             for side, cmd, cwd in (("old", other, old_tree), ("new", own, str(REPO))):
                 out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=True)
                 runs[side].append(json.loads(out.stdout))
     report = {side: {k: float(np.median([r[k] for r in rs])) for k in keys} for side, rs in runs.items()}
     report["ratio_new_over_old"] = {k: report["new"][k] / report["old"][k] for k in keys}
-    report.update(against=args.against, rounds=args.rounds)
+    report.update(against=args.against or args.beside, rounds=args.rounds)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -340,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-n", type=int, default=5000)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--against", metavar="REV", help="also the classifier of this git revision, alternating, with ratios")
-    p.add_argument("--rounds", type=int, default=3, help="with --against: alternations of old and new")
+    p.add_argument("--beside", metavar="DIR", help="also this artifact folder with this code, alternating, with ratios (old: DIR)")
+    p.add_argument("--rounds", type=int, default=3, help="with --against or --beside: alternations of old and new")
     p.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

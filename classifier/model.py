@@ -106,11 +106,11 @@ class _FastLinear:
         self._dense_w = [float(w) for w in dense_coef / scaler.scale_]
         self._bias = float(lr.intercept_[0]) + float(-(scaler.mean_ / scaler.scale_) @ dense_coef)
 
-    def logit(self, terms: list[str], dense) -> float:
-        """The prior's log-odds for one text's (terms, dense features)."""
+    def logit(self, terms, dense) -> float:
+        """The prior's log-odds for one text's (distinct terms, dense features)."""
         get = self._vocab.get
         dot = norm_sq = 0.0
-        for term in set(terms):
+        for term in terms:
             entry = get(term)
             if entry is not None:
                 dot += entry[0]
@@ -119,7 +119,8 @@ class _FastLinear:
         return z + dot / math.sqrt(norm_sq) if norm_sq > 0.0 else z
 
     def score(self, text: str) -> float:
-        return _sigmoid(self.logit(*self._featurize(text)))
+        terms, dense = self._featurize(text)
+        return _sigmoid(self.logit(set(terms), dense))
 
 
 def _sigmoid(z: float) -> float:
@@ -161,11 +162,12 @@ class AdaptedClassifier(Classifier):
         self.metadata = {**prior.metadata, "adapter": adapter_info or {}}
 
     def score(self, texts: Sequence[str] | Iterable[str]) -> np.ndarray:
-        fast, adapter = self._fast, self.adapter
+        featurize, logit, raw, to_p = self._fast._featurize, self._fast.logit, self.adapter.raw, self.adapter.to_p
         out = []
         for t in texts:
-            terms, dense = fast._featurize(_text(t))
-            out.append(adapter.to_p(adapter.raw(terms, dense, fast.logit(terms, dense))))
+            terms, dense = featurize(_text(t))
+            distinct = set(terms)
+            out.append(to_p(raw(distinct, dense, logit(distinct, dense))))
         return np.array(out, dtype=np.float64)
 
 

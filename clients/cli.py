@@ -118,6 +118,24 @@ def cmd_stats(client: TriageClient, args) -> int:
     return 0
 
 
+def cmd_adapter(client: TriageClient, args) -> int:
+    """`adapter status`, or `adapter revert previous|prior`."""
+    if args.action == "revert":
+        a = client.revert_adapter(args.to)
+    else:
+        r = client.stats()
+        if not r.HasField("adapter"):
+            print("routing.adapt is off on this server")
+            return 0
+        a = r.adapter
+    if args.json:
+        print(json.dumps(to_dict(a), indent=2))
+    else:
+        routing = f"adapter {a.current} routes ({a.outcomes} outcomes)" if a.current else "the prior alone routes"
+        print(f"{routing}; previous: {a.previous or 'none'}")
+    return 0
+
+
 def cmd_bench(client: TriageClient, args) -> int:
     import asyncio
 
@@ -207,12 +225,19 @@ def main(argv: list[str] | None = None) -> int:
     outcome.add_argument("--incorrect", action="store_const", const=False, dest="correct")
     p.add_argument("--label", default="", help="optional, at most 200 characters")
     p.set_defaults(func=cmd_feedback, correct=None)
+    p = sub.add_parser("adapter", help="which adapter routes (routing.adapt); revert to the previous one or to the prior")
+    p.add_argument("action", choices=["status", "revert"])
+    p.add_argument("to", nargs="?", choices=["previous", "prior"], help="with revert: what routes from now on")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_adapter)
     p = sub.add_parser("health", help="grpc health status (exit 0 when SERVING)")
     p.add_argument("--service", default="")
     p.set_defaults(func=cmd_health)
     args = parser.parse_args(argv)
     if args.command == "bench" and args.requests is None and args.duration is None:
         args.requests = 32
+    if args.command == "adapter" and (args.action == "revert") != (args.to is not None):
+        parser.error("adapter: `revert` takes previous or prior; `status` takes nothing")
     try:
         with connect(args) as client:
             return args.func(client, args)

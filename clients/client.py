@@ -146,6 +146,10 @@ class TriageClient:
     def stats(self, *, timeout: float | None = None) -> pb.GetStatsResponse:
         return self._call(self.stub.GetStats, pb.GetStatsRequest(), timeout)
 
+    def revert_adapter(self, to: str, *, timeout: float | None = None) -> pb.AdapterStats:
+        """Route with the previous adapter ("previous") or the prior alone ("prior")."""
+        return self._call(self.stub.RevertAdapter, pb.RevertAdapterRequest(to=to), timeout)
+
     def health(self, service: str = "", *, timeout: float = 5.0) -> str:
         """SERVING, NOT_SERVING, ... for the whole server or one service."""
         resp = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
@@ -205,6 +209,9 @@ class AsyncTriageClient:
 
     async def stats(self, *, timeout: float | None = None) -> pb.GetStatsResponse:
         return await self._call(self.stub.GetStats, pb.GetStatsRequest(), timeout)
+
+    async def revert_adapter(self, to: str, *, timeout: float | None = None) -> pb.AdapterStats:
+        return await self._call(self.stub.RevertAdapter, pb.RevertAdapterRequest(to=to), timeout)
 
     async def health(self, service: str = "", *, timeout: float = 5.0) -> str:
         resp = await self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)

@@ -60,6 +60,7 @@ class App:
     _gc_pauses: GcPauses | None = field(default=None, repr=False)
     http: object = field(default=None, repr=False)  # http_api.OpenAIHttp, when server.http_port is set
     http_port: int | None = None
+    adaptation: object = field(default=None, repr=False)  # adapting.Adaptation, when routing.adapt is on
 
     async def start_http(self) -> None:
         """The OpenAI-compatible endpoint, on this loop, beside gRPC."""
@@ -103,6 +104,8 @@ class App:
         # Requests still generating just before grpc's grace runs out end at
         # their next token with UNAVAILABLE rather than grpc's CANCELLED.
         await self.tiers.begin_drain(grace - 1.0)
+        if self.adaptation is not None:  # a fit in flight ends with its child process
+            await self.adaptation.close()
         if self._lag_watcher is not None:
             self._lag_watcher.cancel()
             self._gc_pauses.remove()
@@ -159,12 +162,42 @@ def export_routing(policy: RoutingPolicy, config: Config, metrics: RouterMetrics
         metrics.window_share.labels(name).set_function(lambda j=j: policy.share.window_shares()[j])
 
 
-def _shadows(config: Config, tiers: Tiers, store: FeedbackStore | None, cache: ResponseCache | None, metrics: RouterMetrics) -> Shadows | None:
+def _shadows(config: Config, tiers: Tiers, store: FeedbackStore | None, cache: ResponseCache | None, metrics: RouterMetrics,
+             adaptation) -> Shadows | None:
     """Shadow evaluation, when on: graded with the semantic cache's embedding model when there is one."""
     sc = config.routing.shadow
     if not sc.enabled:
         return None
-    return Shadows(sc, tiers, store, FinalAnswerGrader(cache.embedder if cache is not None else None, sc.similarity), metrics)
+    return Shadows(sc, tiers, store, FinalAnswerGrader(cache.embedder if cache is not None else None, sc.similarity), metrics,
+                   keep_text=config.feedback.keep_text, on_stored=adaptation.outcome_stored if adaptation is not None else None)
+
+
+def _adaptation(config: Config, classifier, policy: RoutingPolicy, metrics: RouterMetrics):
+    """The adapter loop, when routing.adapt is on; routing starts with the
+    adapter a previous run adopted, if any."""
+    if not config.routing.adapt.enabled:
+        return None
+    import classifier as classifiers
+
+    from .adapting import Adaptation
+
+    adaptation = Adaptation(config.routing.adapt, config.feedback.path, list(config.tiers)[0], config.classifier.path, metrics,
+                            use=lambda clf: policy.use_scorer(clf.score), load=classifiers.load)
+    policy.use_scorer(adaptation.start(classifier).score)
+    return adaptation
+
+
+def _outcomes(store, recent, metrics, router, adaptation) -> Outcomes | None:
+    """What the Feedback RPC records into, counted for GetStats and the adapter loop."""
+    if store is None:
+        return None
+
+    def recorded(tier: str) -> None:
+        router.stats.record_feedback(tier)
+        if adaptation is not None:
+            adaptation.outcome_stored(tier)
+
+    return Outcomes(store, recent, metrics, recorded)
 
 
 def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None = None, registry: CollectorRegistry | None = None,
@@ -202,6 +235,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
         conversation_turns=config.routing.conversation_turns,
     )
     export_routing(policy, config, metrics)
+    adaptation = _adaptation(config, classifier, policy, metrics)
     fb = config.feedback
     store = FeedbackStore(fb.path, fb.max_rows) if fb.path else None
     recent = RecentAnswers(fb.remember_answers, fb.remember_seconds) if store is not None else None
@@ -214,7 +248,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     router = Router(policy, tiers, metrics, cache=cache, retrieval=retrieval, limits=config.limits, resilience=config.resilience,
                     recent=recent, keep_text=fb.keep_text, spill=config.routing.spill, tracing=from_environment_or_config(config.tracing),
                     sessions=sessions, costs=Costs({name: t.cost for name, t in config.tiers.items()}, list(config.tiers)[-1], metrics),
-                    shadows=_shadows(config, tiers, store, cache, metrics))
+                    shadows=_shadows(config, tiers, store, cache, metrics, adaptation))
 
     lim = config.limits
     options = [
@@ -239,7 +273,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
         interceptors.append(BearerTokenAuth(tokens, open_services=(HEALTH_SERVICE,) if config.security.health_open else ()))
     server = grpc.aio.server(interceptors=interceptors, options=options)
     calls = Calls(metrics, router.stats)
-    add_to_server(servicer(router, calls, Outcomes(store, recent, metrics, router.stats.record_feedback) if store is not None else None), server)
+    add_to_server(servicer(router, calls, _outcomes(store, recent, metrics, router, adaptation), adaptation), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -254,7 +288,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     if config.server.metrics_port >= 0:
         metrics_http, _ = start_http_server(config.server.metrics_port, addr=config.server.host, registry=registry)
         metrics_port = metrics_http.server_port
-    app = App(config, router, tiers, server, health_servicer, port, metrics_port, calls, metrics_http)
+    app = App(config, router, tiers, server, health_servicer, port, metrics_port, calls, metrics_http, adaptation=adaptation)
     if config.server.http_port >= 0:
         from .http_api import OpenAIHttp
 

@@ -224,6 +224,23 @@ class ShadowConfig:
 
 
 @dataclass(frozen=True)
+class AdaptConfig:
+    """The adapter loop (server/adapting.py): after every `every` new
+    outcomes of the cheapest tier in the feedback store, an adapter is
+    fitted from them in a child process (`python -m classifier adapt`) and
+    adopted only if it ranks the newest quarter better than the prior
+    (docs/routing.md). Needs feedback.path and feedback.keep_text."""
+
+    enabled: bool = False
+    every: int = 500  # new outcomes of the cheapest tier between two fits
+    min_outcomes: int = 200  # fewest outcomes with text before the first fit
+    # Where adopted adapters live (the last one and the one before it, and
+    # state.json naming which routes); None: `adapters/` beside feedback.path.
+    dir: str | None = None
+    fit_timeout_s: float = 600.0  # a fit that takes longer is stopped and counted as failed
+
+
+@dataclass(frozen=True)
 class RoutingConfig:
     """Adaptive routing over the classifier's score (docs/routing.md)."""
 
@@ -246,6 +263,7 @@ class RoutingConfig:
     conversation_turns: int = 4
     session: SessionConfig = field(default_factory=SessionConfig)
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
 
 @dataclass(frozen=True)
@@ -405,11 +423,29 @@ def _check_tier(tier: TierConfig, where: str) -> None:
         raise ConfigError(f"{where}.gateway_url: only an smg tier has a gateway (set backend: smg)")
 
 
+def _check_adapt(routing: RoutingConfig, feedback: FeedbackConfig, server: ServerConfig, base: Path) -> RoutingConfig:
+    """routing.adapt reads the question texts the feedback store keeps, and
+    one process owns its adapters (a fleet's shared store is issue 38's)."""
+    adapt = routing.adapt
+    if not adapt.enabled:
+        return routing
+    if not feedback.path or not feedback.keep_text:
+        raise ConfigError("routing.adapt learns from the feedback store's question texts: set feedback.path and feedback.keep_text: true")
+    if server.workers > 1:
+        raise ConfigError("routing.adapt: one router process fits and adopts adapters; it cannot run with server.workers > 1")
+    folder = _resolve_path(adapt.dir, base) if adapt.dir else str(Path(feedback.path).parent / "adapters")
+    return dataclasses.replace(routing, adapt=dataclasses.replace(adapt, dir=folder))
+
+
 def _routing(raw: Any, tier_names: Sequence[str]) -> RoutingConfig:
     raw = dict(raw or {})
     spill = _build(SpillConfig, raw.pop("spill", None), "routing.spill")
     session = _build(SessionConfig, raw.pop("session", None), "routing.session")
     shadow = _build(ShadowConfig, raw.pop("shadow", None), "routing.shadow")
+    adapt = _build(AdaptConfig, raw.pop("adapt", None), "routing.adapt")
+    if not (isinstance(adapt.every, int) and adapt.every >= 1 and isinstance(adapt.min_outcomes, int) and adapt.min_outcomes >= 20
+            and adapt.fit_timeout_s > 0):
+        raise ConfigError("routing.adapt: every must be an integer >= 1, min_outcomes an integer >= 20, fit_timeout_s > 0")
     if not (0.0 <= shadow.sample <= 1.0 and 0.0 <= shadow.similarity <= 1.0):
         raise ConfigError("routing.shadow: sample and similarity are in [0, 1]")
     if session.idle_seconds <= 0 or session.max_sessions < 1:
@@ -419,7 +455,7 @@ def _routing(raw: Any, tier_names: Sequence[str]) -> RoutingConfig:
     if not isinstance(raw["target_share"], dict):
         raw["target_share"] = {"?": raw["target_share"]}  # reported below, naming the key
     raw["target_share"] = dict(raw["target_share"])
-    routing = _build(RoutingConfig, raw, "routing", spill=spill, session=session, shadow=shadow)
+    routing = _build(RoutingConfig, raw, "routing", spill=spill, session=session, shadow=shadow, adapt=adapt)
     if not isinstance(routing.conversation_turns, int) or routing.conversation_turns < 1:
         raise ConfigError(f"routing.conversation_turns must be an integer >= 1, got {routing.conversation_turns!r}")
     targets = routing.target_share
@@ -562,9 +598,10 @@ def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
     tracing = _build(TracingConfig, raw.get("tracing"), "tracing")
     if not 0.0 <= tracing.sample_ratio <= 1.0:
         raise ConfigError("tracing.sample_ratio must be in [0, 1]")
+    routing = _check_adapt(_routing(raw.get("routing"), list(tiers_raw)), feedback, server, base)
     return Config(
         tracing=tracing,
-        routing=_routing(raw.get("routing"), list(tiers_raw)),
+        routing=routing,
         feedback=feedback,
         limits=_build(LimitsConfig, raw.get("limits"), "limits"),
         security=security,

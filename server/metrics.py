@@ -50,6 +50,14 @@ class RouterMetrics:
         # Present at 0 from the start, so rate() and dashboards work before the first error.
         for code in ERROR_CODES:
             self.errors.labels(code)
+        # The adapter loop (server/adapting.py).
+        self.adapter_fits = Counter("router_adapter_fits_total", "Adapter fits by result (adopted, refused, failed)", ["result"], registry=registry)
+        self.adapter_outcomes = Gauge("router_adapter_outcomes", "Outcomes the adapter routing now was fitted on (0: the prior alone)",
+                                      registry=registry)
+        self.adapter_held_out_apgr = Gauge("router_adapter_held_out_apgr",
+                                           "The routing adapter's APGR on the newest quarter of its outcomes when adopted (-1: none)",
+                                           registry=registry)
+        self.adapter_held_out_apgr.set(-1.0)
         self.classify_seconds = histogram("router_classify_duration_seconds", "Classifier time per request")
         self.p_complex = histogram("router_p_complex", "Classifier p_complex per request", buckets=P_COMPLEX_BUCKETS)
         self.overhead_seconds = histogram("router_routing_overhead_seconds", "RPC arrival to the request handed to the engine (validate, classify, template, tokenise)", ("tier",))

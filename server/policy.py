@@ -55,6 +55,12 @@ class RoutingPolicy:
         self._clock = clock
         self.conversation_turns = conversation_turns
 
+    def use_scorer(self, score: Scorer) -> None:
+        """Score with `score` from the next decision on (an adopted adapter,
+        server/adapting.py): one assignment, so a decision sees one or the
+        other, never a mix."""
+        self._score = score
+
     @property
     def threshold(self) -> float:
         """The configured cut into the most capable tier (with two tiers, the threshold)."""

@@ -173,11 +173,12 @@ def _effective(s: EffectiveSampling) -> pb.EffectiveSampling:
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    def __init__(self, router: Router, calls: Calls, outcomes: Outcomes | None = None):
+    def __init__(self, router: Router, calls: Calls, outcomes: Outcomes | None = None, adaptation=None):
         self.router = router
         self.calls = calls
         self.tiers = router.tiers.names
         self.outcomes = outcomes  # None: no feedback store configured
+        self.adaptation = adaptation  # None: routing.adapt is off
 
     @contextlib.asynccontextmanager
     async def _rpc(self, rpc: str, context: grpc.aio.ServicerContext, request=None):
@@ -265,6 +266,12 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             return pb.FeedbackResponse(request_id=request.request_id, tier_name=answered.tier,
                                        p_complex=0.0 if math.isnan(answered.p_complex) else answered.p_complex)
 
+    async def RevertAdapter(self, request: pb.RevertAdapterRequest, context) -> pb.AdapterStats:
+        async with self._rpc("RevertAdapter", context, request):
+            if self.adaptation is None:
+                raise FailedPrecondition("routing.adapt is off on this server: there is no adapter to revert")
+            return pb.AdapterStats(**await self.adaptation.revert(request.to))
+
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         async with self._rpc("ListModels", context, request):
             tiers = []
@@ -299,6 +306,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 routing_window=policy.share.size, **_session_stats(self.router.sessions),
                 cost=self.router.costs.total, cost_if_most_capable=self.router.costs.if_most_capable, saved_share=self.router.costs.saved_share,
             )
+            if self.adaptation is not None:
+                response.adapter.CopyFrom(pb.AdapterStats(**self.adaptation.status()))
             response.summary = format_stats(response)
             return response
 
@@ -333,4 +342,11 @@ def format_stats(r: pb.GetStatsResponse) -> str:
                  f"saved {r.saved_share:.1%}")
     lines.append(f"sessions: {r.sessions} remembered · {r.session_pins} requests kept up · {r.session_escalations} moved up · "
                  f"{r.session_expiries} forgotten")
+    if r.HasField("adapter"):
+        a = r.adapter
+        routing = (f"adapter {a.current} routes ({a.outcomes} outcomes, held-out APGR {a.held_out_apgr:.3f} against the prior's "
+                   f"{a.prior_held_out_apgr:.3f})" if a.current else "the prior alone routes")
+        lines.append(f"adapter: {routing} · fits adopted {a.fits_adopted}, refused {a.fits_refused}, failed {a.fits_failed} · "
+                     f"{a.pending_outcomes} new outcomes{' · fitting now' if a.fitting else ''}"
+                     + (f" · last refused: {a.last_fit}" if a.last_fit not in ("", "adopted") else ""))
     return "\n".join(lines)

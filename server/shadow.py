@@ -96,9 +96,12 @@ class Answer:
 
 class Shadows:
     def __init__(self, config: ShadowConfig, tiers, store: FeedbackStore | None, grader, metrics,
-                 rng: Callable[[], float] = random.random):
+                 rng: Callable[[], float] = random.random, keep_text: bool = False, on_stored: Callable[[str], None] | None = None):
+        """`keep_text`: store the question with its outcome (feedback.keep_text);
+        `on_stored(tier)`: an outcome of `tier` is in the store (the adapter loop counts them)."""
         self.config, self.tiers, self.store, self.grader, self.metrics = config, tiers, store, grader, metrics
-        self._rng = rng
+        self._rng, self._keep_text = rng, keep_text
+        self._on_stored = on_stored or (lambda tier: None)
         self._running: dict[str, asyncio.Task] = {}  # target tier -> its one shadow
 
     def consider(self, answer: Answer) -> None:
@@ -139,7 +142,7 @@ class Shadows:
             self._release(target.name, asyncio.current_task())
             question = next((m.content for m in reversed(answer.messages) if m.role == "user"), "")
             agreed = await asyncio.to_thread(self.grader.agree, question, answer.text, text)
-            await self._record(answer, agreed, direction, cheap_tier)
+            await self._record(answer, agreed, direction, cheap_tier, question)
         except asyncio.CancelledError:
             self._count(direction, "preempted")
             return
@@ -150,14 +153,15 @@ class Shadows:
         # Counted last, so that a shadow counted as ended has its outcome in the store.
         self._count(direction, "agreed" if agreed else "disagreed")
 
-    async def _record(self, answer: Answer, agreed: bool, direction: str, cheap_tier: str) -> None:
+    async def _record(self, answer: Answer, agreed: bool, direction: str, cheap_tier: str, question: str) -> None:
         d = answer.decision
         bucket = "nan" if math.isnan(d.p_complex) else f"{min(9, int(d.p_complex * 10)) / 10:.1f}"
         self.metrics.shadow_outcomes.labels(direction, bucket, "true" if agreed else "false").inc()
         if self.store is not None:
             cheap = self.tiers[cheap_tier]
-            row = Answered(cheap_tier, cheap.model, d.p_complex, d.threshold, d.reason, time.time())
+            row = Answered(cheap_tier, cheap.model, d.p_complex, d.threshold, d.reason, time.time(), question if self._keep_text else None)
             await asyncio.to_thread(self.store.record, f"{answer.request_id}:shadow", row, None, agreed, f"shadow-{direction}")
+            self._on_stored(cheap_tier)
 
     async def _generate(self, answer: Answer, target) -> str:
         """The same conversation and sampling on the target tier (its own

@@ -333,7 +333,7 @@ class TierStats(_message.Message):
     def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., model: _Optional[str] = ..., requests: _Optional[int] = ..., share: _Optional[float] = ..., mean_latency_ms: _Optional[float] = ..., p95_latency_ms: _Optional[float] = ..., mean_ttft_ms: _Optional[float] = ..., completion_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., engine_load_seconds: _Optional[float] = ..., ready: _Optional[bool] = ..., tier_name: _Optional[str] = ..., cut_point: _Optional[float] = ..., target_share: _Optional[float] = ..., window_share: _Optional[float] = ..., spilled_out: _Optional[int] = ..., spilled_in: _Optional[int] = ..., feedback: _Optional[int] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("uptime_seconds", "total_requests", "completed_generations", "large_share", "tiers", "requests_by_code", "summary", "cache_lookups", "exact_hit_rate", "semantic_hit_rate", "routing_window", "sessions", "session_pins", "session_escalations", "session_expiries", "cost", "cost_if_most_capable", "saved_share")
+    __slots__ = ("uptime_seconds", "total_requests", "completed_generations", "large_share", "tiers", "requests_by_code", "summary", "cache_lookups", "exact_hit_rate", "semantic_hit_rate", "routing_window", "sessions", "session_pins", "session_escalations", "session_expiries", "cost", "cost_if_most_capable", "saved_share", "adapter")
     class RequestsByCodeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -359,6 +359,7 @@ class GetStatsResponse(_message.Message):
     COST_FIELD_NUMBER: _ClassVar[int]
     COST_IF_MOST_CAPABLE_FIELD_NUMBER: _ClassVar[int]
     SAVED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    ADAPTER_FIELD_NUMBER: _ClassVar[int]
     uptime_seconds: float
     total_requests: int
     completed_generations: int
@@ -377,7 +378,44 @@ class GetStatsResponse(_message.Message):
     cost: float
     cost_if_most_capable: float
     saved_share: float
-    def __init__(self, uptime_seconds: _Optional[float] = ..., total_requests: _Optional[int] = ..., completed_generations: _Optional[int] = ..., large_share: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., requests_by_code: _Optional[_Mapping[str, int]] = ..., summary: _Optional[str] = ..., cache_lookups: _Optional[int] = ..., exact_hit_rate: _Optional[float] = ..., semantic_hit_rate: _Optional[float] = ..., routing_window: _Optional[int] = ..., sessions: _Optional[int] = ..., session_pins: _Optional[int] = ..., session_escalations: _Optional[int] = ..., session_expiries: _Optional[int] = ..., cost: _Optional[float] = ..., cost_if_most_capable: _Optional[float] = ..., saved_share: _Optional[float] = ...) -> None: ...
+    adapter: AdapterStats
+    def __init__(self, uptime_seconds: _Optional[float] = ..., total_requests: _Optional[int] = ..., completed_generations: _Optional[int] = ..., large_share: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., requests_by_code: _Optional[_Mapping[str, int]] = ..., summary: _Optional[str] = ..., cache_lookups: _Optional[int] = ..., exact_hit_rate: _Optional[float] = ..., semantic_hit_rate: _Optional[float] = ..., routing_window: _Optional[int] = ..., sessions: _Optional[int] = ..., session_pins: _Optional[int] = ..., session_escalations: _Optional[int] = ..., session_expiries: _Optional[int] = ..., cost: _Optional[float] = ..., cost_if_most_capable: _Optional[float] = ..., saved_share: _Optional[float] = ..., adapter: _Optional[_Union[AdapterStats, _Mapping]] = ...) -> None: ...
+
+class AdapterStats(_message.Message):
+    __slots__ = ("enabled", "current", "previous", "generation", "outcomes", "held_out_apgr", "prior_held_out_apgr", "fits_adopted", "fits_refused", "fits_failed", "pending_outcomes", "fitting", "last_fit")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    HELD_OUT_APGR_FIELD_NUMBER: _ClassVar[int]
+    PRIOR_HELD_OUT_APGR_FIELD_NUMBER: _ClassVar[int]
+    FITS_ADOPTED_FIELD_NUMBER: _ClassVar[int]
+    FITS_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    FITS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    PENDING_OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    FITTING_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIT_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    current: str
+    previous: str
+    generation: int
+    outcomes: int
+    held_out_apgr: float
+    prior_held_out_apgr: float
+    fits_adopted: int
+    fits_refused: int
+    fits_failed: int
+    pending_outcomes: int
+    fitting: bool
+    last_fit: str
+    def __init__(self, enabled: _Optional[bool] = ..., current: _Optional[str] = ..., previous: _Optional[str] = ..., generation: _Optional[int] = ..., outcomes: _Optional[int] = ..., held_out_apgr: _Optional[float] = ..., prior_held_out_apgr: _Optional[float] = ..., fits_adopted: _Optional[int] = ..., fits_refused: _Optional[int] = ..., fits_failed: _Optional[int] = ..., pending_outcomes: _Optional[int] = ..., fitting: _Optional[bool] = ..., last_fit: _Optional[str] = ...) -> None: ...
+
+class RevertAdapterRequest(_message.Message):
+    __slots__ = ("to",)
+    TO_FIELD_NUMBER: _ClassVar[int]
+    to: str
+    def __init__(self, to: _Optional[str] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
     __slots__ = ("request_id", "rating", "correct", "label")

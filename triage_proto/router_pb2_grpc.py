@@ -64,6 +64,11 @@ class RouterStub:
                 request_serializer=triage__proto_dot_router__pb2.FeedbackRequest.SerializeToString,
                 response_deserializer=triage__proto_dot_router__pb2.FeedbackResponse.FromString,
                 _registered_method=True)
+        self.RevertAdapter = channel.unary_unary(
+                '/router.v1.Router/RevertAdapter',
+                request_serializer=triage__proto_dot_router__pb2.RevertAdapterRequest.SerializeToString,
+                response_deserializer=triage__proto_dot_router__pb2.AdapterStats.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -115,6 +120,16 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevertAdapter(self, request, context):
+        """Route with the previous adopted adapter or with the prior alone
+        (routing.adapt, docs/routing.md); a fit in flight is stopped. The
+        choice survives a restart. FAILED_PRECONDITION when routing.adapt is off
+        or there is nothing to revert to; INVALID_ARGUMENT for another `to`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +162,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Feedback,
                     request_deserializer=triage__proto_dot_router__pb2.FeedbackRequest.FromString,
                     response_serializer=triage__proto_dot_router__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'RevertAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevertAdapter,
+                    request_deserializer=triage__proto_dot_router__pb2.RevertAdapterRequest.FromString,
+                    response_serializer=triage__proto_dot_router__pb2.AdapterStats.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +331,33 @@ class Router:
             '/router.v1.Router/Feedback',
             triage__proto_dot_router__pb2.FeedbackRequest.SerializeToString,
             triage__proto_dot_router__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevertAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/router.v1.Router/RevertAdapter',
+            triage__proto_dot_router__pb2.RevertAdapterRequest.SerializeToString,
+            triage__proto_dot_router__pb2.AdapterStats.FromString,
             options,
             channel_credentials,
             insecure,

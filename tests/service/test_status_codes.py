@@ -267,3 +267,13 @@ def test_retrieval_without_an_index_is_failed_precondition(served):
     with pytest.raises(TriageError) as err:
         client.generate("What is in my documents?", retrieval=True)
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "retrieval" in err.value.message
+
+
+def test_revert_adapter_without_routing_adapt_is_failed_precondition(served):
+    client, _, _ = served
+    from clients import TriageError
+
+    with pytest.raises(TriageError) as err:
+        client.revert_adapter("prior")
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "routing.adapt is off" in err.value.message
+    assert not client.stats().HasField("adapter")

@@ -387,3 +387,27 @@ def test_cpu_cores_is_a_core_list_or_auto(tmp_path):
     for value in ('"0-1"', "auto", '"0,1"'):
         bad.write_text(text.replace('cpu_cores: "1"', f"cpu_cores: {value}"))
         assert load(bad).tiers["large"].cpu_cores == value.strip('"')
+
+
+def test_routing_adapt_needs_the_stores_question_texts_and_one_process(tmp_path):
+    import yaml
+
+    def profile(**sections) -> Path:
+        raw = yaml.safe_load((ROOT / "config" / "cpu.yaml").read_text())
+        for tier in raw["tiers"].values():  # the copy lives elsewhere: its relative paths would too
+            tier["model_path"] = str((ROOT / "config" / tier["model_path"]).resolve())
+        raw.update(sections)
+        path = tmp_path / "p.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+    adapt = {"adapt": {"enabled": True}}
+    with pytest.raises(ConfigError, match="feedback.keep_text"):
+        load(profile(routing=adapt, feedback={"path": str(tmp_path / "f.sqlite")}))
+    with pytest.raises(ConfigError, match="server.workers"):
+        load(profile(routing=adapt, feedback={"path": str(tmp_path / "f.sqlite"), "keep_text": True},
+                     server={**yaml.safe_load((ROOT / "config" / "cpu.yaml").read_text())["server"], "workers": 2}))
+    with pytest.raises(ConfigError, match="min_outcomes"):
+        load(profile(routing={"adapt": {"enabled": True, "min_outcomes": 5}}, feedback={"path": str(tmp_path / "f.sqlite"), "keep_text": True}))
+    config = load(profile(routing=adapt, feedback={"path": str(tmp_path / "f.sqlite"), "keep_text": True}))
+    assert config.routing.adapt.dir == str(tmp_path / "adapters") and config.routing.adapt.every == 500
