@@ -9,10 +9,11 @@ prompt-length baseline:
    the order matters (RouteLLM's setting):
    - GSM8K test: Spearman between `p_complex` and the reference solution's
      number of calculation steps;
-   - outcomes, where we know per question whether a weaker answer was as good
-     as a stronger one: the area under the quality/cost curve (APGR, as
-     RouteLLM computes it) when `p_complex` decides which questions get the
-     stronger answer (gain.py: the shared outcome table).
+   - outcomes, where we know per question whether a weaker model was right
+     and a stronger one: the area under the quality/cost curve (APGR, as
+     RouteLLM computes it) when a score decides which questions get the
+     stronger model (gain.py: the shared outcome table; adapter.py: a
+     deployment's own store).
 """
 
 from __future__ import annotations
@@ -97,24 +98,6 @@ def steps_ranking(clf, solutions: list[dict]) -> dict:
     }
 
 
-def outcome_ranking(clf, outcomes: dict[str, list[dict]]) -> dict:
-    """APGR of p_complex and of prompt length on each outcome set (rows of
-    text, weak, strong)."""
-    report = {}
-    for name, rows in outcomes.items():
-        texts = [r["text"] for r in rows]
-        weak = np.array([r["weak"] for r in rows], dtype=np.float64)
-        strong = np.array([r["strong"] for r in rows], dtype=np.float64)
-        report[name] = {
-            "n": len(rows),
-            "weak_accuracy": float(weak.mean()),
-            "strong_accuracy": float(strong.mean()),
-            "apgr": apgr(clf.score(texts), weak, strong),
-            "apgr_length": apgr(length_score(texts), weak, strong),
-        }
-    return report
-
-
 def evaluate(clf, rows: list[dict], threshold: float | None = None) -> dict:
     threshold = clf.threshold if threshold is None else threshold
     per_source = {}
@@ -181,11 +164,6 @@ def format_report(report: dict) -> str:
             f"APGR, more steps than the median {s['apgr_steps_above_median']:.3f} (length {s['apgr_steps_above_median_length']:.3f})"
         )
     lines += format_gain(report)
-    for name, o in (report.get("outcome_ranking") or {}).items():
-        lines.append(
-            f"outcomes {name} (n={o['n']}, weak {o['weak_accuracy']:.3f}, strong {o['strong_accuracy']:.3f}): "
-            f"APGR {o['apgr']:.3f} (length {o['apgr_length']:.3f})"
-        )
     return "\n".join(lines)
 
 
@@ -200,10 +178,4 @@ def format_gain(report: dict) -> list[str]:
     old = report.get("gain_ranking_against")
     if old:
         lines.append(f"  the classifier at {old['revision']}, same rows: mean pair APGR {old['apgr']:.3f}")
-    lobo = report.get("leave_one_benchmark_out")
-    if lobo:
-        lines.append(f"leave-one-benchmark-out{lobo.get('note', '')}: benchmark, n, pairs, mean pair APGR, length")
-        for b, m in lobo["per_benchmark"].items():
-            lines.append(f"  {b:<22}{m['n']:>6}{m['pairs']:>4}{m['apgr']:>8.3f}{m['apgr_length']:>8.3f}")
-        lines.append(f"  mean {lobo['mean_apgr']:.3f} (length {lobo['mean_apgr_length']:.3f})")
     return lines
