@@ -25,14 +25,17 @@ from .costs import Costs
 from .engine import Engine, VllmEngine
 from .auth import HEALTH_SERVICE, BearerTokenAuth, tls_credentials
 from .feedback import FeedbackStore, Outcomes, RecentAnswers
+from .finished import Listeners
 from .grpc_metrics import GrpcServerMetrics
 from .stalls import GcPauses, freeze_heap, thaw_heap, watch_loop_lag
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy
+from .request import log_line
 from .router import Router
 from .servicer import RouterServicer, add_to_server
 from .sessions import SessionStore
 from .shadow import FinalAnswerGrader, Shadows
+from .stats import Stats
 from .tiers import Tier, Tiers
 from .tracing import from_environment_or_config
 
@@ -187,6 +190,20 @@ def _adaptation(config: Config, classifier, policy: RoutingPolicy, metrics: Rout
     return adaptation
 
 
+def _listeners(metrics: RouterMetrics, stats: Stats, tracing, sessions: SessionStore | None, tier_names, recent: RecentAnswers | None,
+               keep_text: bool, shadows: Shadows | None) -> Listeners:
+    """Everything told of a finished request (server/finished.py), in order:
+    the observers first, then the features that learn from answers."""
+    listeners = [("metrics", metrics.on_finished), ("stats", stats.on_finished), ("log", log_line), ("tracing", tracing.finish)]
+    if sessions is not None:
+        listeners.append(("sessions", sessions.listener(tier_names)))
+    if recent is not None:
+        listeners.append(("recent_answers", recent.listener(keep_text)))
+    if shadows is not None:
+        listeners.append(("shadows", shadows.on_finished))
+    return Listeners(listeners, metrics.listener_errors)
+
+
 def _outcomes(store, recent, metrics, router, adaptation) -> Outcomes | None:
     """What the Feedback RPC records into, counted for GetStats and the adapter loop."""
     if store is None:
@@ -209,6 +226,51 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     `api_keys`: per remote tier, its replicas' key (read by __main__)."""
     registry = registry or CollectorRegistry()
     metrics = RouterMetrics(registry, tuple(config.tiers))
+    cache, retrieval = _lookups(config, metrics, embedder)
+    api_keys = api_keys or {}
+    engines = engines or {name: make_engine(tier, config.resilience, metrics, api_keys.get(name)) for name, tier in config.tiers.items()}
+    tiers = Tiers([Tier(t, engines[name], config.resilience, metrics) for name, t in config.tiers.items()],
+                  config.limits, config.resilience, metrics, config.server.warmup_prompt)
+    policy = _policy(config, classifier, metrics)
+    adaptation = _adaptation(config, classifier, policy, metrics)
+    fb = config.feedback
+    store = FeedbackStore(fb.path, fb.max_rows) if fb.path else None
+    recent = RecentAnswers(fb.remember_answers, fb.remember_seconds) if store is not None else None
+    if recent is not None:
+        metrics.answers_remembered.set_function(recent.__len__)
+    shadows = _shadows(config, tiers, store, cache, metrics, adaptation)
+    tracing = from_environment_or_config(config.tracing)
+    stats = Stats(tiers.names)
+    router = Router(policy, tiers, metrics, cache=cache, retrieval=retrieval, limits=config.limits, resilience=config.resilience,
+                    spill=config.routing.spill, tracing=tracing, stats=stats,
+                    costs=Costs({name: t.cost for name, t in config.tiers.items()}, list(config.tiers)[-1], metrics),
+                    listeners=_listeners(metrics, stats, tracing, policy.sessions, tiers.names, recent, fb.keep_text, shadows),
+                    on_engine_start=shadows.yield_to if shadows is not None else None)
+    server = _grpc_server(config, registry, tokens)
+    calls = Calls(metrics, router.stats)
+    add_to_server(servicer(router, calls, _outcomes(store, recent, metrics, router, adaptation), adaptation), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    port = _listen(server, config)
+    metrics_http, metrics_port = None, None
+    if config.server.metrics_port >= 0:
+        metrics_http, _ = start_http_server(config.server.metrics_port, addr=config.server.host, registry=registry)
+        metrics_port = metrics_http.server_port
+    app = App(config, router, tiers, server, health_servicer, port, metrics_port, calls, metrics_http, adaptation=adaptation)
+    if config.server.http_port >= 0:
+        from .http_api import OpenAIHttp
+
+        app.http = OpenAIHttp(router, calls, tokens, config.server.http_auto_model, config.security)
+    tiers.on_change = app.update_health
+    return app
+
+
+def _lookups(config: Config, metrics: RouterMetrics, embedder) -> tuple[ResponseCache | None, object]:
+    """The response cache and the retrieval service, each when configured,
+    sharing one embedding model."""
     if embedder is None and needs_embedder(config):
         from .embedding import Embedder
 
@@ -221,35 +283,30 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
         retrieval = RetrievalService(Retriever(r.index, embedder), embedder, r.top_k, r.max_chunk_chars, r.tiers)
         log.info("retrieval index %s: %d chunks", r.index, len(retrieval))
     cache = ResponseCache(config.cache, embedder, metrics) if (config.cache.exact or config.cache.semantic) else None
+    return cache, retrieval
+
+
+def _policy(config: Config, classifier, metrics: RouterMetrics) -> RoutingPolicy:
+    """The score, the cut points (the profile's, else the artifact's
+    threshold), the target share and the sessions, exported to /metrics."""
     cut_points = config.classifier.cut_points or (
         config.classifier.threshold if config.classifier.threshold is not None else classifier.threshold,
     )
     metrics.threshold.set(cut_points[-1])
-    api_keys = api_keys or {}
-    engines = engines or {name: make_engine(tier, config.resilience, metrics, api_keys.get(name)) for name, tier in config.tiers.items()}
-    tiers = Tiers([Tier(t, engines[name], config.resilience, metrics) for name, t in config.tiers.items()],
-                  config.limits, config.resilience, metrics, config.server.warmup_prompt)
-    policy = RoutingPolicy(
-        classifier.score, cut_points, [(n, t.model) for n, t in config.tiers.items()],
-        on_degraded=lambda: metrics.degraded.labels("classifier_error").inc(), share=share_controller(config, cut_points),
-        conversation_turns=config.routing.conversation_turns,
-    )
-    export_routing(policy, config, metrics)
-    adaptation = _adaptation(config, classifier, policy, metrics)
-    fb = config.feedback
-    store = FeedbackStore(fb.path, fb.max_rows) if fb.path else None
-    recent = RecentAnswers(fb.remember_answers, fb.remember_seconds) if store is not None else None
-    if recent is not None:
-        metrics.answers_remembered.set_function(recent.__len__)
     sc = config.routing.session
     sessions = SessionStore(sc.max_sessions, sc.idle_seconds) if sc.enabled else None
     if sessions is not None:
         metrics.export_sessions(sessions)
-    router = Router(policy, tiers, metrics, cache=cache, retrieval=retrieval, limits=config.limits, resilience=config.resilience,
-                    recent=recent, keep_text=fb.keep_text, spill=config.routing.spill, tracing=from_environment_or_config(config.tracing),
-                    sessions=sessions, costs=Costs({name: t.cost for name, t in config.tiers.items()}, list(config.tiers)[-1], metrics),
-                    shadows=_shadows(config, tiers, store, cache, metrics, adaptation))
+    policy = RoutingPolicy(
+        classifier.score, cut_points, [(n, t.model) for n, t in config.tiers.items()],
+        on_degraded=lambda: metrics.degraded.labels("classifier_error").inc(), share=share_controller(config, cut_points),
+        conversation_turns=config.routing.conversation_turns, sessions=sessions,
+    )
+    export_routing(policy, config, metrics)
+    return policy
 
+
+def _grpc_server(config: Config, registry: CollectorRegistry, tokens: tuple[str, ...]) -> grpc.aio.Server:
     lim = config.limits
     options = [
         ("grpc.max_receive_message_length", lim.max_receive_message_bytes),
@@ -271,30 +328,15 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     interceptors = [GrpcServerMetrics(registry)]
     if tokens:
         interceptors.append(BearerTokenAuth(tokens, open_services=(HEALTH_SERVICE,) if config.security.health_open else ()))
-    server = grpc.aio.server(interceptors=interceptors, options=options)
-    calls = Calls(metrics, router.stats)
-    add_to_server(servicer(router, calls, _outcomes(store, recent, metrics, router, adaptation), adaptation), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
+    return grpc.aio.server(interceptors=interceptors, options=options)
+
+
+def _listen(server: grpc.aio.Server, config: Config) -> int:
     address = f"{config.server.host}:{config.server.port}"
     port = server.add_secure_port(address, tls_credentials(config.security)) if config.security.tls_cert else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {config.server.host}:{config.server.port}")
-
-    metrics_http, metrics_port = None, None
-    if config.server.metrics_port >= 0:
-        metrics_http, _ = start_http_server(config.server.metrics_port, addr=config.server.host, registry=registry)
-        metrics_port = metrics_http.server_port
-    app = App(config, router, tiers, server, health_servicer, port, metrics_port, calls, metrics_http, adaptation=adaptation)
-    if config.server.http_port >= 0:
-        from .http_api import OpenAIHttp
-
-        app.http = OpenAIHttp(router, calls, tokens, config.server.http_auto_model, config.security)
-    tiers.on_change = app.update_health
-    return app
+    return port
 
 
 async def serve(app: App, stop: asyncio.Event) -> None:

@@ -75,6 +75,18 @@ class RecentAnswers:
         while len(self._items) > self.max_entries:
             self._items.popitem(last=False)
 
+    def listener(self, keep_text: bool):
+        """The listener (finished.py): every answer is remembered, for the
+        Feedback RPC; its question's text only with `keep_text`."""
+        from .policy import question_text
+
+        def remember(finished) -> None:
+            d = finished.decision
+            self.remember(finished.req.request_id, Answered(d.tier, d.model, d.p_complex, d.threshold, d.reason, time.time(),
+                                                            question_text(finished.req.messages) if keep_text else None))
+
+        return remember
+
     def get(self, request_id: str) -> Answered | None:
         found = self._items.get(request_id)
         if found is None or self._clock() - found.at > self.max_age_s:

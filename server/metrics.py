@@ -50,6 +50,9 @@ class RouterMetrics:
         # Present at 0 from the start, so rate() and dashboards work before the first error.
         for code in ERROR_CODES:
             self.errors.labels(code)
+        self.listener_errors = Counter("router_listener_errors_total",
+                                       "After-answer listeners (server/finished.py) that raised; the answer was not affected", ["listener"],
+                                       registry=registry)
         # The adapter loop (server/adapting.py).
         self.adapter_fits = Counter("router_adapter_fits_total", "Adapter fits by result (adopted, refused, failed)", ["result"], registry=registry)
         self.adapter_outcomes = Gauge("router_adapter_outcomes", "Outcomes the adapter routing now was fitted on (0: the prior alone)",
@@ -126,6 +129,11 @@ class RouterMetrics:
         """The session store's size and counts (sessions.SessionStore, their
         one owner), read at each scrape."""
         self.registry.register(_SessionCollector(store))
+
+    def on_finished(self, finished) -> None:
+        """The listener (finished.py): a generated answer's timings and tokens."""
+        if finished.generated:
+            self.record_generation(finished.decision.tier, finished.timings, finished.usage)
 
     def record_generation(self, tier: str, t, usage) -> None:
         """One generated answer's timings (types.Timings) and tokens."""

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 from . import placement
 from .adaptive import ShareController
 from .conversation import conversation_score
+from .sessions import SessionStore
 from .types import ChatMessage, Decision
 
 log = logging.getLogger("triage.policy")
@@ -39,11 +40,12 @@ def question_text(messages: Sequence[ChatMessage]) -> str:
 class RoutingPolicy:
     def __init__(self, score: Scorer, cut_points: Sequence[float], models: Sequence[tuple[str, str]], *,
                  on_degraded: Callable[[], None] | None = None, share: ShareController | None = None,
-                 clock: Callable[[], float] = time.monotonic, conversation_turns: int = 1):
+                 clock: Callable[[], float] = time.monotonic, conversation_turns: int = 1, sessions: SessionStore | None = None):
         """`models`: (tier, model) pairs, cheapest first; `cut_points`: one
         fewer, ascending (the configured ones). `share` watches the realised
         shares and, with a target, moves the live cut points.
-        `conversation_turns`: user turns the score is carried along."""
+        `conversation_turns`: user turns the score is carried along.
+        `sessions`: the tier each conversation reached (rule 5; None: off)."""
         if len(cut_points) != len(models) - 1:
             raise ValueError(f"{len(models)} tiers need {len(models) - 1} cut points, got {len(cut_points)}")
         self._score = score
@@ -54,6 +56,7 @@ class RoutingPolicy:
         self.share = share or ShareController(self.tiers, None, self.cut_points)
         self._clock = clock
         self.conversation_turns = conversation_turns
+        self.sessions = sessions
 
     def use_scorer(self, score: Scorer) -> None:
         """Score with `score` from the next decision on (an adopted adapter,
@@ -81,11 +84,12 @@ class RoutingPolicy:
         return (*(min(c, threshold) for c in cuts[:-1]), threshold)
 
     def decide(self, messages: Sequence[ChatMessage], route: str | None = None, threshold: float | None = None,
-               record: bool = False) -> tuple[Decision, float]:
+               record: bool = False, session_id: str = "") -> tuple[Decision, float]:
         """Return the decision and the classification time in milliseconds.
         `route` must name a tier (the caller checks). `record`: this decision
         routes a request, so it counts in the target share's window (a
-        Classify call's does not).
+        Classify call's does not). `session_id`: its conversation stays on
+        the most capable tier it reached (rule 5, placement.by_session).
 
         A classifier failure is not a request failure: the request goes to
         the most capable tier, marked degraded (the safe side for quality).
@@ -106,5 +110,11 @@ class RoutingPolicy:
         rule = placement.by_score(p, cuts, self.tiers, route=route, own_threshold=threshold is not None, share_active=self.share.active)
         if record and rule.counts_in_window:
             self.share.record(p, rule.index, self._clock())
-        tier = self.tiers[rule.index]
-        return Decision(tier, self._models[tier], p, placement.bounding_cut(cuts, rule.index), rule.reason), classify_ms
+        index, reason = rule.index, rule.reason
+        if self.sessions is not None and session_id:
+            pinned = placement.by_session(index, reason, self.sessions.tier(session_id))
+            if pinned is not None:
+                self.sessions.placed()
+                index, reason = pinned, "session"
+        tier = self.tiers[index]
+        return Decision(tier, self._models[tier], p, placement.bounding_cut(cuts, index), reason), classify_ms

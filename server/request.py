@@ -114,24 +114,25 @@ class StreamInterval:
         return text
 
 
-def log_line(ctx: RequestContext, usage: Usage) -> None:
-    # One structured line per request: sizes and times, never the text.
+def log_line(finished) -> None:
+    """The listener (finished.py): one structured line per request, sizes
+    and times, never the text."""
     if not log.isEnabledFor(logging.INFO):
         return
-    d = ctx.decision
+    d, usage = finished.decision, finished.usage
     log.info(
         json.dumps(
             {
-                "request_id": ctx.req.request_id,
+                "request_id": finished.req.request_id,
                 # When it arrived, on the wall clock (seconds since the epoch), to line it up with other services' logs.
-                "arrived_at": round(time.time() - (time.perf_counter() - ctx.arrived), 6),
+                "arrived_at": round(time.time() - (time.perf_counter() - finished.arrived), 6),
                 "tier": d.tier,
                 "reason": d.reason,
-                "cache": ctx.lookup.status,
+                "cache": finished.cache_status,
                 "p_complex": None if math.isnan(d.p_complex) else round(d.p_complex, 4),
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
-                **{k: round(v, 2) for k, v in vars(ctx.timings).items()},
+                **{k: round(v, 2) for k, v in vars(finished.timings).items()},
             }
         )
     )

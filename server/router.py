@@ -21,21 +21,19 @@ import logging
 import math
 import time
 from dataclasses import replace
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from . import placement
 from .cache import EXACT, MISS, SEMANTIC, CachedAnswer, ResponseCache
 from .config import CostConfig, LimitsConfig, ResilienceConfig, SpillConfig
 from .costs import Costs
 from .errors import PromptTooLong, RouterError, Unavailable
-from .feedback import Answered, RecentAnswers
+from .finished import Finished, Listeners
 from .metrics import RouterMetrics
 from .policy import RoutingPolicy, question_text
-from .request import (Ceiling, EngineFailedEarly, Progress, RequestContext, SemanticHit, StreamInterval, log_line, next_chunk, prompt_for,
+from .request import (Ceiling, EngineFailedEarly, Progress, RequestContext, SemanticHit, StreamInterval, next_chunk, prompt_for,
                       replay_deltas)
 from .retrieval import RetrievalService, wants_retrieval, with_sources
-from .sessions import SessionStore
-from .shadow import Answer, Shadows
 from .stats import Stats
 from .tiers import Tiers
 from .tracing import Tracing
@@ -57,26 +55,25 @@ log = logging.getLogger("triage.request")
 class Router:
     def __init__(self, policy: RoutingPolicy, tiers: Tiers, metrics: RouterMetrics, *,
                  cache: ResponseCache | None = None, retrieval: RetrievalService | None = None,
-                 limits: LimitsConfig | None = None, resilience: ResilienceConfig | None = None,
-                 recent: RecentAnswers | None = None, keep_text: bool = False, spill: SpillConfig | None = None,
-                 tracing: Tracing | None = None, sessions: SessionStore | None = None, costs: Costs | None = None,
-                 shadows: Shadows | None = None):
+                 limits: LimitsConfig | None = None, resilience: ResilienceConfig | None = None, spill: SpillConfig | None = None,
+                 tracing: Tracing | None = None, costs: Costs | None = None, stats: Stats | None = None, listeners: Listeners | None = None,
+                 on_engine_start: Callable[[str], None] | None = None):
+        """`listeners`: told of every finished request (finished.py; app.py
+        lists them); `on_engine_start(tier)`: a live request is about to
+        start on the tier's engine (shadows yield to it)."""
         self.policy = policy
         self.tracing = tracing or Tracing()
         self.spill = spill or SpillConfig(enabled=False)
-        self.sessions = sessions  # None: session affinity off
-        self.shadows = shadows  # None: shadow evaluation off
         self.costs = costs or Costs({name: CostConfig() for name in tiers.names}, tiers.names[-1])
-        # What was answered lately, for the Feedback RPC (None: not taken).
-        self.recent = recent
-        self._keep_text = keep_text
+        self.listeners = listeners or Listeners(())
+        self._on_engine_start = on_engine_start or (lambda tier: None)
         self.tiers = tiers
         self.metrics = metrics
         self.cache = cache
         self.retrieval = retrieval
         self.limits = limits or LimitsConfig()
         self.resilience = resilience or ResilienceConfig()
-        self.stats = Stats(tiers.names)
+        self.stats = stats or Stats(tiers.names)  # GetStats' figures; a listener keeps them (app.py)
 
     def classify(self, messages: tuple[ChatMessage, ...], threshold: float | None) -> tuple[Decision, float]:
         check_messages(messages, self.limits)
@@ -84,10 +81,10 @@ class Router:
         return self._classify(messages, None, threshold)
 
     def _classify(self, messages: tuple[ChatMessage, ...], route: str | None, threshold: float | None,
-                  record: bool = False) -> tuple[Decision, float]:
+                  record: bool = False, session_id: str = "") -> tuple[Decision, float]:
         """The decision on the user's own question (before any retrieved
         context), timed. `record`: it routes a request (not a Classify call)."""
-        decision, classify_ms = self.policy.decide(messages, route, threshold, record=record)
+        decision, classify_ms = self.policy.decide(messages, route, threshold, record=record, session_id=session_id)
         self.metrics.classify_seconds.observe(classify_ms / 1e3)
         return decision, classify_ms
 
@@ -155,26 +152,12 @@ class Router:
         """Classify, then the tier's sampling values: the tier-dependent
         checks (max_tokens cap) fail here, before any other work."""
         req = ctx.req
-        ctx.decision, ctx.timings.classify_ms = self._classify(req.messages, req.route, req.threshold, record=True)
+        ctx.decision, ctx.timings.classify_ms = self._classify(req.messages, req.route, req.threshold, record=True, session_id=req.session_id)
         if not math.isnan(ctx.decision.p_complex):
             self.metrics.p_complex.observe(ctx.decision.p_complex)
-        self._keep_session(ctx)
         ctx.tier = self.tiers[ctx.decision.tier]
         ctx.sampling = effective_sampling(req.sampling, ctx.tier.config.sampling, ctx.tier.name)
         ctx.retrieving = wants_retrieval(self.retrieval, req.retrieval, ctx.tier.name)
-
-    def _keep_session(self, ctx: RequestContext) -> None:
-        """Rule 5 (placement.by_session): a conversation that reached a more
-        capable tier than its score names stays there."""
-        if self.sessions is None or not ctx.req.session_id:
-            return
-        d, names = ctx.decision, self.tiers.names
-        pinned = placement.by_session(names.index(d.tier), d.reason, self.sessions.tier(ctx.req.session_id))
-        if pinned is not None:
-            self.sessions.placed()
-            tier = self.tiers[names[pinned]]
-            ctx.decision = replace(d, tier=tier.name, model=tier.model, reason="session",
-                                   threshold=placement.bounding_cut(self.policy.cuts_for(ctx.req.threshold), pinned))
 
     async def _retrieve(self, ctx: RequestContext) -> None:
         if ctx.retrieving:
@@ -227,7 +210,8 @@ class Router:
         and only once."""
         if ctx.fell_back or not self.resilience.fallback:
             raise Unavailable(f"tier {ctx.tier.name} failed before answering") from failed
-        self._fall_back(ctx, "engine failed")
+        self._move(ctx, placement.fall_back(self.tiers.names, ctx.tier.name, "engine failed", why_not=self.tiers.why_not,
+                                           enabled=self.resilience.fallback))
 
     def _place(self, ctx: RequestContext) -> None:
         """Rules 7-8 (placement.place) for the decided tier: fall back from
@@ -240,9 +224,6 @@ class Router:
             fits=lambda name: allows(ctx.req.sampling, self.tiers[name].config.sampling, name))
         if moved is not None:
             self._move(ctx, moved)
-
-    def _fall_back(self, ctx: RequestContext, why: str) -> None:
-        self._move(ctx, placement.fall_back(self.tiers.names, ctx.tier.name, why, why_not=self.tiers.why_not, enabled=self.resilience.fallback))
 
     def _move(self, ctx: RequestContext, moved: placement.Moved) -> None:
         """Carry out a spill or a fallback: the other tier answers, with its
@@ -271,8 +252,7 @@ class Router:
         before producing any text (the caller may fall back), SemanticHit if
         the overlapped `search` answers before any text is sent."""
         tier = ctx.tier
-        if self.shadows is not None:
-            self.shadows.yield_to(tier.name)  # live traffic first: a shadow there stops now
+        self._on_engine_start(tier.name)  # live traffic first: a shadow there stops now
         prompt = await prompt_for(ctx, self._chunk_chars)
         progress = Progress(self.metrics.itl_seconds.labels(tier.name))
         gauge = self.metrics.in_flight.labels(tier.name)
@@ -330,8 +310,8 @@ class Router:
         yield self._finish(ctx, answer.finish_reason, Usage(answer.prompt_tokens, answer.completion_tokens), first)
 
     def _finish(self, ctx: RequestContext, finish_reason: str, usage: Usage, first_token_at: float | None) -> FinalEvent:
-        """Timings, metrics, stats and the request's log line, once, for a
-        generated and a replayed answer alike."""
+        """Timings and price, once, for a generated and a replayed answer
+        alike; then one record of the finished request to the listeners."""
         done = time.perf_counter()
         first = first_token_at or done
         t = ctx.timings
@@ -339,21 +319,9 @@ class Router:
         t.generate_ms = (done - first) * 1e3
         t.total_ms = (done - ctx.arrived) * 1e3
         status = ctx.lookup.status
-        cost = self.costs.answered(ctx.decision.tier, usage, cached=status in (EXACT, SEMANTIC))
+        replayed = status in (EXACT, SEMANTIC)
+        cost = self.costs.answered(ctx.decision.tier, usage, cached=replayed)
         usage = replace(usage, cost=cost.cost, cost_if_most_capable=cost.if_most_capable)
-        if status not in (EXACT, SEMANTIC):  # a replayed answer's timings are not the engine's: log only
-            if self.shadows is not None:
-                self.shadows.consider(Answer(ctx.req.request_id, ctx.req.messages, ctx.req.sampling, ctx.decision, "".join(ctx.parts)))
-            self.metrics.record_generation(ctx.decision.tier, t, usage)
-            self.stats.record_generation(ctx.decision.tier, t.total_ms, t.ttft_ms, t.generate_ms, usage.completion_tokens)
-        self.stats.record_cache(status)
-        if self.sessions is not None and ctx.req.session_id and ctx.decision.reason in placement.REACHES:
-            self.sessions.reached(ctx.req.session_id, self.tiers.names.index(ctx.decision.tier))
-        if self.recent is not None:
-            d = ctx.decision
-            self.recent.remember(ctx.req.request_id, Answered(d.tier, d.model, d.p_complex, d.threshold, d.reason, time.time(),
-                                                              question_text(ctx.req.messages) if self._keep_text else None))
-        log_line(ctx, usage)
-        self.tracing.finish(ctx.span, ctx.req.request_id, ctx.decision, t, usage, status, ctx.arrived, done, first_token_at)
+        self.listeners(Finished(ctx.req, ctx.decision, "".join(ctx.parts), usage, t, status, not replayed, ctx.span, ctx.arrived, done,
+                                first_token_at))
         return FinalEvent(finish_reason, usage, t, ctx.sampling, CacheResult(status, ctx.lookup.similarity), ctx.retrieval)
-

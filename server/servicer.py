@@ -303,7 +303,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 uptime_seconds=stats.uptime(), total_requests=sum(stats.by_code.values()), completed_generations=stats.completed(),
                 large_share=stats.above_cheapest_share(), tiers=tiers, requests_by_code=dict(stats.by_code),
                 cache_lookups=stats.cache_lookups(), exact_hit_rate=stats.hit_rate("EXACT"), semantic_hit_rate=stats.hit_rate("SEMANTIC"),
-                routing_window=policy.share.size, **_session_stats(self.router.sessions),
+                routing_window=policy.share.size, **_session_stats(policy.sessions),
                 cost=self.router.costs.total, cost_if_most_capable=self.router.costs.if_most_capable, saved_share=self.router.costs.saved_share,
             )
             if self.adaptation is not None:

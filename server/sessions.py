@@ -52,6 +52,17 @@ class SessionStore:
         self._items.move_to_end(session_id)
         return found.tier
 
+    def listener(self, tier_names):
+        """The listener (finished.py): a conversation's answer on a tier it
+        reached (placement.REACHES: not a spill or a fallback) is remembered."""
+        from .placement import REACHES
+
+        def reached(finished) -> None:
+            if finished.req.session_id and finished.decision.reason in REACHES:
+                self.reached(finished.req.session_id, tier_names.index(finished.decision.tier))
+
+        return reached
+
     def placed(self) -> None:
         """The affinity placed a request above its score's tier."""
         self.pins += 1

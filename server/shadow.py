@@ -104,6 +104,12 @@ class Shadows:
         self._on_stored = on_stored or (lambda tier: None)
         self._running: dict[str, asyncio.Task] = {}  # target tier -> its one shadow
 
+    def on_finished(self, finished) -> None:
+        """The listener (finished.py): a generated answer may be shadowed."""
+        if finished.generated:
+            req = finished.req
+            self.consider(Answer(req.request_id, req.messages, req.sampling, finished.decision, finished.text))
+
     def consider(self, answer: Answer) -> None:
         """After a live answer: maybe shadow it (sampled), if its neighbour is idle."""
         d = answer.decision

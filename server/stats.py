@@ -62,6 +62,13 @@ class Stats:
     def record_status(self, code: str) -> None:
         self.by_code[code] += 1
 
+    def on_finished(self, finished) -> None:
+        """The listener (finished.py): a generated answer's figures, and every answer's cache status."""
+        if finished.generated:
+            t = finished.timings
+            self.record_generation(finished.decision.tier, t.total_ms, t.ttft_ms, t.generate_ms, finished.usage.completion_tokens)
+        self.record_cache(finished.cache_status)
+
     def record_cache(self, status: str) -> None:
         self.cache[status] += 1
 

@@ -86,12 +86,16 @@ class Tracing:
         TRACEPARENT.set(carrier.get("traceparent"))
         return span
 
-    def finish(self, span, request_id: str, decision, timings, usage, cache_status: str, arrived_perf: float, done_perf: float,
-               first_token_perf: float | None) -> None:
-        """Attributes and one child span per timed stage, from the times the
-        router measured; then the request span ends."""
+    def finish(self, finished) -> None:
+        """The listener (finished.py): attributes and one child span per
+        timed stage, from the times the router measured; then the request
+        span ends."""
+        span = finished.span
         if span is None:
             return
+        request_id, decision, timings, usage = finished.req.request_id, finished.decision, finished.timings, finished.usage
+        cache_status, arrived_perf, done_perf = finished.cache_status, finished.arrived, finished.done
+        first_token_perf = finished.first_token_at
         from opentelemetry.trace import set_span_in_context
 
         # Every instant from the request span's own start, so no child can

@@ -43,7 +43,8 @@ def test_router_metric_names_follow_the_conventions():
 # a request id or user text. (A replica is a URL from the config; to_tier a
 # tier name.)
 ALLOWED_LABELS = {"tier", "to_tier", "model", "rpc", "code", "reason", "kind", "result", "scope", "replica", "generation",  # generation: 0, 1 or 2
-                  "direction", "bucket", "agreed"}  # shadow: up/down, ten p_complex buckets (and nan), true/false
+                  "direction", "bucket", "agreed",  # shadow: up/down, ten p_complex buckets (and nan), true/false
+                  "listener"}  # the after-answer listeners app.py lists (server/finished.py): at most seven
 
 
 def test_every_router_metric_declares_only_bounded_labels():

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from server.tracing import TRACEPARENT, Tracing, upstream_headers
-from server.types import Decision, Timings, Usage
+from server.finished import Finished
+from server.types import ChatMessage, Decision, GenerateInput, SamplingRequest, Timings, Usage
 
 from .test_config_and_policy import ROOT
 
@@ -31,8 +32,9 @@ def test_a_finished_request_is_a_tree_of_its_stages_under_the_callers_span():
     assert upstream_headers()["traceparent"].startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")  # ours, in the caller's trace
     assert not upstream_headers()["traceparent"].endswith("00f067aa0ba902b7-01")
     timings = Timings(classify_ms=0.05, queue_ms=20, ttft_ms=300, generate_ms=200, total_ms=500, cache_ms=1.0)
-    tracing.finish(span, "rid", Decision("small", "S", 0.2, 0.45, "classifier"), timings, Usage(30, 12), "MISS",
-                   arrived, arrived + 0.5, arrived + 0.3)
+    req = GenerateInput(request_id="rid", messages=(ChatMessage("user", "hi"),), sampling=SamplingRequest())
+    tracing.finish(Finished(req, Decision("small", "S", 0.2, 0.45, "classifier"), "hello", Usage(30, 12), timings, "MISS", True, span,
+                            arrived, arrived + 0.5, arrived + 0.3))
     spans = {s.name: s for s in exporter.get_finished_spans()}
     root = spans["triage.request"]
     assert root.parent.span_id == 0x00f067aa0ba902b7 and root.attributes["triage.tier"] == "small"
