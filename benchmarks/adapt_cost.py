@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build_store(path: Path, rows: int, seed: int = 0) -> None:
     from classifier.data import DEFAULT_DATA
-    from server.feedback import Answered, FeedbackStore
+    from server.routing.feedback import Answered, FeedbackStore
 
     rng = random.Random(seed)
     labelled = [json.loads(line) for line in open(DEFAULT_DATA, encoding="utf-8") if line.strip()]

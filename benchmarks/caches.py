@@ -47,8 +47,8 @@ async def in_router_lookup_bench(app, address: str, entries: int = 100_000, roun
     unique questions (all misses), one new token each, a pause between
     requests: the engines are idle whenever a lookup runs, which is when a
     second thread has the most to gain."""
-    from server.cache import CachedAnswer
-    from server.embedding import Embedder
+    from server.lookup.cache import CachedAnswer
+    from server.lookup.embedding import Embedder
     from triage_proto import router_pb2 as pb
 
     cache = app.router.cache
@@ -91,7 +91,7 @@ OVERLAP_SETTINGS = ("semantic_off", "overlap", "sequential")
 def _fill_semantic(cache, entries: int) -> None:
     """Random unit vectors in another context: a full cache's search cost,
     never a hit for the questions asked."""
-    from server.cache import CachedAnswer
+    from server.lookup.cache import CachedAnswer
 
     rng = np.random.default_rng(1)
     filler = CachedAnswer("x" * 400, "stop", 20, 100)
@@ -225,7 +225,7 @@ def _pytorch_embedder():
     cache used before ONNX Runtime), returning the same unit vectors."""
     import torch
 
-    from server.embedding import mean_pool
+    from server.lookup.embedding import mean_pool
     from tools.export_embedder import pytorch_model
 
     tokenizer, model = pytorch_model()
@@ -284,7 +284,7 @@ def _tokenizer_cost(embedder, questions: list[str], rounds: int = 5) -> dict:
     the embedder used before), in alternating rounds."""
     from transformers import AutoTokenizer
 
-    from server.embedding import MAX_TOKENS, model_path
+    from server.lookup.embedding import MAX_TOKENS, model_path
 
     wrapper = AutoTokenizer.from_pretrained(model_path(), local_files_only=True)
     direct_s, wrapper_s = [], []
@@ -306,7 +306,7 @@ def _matmul_share(embedder, questions: list[str]) -> dict:
 
     import onnxruntime as ort
 
-    from server.embedding import DIM, ONNX_DIR, ONNX_FILE
+    from server.lookup.embedding import DIM, ONNX_DIR, ONNX_FILE
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
@@ -333,8 +333,8 @@ def _matmul_share(embedder, questions: list[str]) -> dict:
 def semantic_bench(entries: int = 100_000, queries: int = 200, answer_chars: int = 400) -> dict:
     """Semantic lookup (embed the question + faiss search + guards) with the
     cache full, and memory per entry measured as RSS growth while filling."""
-    from server.cache import CachedAnswer, SemanticCache
-    from server.embedding import Embedder
+    from server.lookup.cache import CachedAnswer, SemanticCache
+    from server.lookup.embedding import Embedder
 
     embedder = Embedder()
     rng = np.random.default_rng(0)

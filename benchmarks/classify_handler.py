@@ -47,7 +47,7 @@ async def main_async(n: int) -> None:
     from clients.loadgen import BUILTIN_MIX
     from server.app import build_app
     from server.config import load
-    from server.servicer import RouterServicer
+    from server.fronts.servicer import RouterServicer
     from server.types import ChatMessage
     from triage_proto import router_pb2 as pb
 
@@ -113,7 +113,7 @@ async def ratios_async(concurrency: int, seconds: float, rounds: int) -> list[di
     from benchmarks.load import classify_and_health_blocks
     from server.app import build_app
     from server.config import load
-    from server.servicer import RouterServicer
+    from server.fronts.servicer import RouterServicer
 
     config = load("config/cpu.yaml").with_ports(0, -1, http_port=-1)
     rows = []

@@ -12,7 +12,7 @@ ROC AUC of the score against the label.
 
 The set was written for this project by its developers (December 2026,
 Apache-2.0 like the rest of the repository); no row comes from a benchmark.
-The follow-up cues in server/conversation.py were set by hand alongside
+The follow-up cues in server/routing/conversation.py were set by hand alongside
 it, so this is a development set: it shows the behaviour, it is not a
 held-out estimate.
 """
@@ -27,7 +27,7 @@ from pathlib import Path
 from sklearn.metrics import roc_auc_score
 
 import classifier
-from server.conversation import conversation_score
+from server.routing.conversation import conversation_score
 from server.types import ChatMessage
 
 SET = Path(__file__).parent / "data/followups.jsonl"

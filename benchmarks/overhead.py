@@ -100,7 +100,7 @@ def full_collection_ms(rounds: int = 3) -> dict:
     before), alternating; the heap is left frozen."""
     import gc
 
-    from server.stalls import freeze_heap
+    from server.observe.stalls import freeze_heap
 
     times: dict[str, list[float]] = {"frozen": [], "unfrozen": []}
     for _ in range(rounds):

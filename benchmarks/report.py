@@ -109,7 +109,7 @@ def _overhead_lines(levels: dict) -> list[str]:
     if gc_full:
         lines.append(f"- A full garbage collection in the server's process, measured in the same run: {gc_full['unfrozen']:.1f} ms with "
                      f"everything on the heap collectable (as before 2026-11-26), {gc_full['frozen']:.1f} ms with the "
-                     f"{gc_full['tracked_objects_frozen']:,} objects alive after start-up frozen (`server/stalls.py`, as the server now runs).")
+                     f"{gc_full['tracked_objects_frozen']:,} objects alive after start-up frozen (`server/observe/stalls.py`, as the server now runs).")
     any_level = next(iter(levels.values()))
     auto = Path(__file__).resolve().parents[1] / "docs/overhead-auto-cores.json"
     if auto.is_file():  # the same section with vLLM's default binding, for where the added time comes from

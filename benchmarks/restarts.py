@@ -23,9 +23,9 @@ import sys
 import psutil
 
 from server.config import load
-from server.engine import VllmEngine
-from server.stalls import release_free_memory, thaw_heap
-from server.tiers import warm_up
+from server.tiers.engine import VllmEngine
+from server.observe.stalls import release_free_memory, thaw_heap
+from server.tiers.tier import warm_up
 
 
 def _rss_mb() -> float:

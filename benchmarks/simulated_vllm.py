@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from server.prompt import load_tokenizer, render_ids
+from server.tiers.prompt import load_tokenizer, render_ids
 from server.types import ChatMessage
 
 

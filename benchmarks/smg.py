@@ -58,7 +58,7 @@ async def _via_gateway(client, url: str, question: str) -> float:
 
 
 async def _direct(stub, pb, tokenizer, question: str, n: int) -> float:
-    from server.prompt import render_ids
+    from server.tiers.prompt import render_ids
     from server.types import ChatMessage
 
     started = time.perf_counter()

@@ -1,6 +1,6 @@
 """The target share, replayed: the labelled questions' real scores (the
 committed classifier on shared/data/questions, read where they are, never
-copied) stream through the router's own controller (server/adaptive.py),
+copied) stream through the router's own controller (server/routing/adaptive.py),
 and through another revision's with --against, on the same streams:
 
     python -m benchmarks.target_share [--against REV] [--seeds 10] [--out docs/target_share.json]
@@ -142,7 +142,7 @@ def replay(controller_class, simple, complex_, start_cut: float, mix: str, windo
 
 def controller_at(rev: str):
     """ShareController as it is at git revision `rev` (its module alone)."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:server/adaptive.py"], capture_output=True, text=True, check=True).stdout
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:server/routing/adaptive.py"], capture_output=True, text=True, check=True).stdout
     path = Path(tempfile.mkdtemp()) / f"adaptive_{rev}.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location(f"adaptive_{rev}", path)
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     import logging
 
     logging.getLogger("triage.routing").setLevel(logging.WARNING)
-    from server.adaptive import ShareController
+    from server.routing.adaptive import ShareController
 
     controllers = {"this": ShareController, **({args.against: controller_at(args.against)} if args.against else {}), "oracle": None}
     simple, complex_, cut = labelled_scores()

@@ -6,7 +6,7 @@ aiohttp, against the same server on loopback, in alternating blocks:
 
 The server is a minimal aiohttp event stream in this process (two events,
 then [DONE]), so what differs between the two columns is the client alone.
-server/upstream.py uses aiohttp because of this measurement.
+server/tiers/upstream.py uses aiohttp because of this measurement.
 """
 
 from __future__ import annotations

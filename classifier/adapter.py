@@ -3,7 +3,7 @@ from its own outcomes.
 
 The prior (the artifact's logistic regression) scores kinds of question; it
 cannot know which questions a given pair of models splits on. The feedback
-store can: every shadow comparison (server/shadow.py) and every Feedback
+store can: every shadow comparison (server/routing/shadow.py) and every Feedback
 on a cheap-tier answer is one outcome "the cheap tier was enough, or not",
 with the question's text when `feedback.keep_text` is on.
 

@@ -1,4 +1,4 @@
-"""Outcomes reported to a running router (the Feedback RPC, server/feedback.py)
+"""Outcomes reported to a running router (the Feedback RPC, server/routing/feedback.py)
 as evidence for the cut: `calibrate --feedback` moves it, holding out the
 newest quarter of the outcomes and refusing a cut that does worse there
 than the one in use. (Which questions go up is the adapter's business:
@@ -13,7 +13,7 @@ move the cut. The cheap tier's answers sit below the cut (plus whatever
 spills, overrides and a target share sent there), so the cut can rise only
 as far as such answers reach: no further than the evidence.
 
-Shadow evaluation (routing.shadow, server/shadow.py) supplies that evidence
+Shadow evaluation (routing.shadow, server/routing/shadow.py) supplies that evidence
 above the cut: a capable tier's answer is asked again of the cheaper tier
 and the two compared, stored as an outcome *of the cheaper tier* at the
 request's score (label `shadow-down`; cheap answers shadowed upward are

@@ -34,7 +34,7 @@ FAILURE_MODES = """\
 - **Non-English text** has no learned vocabulary: it is scored on length and
   shape alone and lands near the prior.
 - **Multi-turn chats**: the router scores the last user message, carrying
-  the weight of the turns before it (server/conversation.py).
+  the weight of the turns before it (server/routing/conversation.py).
 - **Framed factoids.** A one-hop question behind a sentence of framing
   ("My friend and I were arguing about this over dinner last night. who
   wrote ...?") reads as longer, multi-sentence work: the held-out shape

@@ -1,4 +1,5 @@
 """python -m server --config config/cpu.yaml [--port N] [--metrics-port M]
+python -m server index DOCS --out INDEX        (a retrieval index: server/lookup/retrieval.py)
 
 The only place that reads argv, the environment and signals (a worker's
 index, when `server.workers` runs several, is read by server/workers.py).
@@ -46,8 +47,8 @@ async def _main(config: Config) -> int:
     import classifier
 
     from .app import build_app, serve
-    from .auth import load_tokens
-    from .retrieval import IndexError_
+    from .fronts.auth import load_tokens
+    from .lookup.retrieval import IndexError_
 
     try:
         tokens = load_tokens(config.security.token_file, config.security.token_env)
@@ -86,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     from . import workers
 
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["index"]:  # `python -m server index DOCS --out INDEX`: build a retrieval index
+        from .lookup.retrieval import main as build_index
+
+        return build_index(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     index = workers.worker_index()

@@ -17,27 +17,27 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from triage_proto import router_pb2
 
-from .adaptive import ShareController
-from .cache import ResponseCache
-from .calls import Calls
+from .routing.adaptive import ShareController
+from .lookup.cache import ResponseCache
+from .fronts.calls import Calls
 from .config import Config, ResilienceConfig, TierConfig
-from .costs import Costs
-from .engine import Engine, VllmEngine
-from .auth import HEALTH_SERVICE, BearerTokenAuth, tls_credentials
-from .feedback import FeedbackStore, Outcomes, RecentAnswers
+from .observe.costs import Costs
+from .tiers.engine import Engine, VllmEngine
+from .fronts.auth import HEALTH_SERVICE, BearerTokenAuth, tls_credentials
+from .routing.feedback import FeedbackStore, Outcomes, RecentAnswers
 from .finished import Listeners
-from .grpc_metrics import GrpcServerMetrics
-from .stalls import GcPauses, freeze_heap, thaw_heap, watch_loop_lag
-from .metrics import RouterMetrics
-from .policy import RoutingPolicy
+from .fronts.grpc_metrics import GrpcServerMetrics
+from .observe.stalls import GcPauses, freeze_heap, thaw_heap, watch_loop_lag
+from .observe.metrics import RouterMetrics
+from .routing.policy import RoutingPolicy
 from .request import log_line
 from .router import Router
-from .servicer import RouterServicer, add_to_server
-from .sessions import SessionStore
-from .shadow import FinalAnswerGrader, Shadows
-from .stats import Stats
-from .tiers import Tier, Tiers
-from .tracing import from_environment_or_config
+from .fronts.servicer import RouterServicer, add_to_server
+from .routing.sessions import SessionStore
+from .routing.shadow import FinalAnswerGrader, Shadows
+from .observe.stats import Stats
+from .tiers.tier import Tier, Tiers
+from .observe.tracing import from_environment_or_config
 
 log = logging.getLogger("triage.app")
 
@@ -132,11 +132,11 @@ class App:
 
 def make_engine(tier: TierConfig, resilience: ResilienceConfig, metrics: RouterMetrics, api_key: str | None = None) -> Engine:
     if tier.backend == "remote":
-        from .remote import RemoteEngine
+        from .tiers.remote import RemoteEngine
 
         return RemoteEngine(tier, resilience, metrics, api_key=api_key)
     if tier.backend == "smg":
-        from .gateway import GatewayEngine
+        from .tiers.gateway import GatewayEngine
 
         return GatewayEngine(tier, resilience, api_key=api_key)
     return VllmEngine(tier)
@@ -182,7 +182,7 @@ def _adaptation(config: Config, classifier, policy: RoutingPolicy, metrics: Rout
         return None
     import classifier as classifiers
 
-    from .adapting import Adaptation
+    from .routing.adapting import Adaptation
 
     adaptation = Adaptation(config.routing.adapt, config.feedback.path, list(config.tiers)[0], config.classifier.path, metrics,
                             use=lambda clf: policy.use_scorer(clf.score), load=classifiers.load)
@@ -261,7 +261,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
         metrics_port = metrics_http.server_port
     app = App(config, router, tiers, server, health_servicer, port, metrics_port, calls, metrics_http, adaptation=adaptation)
     if config.server.http_port >= 0:
-        from .http_api import OpenAIHttp
+        from .fronts.http_api import OpenAIHttp
 
         app.http = OpenAIHttp(router, calls, tokens, config.server.http_auto_model, config.security)
     tiers.on_change = app.update_health
@@ -272,12 +272,12 @@ def _lookups(config: Config, metrics: RouterMetrics, embedder) -> tuple[Response
     """The response cache and the retrieval service, each when configured,
     sharing one embedding model."""
     if embedder is None and needs_embedder(config):
-        from .embedding import Embedder
+        from .lookup.embedding import Embedder
 
         embedder = Embedder(threads=config.embedding.threads)
     retrieval = None
     if config.retrieval.index is not None:
-        from .retrieval import RetrievalService, Retriever
+        from .lookup.retrieval import RetrievalService, Retriever
 
         r = config.retrieval
         retrieval = RetrievalService(Retriever(r.index, embedder), embedder, r.top_k, r.max_chunk_chars, r.tiers)

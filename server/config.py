@@ -38,7 +38,7 @@ class SamplingDefaults:
 
 @dataclass(frozen=True)
 class CostConfig:
-    """A tier's price, per 1,000 tokens, in any unit (server/costs.py)."""
+    """A tier's price, per 1,000 tokens, in any unit (server/observe/costs.py)."""
 
     prompt_per_1k: float = 0.0
     completion_per_1k: float = 0.0
@@ -96,7 +96,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int = 9464  # 0 picks a free port; -1 disables /metrics
-    # OpenAI-compatible HTTP (server/http_api.py, docs/http.md): 0 picks a
+    # OpenAI-compatible HTTP (server/fronts/http_api.py, docs/http.md): 0 picks a
     # free port; -1 (the default) serves none.
     http_port: int = -1
     http_auto_model: str = "auto"  # the `model` that lets the classifier decide
@@ -204,7 +204,7 @@ class SpillConfig:
 
 @dataclass(frozen=True)
 class SessionConfig:
-    """Session affinity (server/sessions.py): a conversation stays on the
+    """Session affinity (server/routing/sessions.py): a conversation stays on the
     most capable tier it has reached until it has been idle this long."""
 
     enabled: bool = True
@@ -214,7 +214,7 @@ class SessionConfig:
 
 @dataclass(frozen=True)
 class ShadowConfig:
-    """Shadow evaluation (server/shadow.py): a sampled share of answered
+    """Shadow evaluation (server/routing/shadow.py): a sampled share of answered
     requests is asked again of a neighbouring tier when it is idle, and the
     comparison is stored as an outcome (docs/routing.md)."""
 
@@ -225,7 +225,7 @@ class ShadowConfig:
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    """The adapter loop (server/adapting.py): after every `every` new
+    """The adapter loop (server/routing/adapting.py): after every `every` new
     outcomes of the cheapest tier in the feedback store, an adapter is
     fitted from them in a child process (`python -m classifier adapt`) and
     adopted only if it ranks the newest quarter better than the prior
@@ -257,7 +257,7 @@ class RoutingConfig:
     correction: float = 0.0625
     min_samples: int = 100  # decisions in the window before the cut points move
     spill: SpillConfig = field(default_factory=SpillConfig)
-    # User turns the score is carried along (server/conversation.py): a
+    # User turns the score is carried along (server/routing/conversation.py): a
     # follow-up inherits the weight of the turns before it. 1: the last
     # message alone.
     conversation_turns: int = 4
@@ -268,7 +268,7 @@ class RoutingConfig:
 
 @dataclass(frozen=True)
 class TracingConfig:
-    """OpenTelemetry traces (server/tracing.py): off unless an endpoint is set
+    """OpenTelemetry traces (server/observe/tracing.py): off unless an endpoint is set
     (here, or OTEL_EXPORTER_OTLP_ENDPOINT in the environment)."""
 
     otlp_endpoint: str | None = None  # OTLP over HTTP, e.g. http://otel-collector:4318
@@ -284,7 +284,7 @@ class EmbeddingConfig:
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    index: str | None = None  # folder written by `python -m server.retrieval`; None: retrieval off
+    index: str | None = None  # folder written by `python -m server index`; None: retrieval off
     top_k: int = 10
     max_chunk_chars: int = 800  # each retrieved chunk is cut to this in the prompt
     tiers: tuple[str, ...] = ()  # tiers that retrieve unless the request says otherwise

@@ -14,10 +14,10 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 
-from .cache import BYPASS, Lookup
+from .lookup.cache import BYPASS, Lookup
 from .errors import DeadlineExceeded, EngineFailure, PromptTooLong, RouterError, Unavailable
-from .retrieval import with_sources
-from .tiers import Tier
+from .lookup.retrieval import with_sources
+from .tiers.tier import Tier
 from .types import Decision, EffectiveSampling, GenerateInput, Prompt, RetrievalResult, Timings, Usage
 
 log = logging.getLogger("triage.request")

@@ -23,20 +23,20 @@ import time
 from dataclasses import replace
 from typing import AsyncIterator, Callable
 
-from . import placement
-from .cache import EXACT, MISS, SEMANTIC, CachedAnswer, ResponseCache
+from .routing import placement
+from .lookup.cache import EXACT, MISS, SEMANTIC, CachedAnswer, ResponseCache
 from .config import CostConfig, LimitsConfig, ResilienceConfig, SpillConfig
-from .costs import Costs
+from .observe.costs import Costs
 from .errors import PromptTooLong, RouterError, Unavailable
 from .finished import Finished, Listeners
-from .metrics import RouterMetrics
-from .policy import RoutingPolicy, question_text
+from .observe.metrics import RouterMetrics
+from .routing.policy import RoutingPolicy
 from .request import (Ceiling, EngineFailedEarly, Progress, RequestContext, SemanticHit, StreamInterval, next_chunk, prompt_for,
                       replay_deltas)
-from .retrieval import RetrievalService, wants_retrieval, with_sources
-from .stats import Stats
-from .tiers import Tiers
-from .tracing import Tracing
+from .lookup.retrieval import RetrievalService, wants_retrieval, with_sources
+from .observe.stats import Stats
+from .tiers.tier import Tiers
+from .observe.tracing import Tracing
 from .types import (
     CacheResult,
     ChatMessage,
@@ -46,6 +46,7 @@ from .types import (
     FinalEvent,
     GenerateInput,
     Usage,
+    question_text,
 )
 from .validation import allows, check_messages, check_request, check_threshold, effective_sampling
 

@@ -115,7 +115,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     # What the answer cost on its tier, and on the most capable tier
-    # (server/costs.py; 0 for a cached one), in the profile's unit.
+    # (server/observe/costs.py; 0 for a cached one), in the profile's unit.
     cost: float = 0.0
     cost_if_most_capable: float = 0.0
 
@@ -152,3 +152,22 @@ class FinalEvent:
     sampling: EffectiveSampling
     cache: CacheResult = CacheResult("BYPASS")
     retrieval: RetrievalResult | None = None
+
+
+# Label sets of the router's metrics, owned here so the metrics (observe/)
+# and the code that counts them (routing/) share them without importing
+# each other.
+FEEDBACK_RESULTS = ("rating_1", "rating_2", "rating_3", "rating_4", "rating_5", "correct", "incorrect")  # router_feedback_total
+SPILL_REASONS = ("queue_full", "queue_wait")  # why a tier is too busy to take a request soon (a spill's `busy`)
+SHADOW_DIRECTIONS = ("up", "down")
+SHADOW_RESULTS = ("sent", "dropped", "preempted", "failed", "agreed", "disagreed")
+
+
+def question_text(messages) -> str:
+    """The question being asked now: the last user message (what the caches,
+    retrieval and the feedback store key on; the score also weighs the
+    turns before it, routing/conversation.py)."""
+    for m in reversed(messages):
+        if m.role == "user":
+            return m.content
+    return messages[-1].content if messages else ""

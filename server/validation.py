@@ -10,7 +10,6 @@ import math
 
 from .config import SamplingDefaults
 from .errors import InvalidArgument, NotFound
-from .feedback import MAX_LABEL_CHARS
 from .types import ROLES, ChatMessage, EffectiveSampling, GenerateInput, SamplingRequest
 
 MAX_STOP_STRINGS = 16
@@ -27,18 +26,6 @@ def valid_request_id(request_id: str) -> bool:
 def check_request_id(request_id: str) -> None:
     if not valid_request_id(request_id):
         raise InvalidArgument("request_id", f"must be printable and at most {MAX_REQUEST_ID} characters")
-
-
-def check_feedback(request_id: str, rating: int | None, correct: bool | None, label: str) -> None:
-    """A Feedback request's own values (whether the answer exists is the store's question)."""
-    if not request_id:
-        raise InvalidArgument("request_id", "required: the id of the answer this is about")
-    if rating is None and correct is None:
-        raise InvalidArgument("outcome", "set rating (1 to 5) or correct")
-    if rating is not None and not 1 <= rating <= 5:
-        raise InvalidArgument("rating", f"must be 1 to 5, got {rating}")
-    if len(label) > MAX_LABEL_CHARS:
-        raise InvalidArgument("label", f"at most {MAX_LABEL_CHARS} characters, got {len(label)}")
 
 
 def check_request(req: GenerateInput, limits, tiers) -> None:

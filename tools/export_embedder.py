@@ -1,4 +1,4 @@
-"""Export all-MiniLM-L6-v2 to ONNX for the served embedder (server/embedding.py):
+"""Export all-MiniLM-L6-v2 to ONNX for the served embedder (server/lookup/embedding.py):
 once, by `make models`; a second run with the same weights does nothing.
 
     python -m tools.export_embedder [--out DIR]
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.embedding import NAME, ONNX_DIR, ONNX_FILE, Embedder, mean_pool, model_path
+from server.lookup.embedding import NAME, ONNX_DIR, ONNX_FILE, Embedder, mean_pool, model_path
 from tools.prepare_models import sha256
 
 STAMP = "triage-exported.json"

@@ -175,10 +175,10 @@ def _build_index(tmp: Path) -> Path:
         (docs / name).parent.mkdir(parents=True, exist_ok=True)
         (docs / name).write_text(text)
     out = tmp / "index"
-    run = subprocess.run([sys.executable, "-m", "server.retrieval", str(docs), "--out", str(out), "--chunk-chars", "800", "--overlap", "100"],
+    run = subprocess.run([sys.executable, "-m", "server", "index", str(docs), "--out", str(out), "--chunk-chars", "800", "--overlap", "100"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     if run.returncode != 0:
-        pytest.fail(f"python -m server.retrieval failed: {run.stdout}{run.stderr}")
+        pytest.fail(f"python -m server index failed: {run.stdout}{run.stderr}")
     return out
 
 

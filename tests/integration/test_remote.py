@@ -78,7 +78,7 @@ def test_special_tokens_in_user_text_reach_the_remote_server_as_text(remote):
     The server's own prompt-token count is the evidence."""
     from transformers import AutoTokenizer
 
-    from server.prompt import render_ids
+    from server.tiers.prompt import render_ids
     from server.types import ChatMessage
 
     live, server = remote

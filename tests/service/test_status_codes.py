@@ -175,7 +175,7 @@ def test_an_engine_that_stalls_ends_at_the_tiers_ceiling_and_is_aborted(chunks):
 def test_an_engine_that_cannot_render_falls_back_to_the_other_tier(served, monkeypatch):
     """A remote replica lost between two health checks fails at /tokenize:
     that is the tier failing before its first token, not an internal error."""
-    from server.upstream import UpstreamError
+    from server.tiers.upstream import UpstreamError
 
     client, engines, _ = served
 

@@ -16,7 +16,7 @@ import pytest
 import classifier
 from classifier.adapter import Outcomes, fit_and_gate, read_store
 from classifier.model import ADAPTER_FILE, AdaptedClassifier
-from server.feedback import Answered, FeedbackStore
+from server.routing.feedback import Answered, FeedbackStore
 
 from .test_classifier import ROOT
 

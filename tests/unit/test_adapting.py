@@ -1,4 +1,4 @@
-"""The adapter loop's lifecycle (server/adapting.py) with real fits (the
+"""The adapter loop's lifecycle (server/routing/adapting.py) with real fits (the
 `python -m classifier adapt` child) and no engine: what is adopted is
 routed with, kept across a restart, and reverted; a fit that cannot run is
 counted as failed and changes nothing."""
@@ -12,10 +12,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import classifier
-from server.adapting import Adaptation
+from server.routing.adapting import Adaptation
 from server.config import AdaptConfig
 from server.errors import FailedPrecondition, InvalidArgument
-from server.metrics import RouterMetrics
+from server.observe.metrics import RouterMetrics
 
 from .test_adapter import fill
 

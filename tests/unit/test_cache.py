@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.cache import (
+from server.lookup.cache import (
     CachedAnswer, ExactCache, SemanticCache, is_deterministic, normalise_content, request_key, signature,
 )
 from server.types import ChatMessage, EffectiveSampling
@@ -169,7 +169,7 @@ def test_a_search_from_any_thread_runs_faiss_on_one_thread():
 
 
 def test_similarity_is_reported_for_a_semantic_hit_only():
-    from server.servicer import _cache
+    from server.fronts.servicer import _cache
     from server.types import CacheResult, EffectiveSampling, FinalEvent, Timings, Usage
 
     def final(status, similarity):

@@ -10,7 +10,8 @@ import pytest
 
 from server.config import ConfigError, SamplingDefaults, load
 from server.errors import InvalidArgument
-from server.policy import RoutingPolicy, question_text
+from server.routing.policy import RoutingPolicy
+from server.types import question_text
 from server.types import ChatMessage, SamplingRequest
 from server.validation import check_messages, check_sampling, check_threshold, effective_sampling
 
@@ -32,7 +33,7 @@ def test_cpu_profile_loads_with_honest_budgets():
 
 def test_gpu_profile_builds_valid_vllm_engine_args():
     """A typo in a GPU option fails here, not on the GPU box."""
-    from server.engine import build_engine_args
+    from server.tiers.engine import build_engine_args
 
     cfg = load(ROOT / "config/gpu.yaml")
     assert cfg.tiers["small"].model == "Qwen/Qwen2.5-1.5B-Instruct"
@@ -49,7 +50,7 @@ def test_gpu_profile_builds_valid_vllm_engine_args():
 def test_engine_arg_typo_is_an_error():
     import dataclasses
 
-    from server.engine import build_engine_args
+    from server.tiers.engine import build_engine_args
 
     tier = load(ROOT / "config/gpu.yaml").tiers["small"]
     bad = dataclasses.replace(tier, engine_args={**tier.engine_args, "gpu_memory_utilisation": 0.3})
@@ -219,7 +220,7 @@ def test_classifier_sees_the_last_user_message():
 
 
 def test_circuit_breaker_opens_cools_down_and_probes():
-    from server.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+    from server.tiers.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 
     now = [0.0]
     b = CircuitBreaker(threshold=2, cooldown_s=10, clock=lambda: now[0])
@@ -242,7 +243,7 @@ def test_circuit_breaker_opens_cools_down_and_probes():
 def test_circuit_breaker_counts_incidents_not_their_victims():
     """Failures of requests already under way when a failure was counted
     are that failure's victims; requests started after it count again."""
-    from server.breaker import CLOSED, OPEN, CircuitBreaker
+    from server.tiers.breaker import CLOSED, OPEN, CircuitBreaker
 
     now = [0.0]
     b = CircuitBreaker(threshold=3, cooldown_s=10, clock=lambda: now[0])
@@ -263,7 +264,7 @@ def test_circuit_breaker_counts_incidents_not_their_victims():
 
 
 def test_circuit_breaker_probe_that_never_reports_back_gives_way():
-    from server.breaker import CLOSED, CircuitBreaker
+    from server.tiers.breaker import CLOSED, CircuitBreaker
 
     now = [0.0]
     b = CircuitBreaker(threshold=1, cooldown_s=10, clock=lambda: now[0])
@@ -281,7 +282,7 @@ def test_circuit_breaker_probe_that_never_reports_back_gives_way():
 def test_admission_gate_bounds_in_flight_and_queue():
     import asyncio
 
-    from server.admission import Gate
+    from server.tiers.admission import Gate
     from server.errors import ResourceExhausted
 
     async def scenario():

@@ -1,5 +1,5 @@
-"""The conversation's score (server/conversation.py) and session affinity's
-store and rules (server/sessions.py, server/placement.py)."""
+"""The conversation's score (server/routing/conversation.py) and session affinity's
+store and rules (server/routing/sessions.py, server/routing/placement.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 
 import classifier
 from benchmarks.followups import evaluate, load_cases
-from server import placement
+from server.routing import placement
 from server.errors import InvalidArgument
-from server.conversation import conversation_score, follow_up_weight
-from server.sessions import SessionStore
+from server.routing.conversation import conversation_score, follow_up_weight
+from server.routing.sessions import SessionStore
 from server.types import ChatMessage
 
 HARD = "A tank fills through pipe A in 6 hours and through pipe B in 4 hours. How long with both open?"

@@ -1,4 +1,4 @@
-"""Savings accounting (server/costs.py) and the tiers' `cost` in the profile."""
+"""Savings accounting (server/observe/costs.py) and the tiers' `cost` in the profile."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from server.config import ConfigError, CostConfig, load
-from server.costs import Costs
+from server.observe.costs import Costs
 from server.types import Usage
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.embedding import MAX_TOKENS, Embedder, model_path
+from server.lookup.embedding import MAX_TOKENS, Embedder, model_path
 
 TEXTS = [
     "What is the capital of France?",

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from server.feedback import Answered, FeedbackStore, RecentAnswers
+from server.routing.feedback import Answered, FeedbackStore, RecentAnswers
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSWER = Answered("large", "M", 0.81, 0.45, "classifier", 1000.0)
@@ -48,7 +48,7 @@ def test_every_acknowledged_outcome_survives_a_kill_9(tmp_path):
     """A writer acknowledges each outcome once `record` returns, as the RPC
     does; killed with SIGKILL mid-stream, it loses none of those."""
     path = tmp_path / "fb.sqlite"
-    code = ("import sys; from server.feedback import Answered, FeedbackStore\n"
+    code = ("import sys; from server.routing.feedback import Answered, FeedbackStore\n"
             f"s = FeedbackStore({str(path)!r}, 10_000)\n"
             "a = Answered('small', 'M', 0.2, 0.45, 'classifier', 0.0)\n"
             "i = 0\n"

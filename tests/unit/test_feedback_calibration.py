@@ -15,7 +15,7 @@ import pytest
 
 from classifier.data import DEFAULT_DATA
 from classifier.feedback import calibrate, fit_cut, read_outcomes
-from server.feedback import Answered, FeedbackStore
+from server.routing.feedback import Answered, FeedbackStore
 
 from classifier.model import ARTIFACT_DIR as ARTIFACTS
 

@@ -8,7 +8,7 @@ import logging
 from prometheus_client import CollectorRegistry
 
 from server.finished import Finished, Listeners
-from server.metrics import RouterMetrics
+from server.observe.metrics import RouterMetrics
 from server.types import ChatMessage, Decision, GenerateInput, Timings, Usage
 
 

@@ -1,4 +1,4 @@
-"""The gateway engine's own rules (server/gateway.py), against a stand-in
+"""The gateway engine's own rules (server/tiers/gateway.py), against a stand-in
 for SMG (tests/unit/upstream_double.py): readiness from /readiness and the served
 model, chat completions with every sampling value explicit, the gateway's
 statuses mapped to the router's errors (only a malformed request is
@@ -15,7 +15,7 @@ import pytest
 
 from server.config import ResilienceConfig, SamplingDefaults, TierConfig
 from server.errors import EngineFailure, InvalidArgument
-from server.gateway import GatewayEngine, chat_body
+from server.tiers.gateway import GatewayEngine, chat_body
 from server.types import ChatMessage, EffectiveSampling
 
 from .test_render import PREPARED

@@ -10,7 +10,7 @@ import textwrap
 # arena cannot shrink from its top by itself.
 _SCRIPT = textwrap.dedent("""
     import threading, psutil
-    from server.stalls import freeze_heap, thaw_heap
+    from server.observe.stalls import freeze_heap, thaw_heap
     keep = []
     def load():
         blocks = [bytes(4000) + bytes([i % 256]) for i in range(50000)]

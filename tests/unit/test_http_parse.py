@@ -1,4 +1,4 @@
-"""The OpenAI request translation (server/http_api.py `parse`): pure code.
+"""The OpenAI request translation (server/fronts/http_api.py `parse`): pure code.
 The endpoint itself is tested with real clients in tests/integration/test_http.py."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from server.errors import InvalidArgument, NotFound
-from server.http_api import parse
+from server.fronts.http_api import parse
 
 
 class T:

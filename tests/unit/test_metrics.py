@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from server.grpc_metrics import GrpcServerMetrics
-from server.metrics import LATENCY_BUCKETS, RouterMetrics, TokenGapHistogram
+from server.fronts.grpc_metrics import GrpcServerMetrics
+from server.observe.metrics import LATENCY_BUCKETS, RouterMetrics, TokenGapHistogram
 
 
 def families(registry):
@@ -84,7 +84,7 @@ def test_a_cancellation_at_the_callers_deadline_counts_as_deadline_exceeded():
     counted as CANCELLED)."""
     import asyncio
 
-    from server.grpc_metrics import status_name
+    from server.fronts.grpc_metrics import status_name
 
     assert status_name(_Context(0.02), asyncio.CancelledError()) == "DEADLINE_EXCEEDED"
     assert status_name(_Context(-0.01), asyncio.CancelledError()) == "DEADLINE_EXCEEDED"
@@ -100,8 +100,8 @@ def test_event_loop_lag_records_a_stall():
 
     from prometheus_client import CollectorRegistry
 
-    from server.stalls import watch_loop_lag
-    from server.metrics import RouterMetrics
+    from server.observe.stalls import watch_loop_lag
+    from server.observe.metrics import RouterMetrics
 
     registry = CollectorRegistry()
     metrics = RouterMetrics(registry)
@@ -126,8 +126,8 @@ def test_garbage_collections_are_timed_by_generation_while_installed():
 
     from prometheus_client import CollectorRegistry
 
-    from server.metrics import RouterMetrics
-    from server.stalls import GcPauses
+    from server.observe.metrics import RouterMetrics
+    from server.observe.stalls import GcPauses
 
     registry = CollectorRegistry()
     pauses = GcPauses(RouterMetrics(registry).gc_pause_seconds)

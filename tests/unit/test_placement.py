@@ -1,4 +1,4 @@
-"""The routing rules on plain values (server/placement.py). That they are
+"""The routing rules on plain values (server/routing/placement.py). That they are
 carried out on a served router: tests/service/test_spill.py,
 test_status_codes.py and the integration tests."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from server import placement
+from server.routing import placement
 from server.config import SpillConfig
 from server.errors import Unavailable
 

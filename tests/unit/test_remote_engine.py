@@ -14,9 +14,9 @@ from prometheus_client import CollectorRegistry
 
 from server.config import ResilienceConfig, SamplingDefaults, TierConfig
 from server.errors import InvalidArgument
-from server.metrics import RouterMetrics
-from server.remote import RemoteEngine, completion_body
-from server.upstream import UpstreamError
+from server.observe.metrics import RouterMetrics
+from server.tiers.remote import RemoteEngine, completion_body
+from server.tiers.upstream import UpstreamError
 from server.types import EffectiveSampling, Prompt
 
 from .upstream_double import Reply, Seen, Upstream
@@ -138,7 +138,7 @@ def test_events_that_arrive_together_become_one_chunk():
 def test_the_requests_trace_context_goes_to_the_replica():
     """tracing.begin puts the request span's traceparent in TRACEPARENT; the
     replica gets it as a header, so its own spans hang under the router's."""
-    from server.tracing import TRACEPARENT
+    from server.observe.tracing import TRACEPARENT
 
     servers = Servers()
     value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -248,7 +248,7 @@ def test_a_replica_serving_another_model_is_not_healthy():
 
 
 def test_an_endless_event_line_is_refused_not_buffered():
-    from server.upstream import MAX_LINE_BYTES, line_batches
+    from server.tiers.upstream import MAX_LINE_BYTES, line_batches
 
     class Content:  # 64 kB reads with never a newline
         reads = 0

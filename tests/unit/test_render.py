@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from server.engine import VllmEngine
-from server.prompt import RENDER_OFF_LOOP_CHARS, render_ids
+from server.tiers.engine import VllmEngine
+from server.tiers.prompt import RENDER_OFF_LOOP_CHARS, render_ids
 from server.types import ChatMessage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,8 +87,8 @@ def test_a_remote_tier_renders_with_its_local_tokenizer_so_turns_cannot_be_forge
     from prometheus_client import CollectorRegistry
 
     from server.config import ResilienceConfig, SamplingDefaults, TierConfig
-    from server.metrics import RouterMetrics
-    from server.remote import RemoteEngine
+    from server.observe.metrics import RouterMetrics
+    from server.tiers.remote import RemoteEngine
 
     from .upstream_double import Reply, Upstream
 
@@ -129,7 +129,7 @@ def test_a_remote_tier_renders_with_its_local_tokenizer_so_turns_cannot_be_forge
 def test_the_template_tokenizer_renders_exactly_as_transformers(tokenizer, messages):
     """What a remote tier uses (no transformers, no torch) gives the very ids
     the in-process path's transformers tokenizer gives."""
-    from server.prompt import TemplateTokenizer
+    from server.tiers.prompt import TemplateTokenizer
 
     light = TemplateTokenizer(str(PREPARED))
     assert light.apply_chat_template([{"role": m.role, "content": m.content} for m in messages]) == \
@@ -141,7 +141,7 @@ def test_a_remote_router_imports_neither_torch_nor_transformers_to_render():
     import subprocess
     import sys
 
-    code = ("import sys; from server.prompt import load_tokenizer, render_ids; from server.types import ChatMessage; "
+    code = ("import sys; from server.tiers.prompt import load_tokenizer, render_ids; from server.types import ChatMessage; "
             f"t = load_tokenizer({str(PREPARED)!r}); assert len(render_ids(t, [ChatMessage('user', 'hi')])) > 3; "
             "print(sorted(m for m in ('torch', 'transformers', 'vllm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)

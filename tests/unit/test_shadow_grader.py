@@ -1,11 +1,11 @@
-"""The default shadow grader (server/shadow.py): final answers first, then similarity."""
+"""The default shadow grader (server/routing/shadow.py): final answers first, then similarity."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from server.shadow import FinalAnswerGrader, final_answer
+from server.routing.shadow import FinalAnswerGrader, final_answer
 
 
 @pytest.mark.parametrize("text, found", [

@@ -1,4 +1,4 @@
-"""Shadows (server/shadow.py) with a stand-in engine and store: the order in
+"""Shadows (server/routing/shadow.py) with a stand-in engine and store: the order in
 which a shadow's end is published. The feature itself is proven on the real
 CPU engines in tests/integration/test_shadow*.py."""
 
@@ -12,8 +12,8 @@ from types import SimpleNamespace
 from prometheus_client import CollectorRegistry
 
 from server.config import SamplingDefaults, ShadowConfig
-from server.metrics import RouterMetrics
-from server.shadow import Answer, Shadows
+from server.observe.metrics import RouterMetrics
+from server.routing.shadow import Answer, Shadows
 from server.types import ChatMessage, Decision, SamplingRequest
 
 

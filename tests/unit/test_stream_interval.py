@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from server.config import ConfigError, load
-from server.engine import to_vllm_sampling
+from server.tiers.engine import to_vllm_sampling
 from server.request import StreamInterval
 from server.types import EffectiveSampling, EngineChunk
 

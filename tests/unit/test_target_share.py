@@ -1,4 +1,4 @@
-"""Target share (server/adaptive.py) and its place in the policy: pure code,
+"""Target share (server/routing/adaptive.py) and its place in the policy: pure code,
 on synthetic score streams whose mix shifts. The same behaviour on the real
 CPU engines is tests/integration/test_adaptive_routing.py."""
 
@@ -10,9 +10,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from server.adaptive import LOG_STEP, LOGS_PER_WINDOW, ShareController
+from server.routing.adaptive import LOG_STEP, LOGS_PER_WINDOW, ShareController
 from server.config import ConfigError, load
-from server.policy import RoutingPolicy
+from server.routing.policy import RoutingPolicy
 from server.types import ChatMessage
 
 from .test_config_and_policy import ROOT

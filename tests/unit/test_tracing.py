@@ -1,4 +1,4 @@
-"""server/tracing.py with the SDK's in-memory exporter: the span tree built
+"""server/observe/tracing.py with the SDK's in-memory exporter: the span tree built
 from the router's stage times, the caller's context as parent, an error
 status for a request without an answer, and nothing at all when off. The
 same against a real OTLP receiver and a real request:
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from server.tracing import TRACEPARENT, Tracing, upstream_headers
+from server.observe.tracing import TRACEPARENT, Tracing, upstream_headers
 from server.finished import Finished
 from server.types import ChatMessage, Decision, GenerateInput, SamplingRequest, Timings, Usage
 
@@ -55,7 +55,7 @@ def test_a_request_without_an_answer_ends_its_span_with_the_status():
 
 
 def test_off_it_does_nothing_and_imports_no_opentelemetry():
-    code = ("import sys; from server.tracing import Tracing; t = Tracing(); assert t.begin('x', 0.0) is None; "
+    code = ("import sys; from server.observe.tracing import Tracing; t = Tracing(); assert t.begin('x', 0.0) is None; "
             "print(any(m.startswith('opentelemetry') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr

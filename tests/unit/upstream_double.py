@@ -2,7 +2,7 @@
 SMG gateway) for the engines' unit tests: one real aiohttp server on a unix
 socket, which every request reaches whatever its URL's host, answering by
 the Host header. Real HTTP on the wire, so the engines' client code (aiohttp
-in server/upstream.py) runs as it does in production.
+in server/tiers/upstream.py) runs as it does in production.
 
 A test gives a function from the request it saw to a Reply:
 

@@ -32,7 +32,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 
-from .types import ChatMessage
+from ..types import ChatMessage
 
 Scorer = Callable[[list[str]], Sequence[float]]
 

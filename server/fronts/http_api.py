@@ -30,10 +30,10 @@ import msgspec
 
 from .auth import matches
 from .calls import Call, Calls, Failure
-from .costs import Cost
-from .errors import InvalidArgument, NotFound, RouterError, TooLarge, Unauthenticated
-from .router import Router
-from .types import ROLE_ALIASES, ChatMessage, DecisionEvent, DeltaEvent, FinalEvent, GenerateInput, SamplingRequest
+from ..observe.costs import Cost
+from ..errors import InvalidArgument, NotFound, RouterError, TooLarge, Unauthenticated
+from ..router import Router
+from ..types import ROLE_ALIASES, ChatMessage, DecisionEvent, DeltaEvent, FinalEvent, GenerateInput, SamplingRequest
 
 log = logging.getLogger("triage.http")
 
@@ -208,7 +208,7 @@ def _usage(usage) -> dict:
 
 
 def _cost_json(usage) -> dict:
-    """The answer's savings against the most capable tier (server/costs.py)."""
+    """The answer's savings against the most capable tier (server/observe/costs.py)."""
     return {"cost": usage.cost, "cost_if_most_capable": usage.cost_if_most_capable,
             "saved_share": Cost(usage.cost, usage.cost_if_most_capable).saved_share}
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .config import CostConfig
-from .types import Usage
+from ..config import CostConfig
+from ..types import Usage
 
 
 def charge(price: CostConfig, usage: Usage) -> float:

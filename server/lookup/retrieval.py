@@ -1,4 +1,4 @@
-"""Document retrieval: `python -m server.retrieval DOCS --out INDEX` builds a
+"""Document retrieval: `python -m server index DOCS --out INDEX` builds a
 faiss index of text/markdown chunks; the router retrieves the top-k for a
 question and puts them in the prompt as numbered sources.
 
@@ -112,7 +112,7 @@ class Retriever:
             lines = (folder / "chunks.jsonl").read_text(encoding="utf-8")
             index = faiss.read_index(str(folder / "index.faiss"))
         except FileNotFoundError as exc:
-            raise IndexError_(f"retrieval index {folder} is incomplete: {Path(exc.filename).name} is missing (build it with `python -m server.retrieval DOCS --out INDEX`)") from None
+            raise IndexError_(f"retrieval index {folder} is incomplete: {Path(exc.filename).name} is missing (build it with `python -m server index DOCS --out INDEX`)") from None
         except (ValueError, RuntimeError) as exc:
             raise IndexError_(f"retrieval index {folder} is corrupt: {str(exc).splitlines()[0][:200]}") from None
         problems = []
@@ -151,7 +151,7 @@ def sources_message(hits: list[Hit], max_chars: int) -> str:
 def with_sources(messages, hits: list[Hit], max_chars: int):
     """The conversation with the sources as a system message in front (merged
     into an existing leading system message)."""
-    from .types import ChatMessage
+    from ..types import ChatMessage
 
     text = sources_message(hits, max_chars)
     if messages and messages[0].role == "system":
@@ -162,7 +162,7 @@ def with_sources(messages, hits: list[Hit], max_chars: int):
 def wants_retrieval(service: "RetrievalService | None", asked: bool | None, tier: str) -> bool:
     """The request's own choice, else the tiers retrieval is on for by
     default; FAILED_PRECONDITION when asked of a server with no index."""
-    from .errors import FailedPrecondition
+    from ..errors import FailedPrecondition
 
     wanted = asked if asked is not None else (service is not None and tier in service.default_tiers)
     if wanted and service is None:
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .embedding import Embedder
 
-    parser = argparse.ArgumentParser(prog="python -m server.retrieval", description="chunk and embed a folder of text/markdown files into a retrieval index")
+    parser = argparse.ArgumentParser(prog="python -m server index", description="chunk and embed a folder of text/markdown files into a retrieval index")
     parser.add_argument("docs", help="folder of .txt/.md/.rst files (searched recursively)")
     parser.add_argument("--out", required=True, help="index folder to write (point retrieval.index at it)")
     parser.add_argument("--chunk-chars", type=int, default=800)

@@ -34,8 +34,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from .config import AdaptConfig
-from .errors import FailedPrecondition, InvalidArgument
+from ..config import AdaptConfig
+from ..errors import FailedPrecondition, InvalidArgument
 
 log = logging.getLogger("triage.adapt")
 

@@ -15,10 +15,10 @@ import threading
 import time
 from typing import Any, AsyncIterator, Protocol, Sequence
 
-from .config import TierConfig
-from .errors import Unavailable
+from ..config import TierConfig
+from ..errors import Unavailable
 from .prompt import render
-from .types import ChatMessage, EffectiveSampling, EngineChunk, Prompt
+from ..types import ChatMessage, EffectiveSampling, EngineChunk, Prompt
 
 log = logging.getLogger("triage.engine")
 

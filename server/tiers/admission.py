@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from .errors import ResourceExhausted
+from ..errors import ResourceExhausted
 
 
 class Gate:

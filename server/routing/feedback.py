@@ -21,11 +21,10 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .errors import NotFound
+from ..errors import InvalidArgument, NotFound
 
 MAX_LABEL_CHARS = 200
 # The `result` label of router_feedback_total.
-FEEDBACK_RESULTS = ("rating_1", "rating_2", "rating_3", "rating_4", "rating_5", "correct", "incorrect")
 TRIM_EVERY = 1000  # inserts between two trims to max_rows: the table holds at most max_rows + TRIM_EVERY
 
 SCHEMA = """
@@ -44,6 +43,18 @@ CREATE TABLE IF NOT EXISTS feedback (
     question TEXT                   -- only with feedback.keep_text
 )
 """
+
+
+def check_feedback(request_id: str, rating: int | None, correct: bool | None, label: str) -> None:
+    """A Feedback request's own values (whether the answer exists is the store's question)."""
+    if not request_id:
+        raise InvalidArgument("request_id", "required: the id of the answer this is about")
+    if rating is None and correct is None:
+        raise InvalidArgument("outcome", "set rating (1 to 5) or correct")
+    if rating is not None and not 1 <= rating <= 5:
+        raise InvalidArgument("rating", f"must be 1 to 5, got {rating}")
+    if len(label) > MAX_LABEL_CHARS:
+        raise InvalidArgument("label", f"at most {MAX_LABEL_CHARS} characters, got {len(label)}")
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,7 @@ class RecentAnswers:
     def listener(self, keep_text: bool):
         """The listener (finished.py): every answer is remembered, for the
         Feedback RPC; its question's text only with `keep_text`."""
-        from .policy import question_text
+        from ..types import question_text
 
         def remember(finished) -> None:
             d = finished.decision

@@ -27,11 +27,11 @@ import asyncio
 import logging
 from typing import Any, AsyncIterator, Sequence
 
-from .config import ResilienceConfig, TierConfig
-from .errors import EngineFailure, InvalidArgument, Unavailable
+from ..config import ResilienceConfig, TierConfig
+from ..errors import EngineFailure, InvalidArgument, Unavailable
 from .prompt import load_tokenizer, render
-from .tracing import upstream_headers
-from .types import ChatMessage, EffectiveSampling, EngineChunk, Prompt
+from ..observe.tracing import upstream_headers
+from ..types import ChatMessage, EffectiveSampling, EngineChunk, Prompt
 from .upstream import (UpstreamError, check_forever, close, error_text, get_status, http_client, line_batches, post_stream, served_models,
                        sse_chunks, streamed_sampling, transport_errors, wait_until_ready)
 

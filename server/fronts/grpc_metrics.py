@@ -16,7 +16,7 @@ import time
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from .metrics import LATENCY_BUCKETS
+from ..observe.metrics import LATENCY_BUCKETS
 
 _LABELS = ["grpc_type", "grpc_service", "grpc_method"]
 

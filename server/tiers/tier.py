@@ -15,13 +15,13 @@ import time
 from typing import Awaitable, Callable, Iterator, Sequence
 
 from .admission import Gate
-from .stalls import freeze_heap, thaw_heap
+from ..observe.stalls import freeze_heap, thaw_heap
 from .breaker import CircuitBreaker
-from .config import LimitsConfig, ResilienceConfig, TierConfig
+from ..config import LimitsConfig, ResilienceConfig, TierConfig
 from .engine import Engine
-from .errors import ResourceExhausted, Unavailable
-from .metrics import RouterMetrics
-from .types import ChatMessage, EffectiveSampling
+from ..errors import ResourceExhausted, Unavailable
+from ..observe.metrics import RouterMetrics
+from ..types import ChatMessage, EffectiveSampling
 
 log = logging.getLogger("triage.tiers")
 

@@ -35,15 +35,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .config import ShadowConfig
+from ..config import ShadowConfig
 from .feedback import Answered, FeedbackStore
-from .types import ChatMessage, Decision, EffectiveSampling
-from .validation import effective_sampling
+from ..types import ChatMessage, Decision, EffectiveSampling
+from ..validation import effective_sampling
 
 log = logging.getLogger("triage.shadow")
 
-DIRECTIONS = ("up", "down")
-RESULTS = ("sent", "dropped", "preempted", "failed", "agreed", "disagreed")
 _CODE = re.compile(r"```[^\n]*\n(.*?)```", re.S)
 _CHOICE = re.compile(r"\b(?:answer|option|choice)\s*(?:is|:)?\s*\(?([A-E])\)?(?![a-z])", re.I)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")

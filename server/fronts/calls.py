@@ -22,11 +22,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from .errors import ResourceExhausted, RouterError
-from .metrics import RouterMetrics
-from .stats import Stats
-from .types import Decision
-from .validation import check_request_id, valid_request_id
+from ..errors import ResourceExhausted, RouterError
+from ..observe.metrics import RouterMetrics
+from ..observe.stats import Stats
+from ..types import Decision
+from ..validation import check_request_id, valid_request_id
 
 log = logging.getLogger("triage.calls")
 

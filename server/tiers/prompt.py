@@ -14,7 +14,7 @@ import threading
 import weakref
 from typing import Sequence
 
-from .types import ChatMessage
+from ..types import ChatMessage
 
 log = logging.getLogger("triage.prompt")
 

@@ -13,9 +13,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import msgspec
 
-from .config import TierConfig
-from .errors import EngineFailure
-from .types import EffectiveSampling, EngineChunk
+from ..config import TierConfig
+from ..errors import EngineFailure
+from ..types import EffectiveSampling, EngineChunk
 
 log = logging.getLogger("triage.upstream")
 

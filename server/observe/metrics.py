@@ -53,7 +53,7 @@ class RouterMetrics:
         self.listener_errors = Counter("router_listener_errors_total",
                                        "After-answer listeners (server/finished.py) that raised; the answer was not affected", ["listener"],
                                        registry=registry)
-        # The adapter loop (server/adapting.py).
+        # The adapter loop (server/routing/adapting.py).
         self.adapter_fits = Counter("router_adapter_fits_total", "Adapter fits by result (adopted, refused, failed)", ["result"], registry=registry)
         self.adapter_outcomes = Gauge("router_adapter_outcomes", "Outcomes the adapter routing now was fitted on (0: the prior alone)",
                                       registry=registry)
@@ -146,12 +146,10 @@ class RouterMetrics:
         self.completion_tokens_per_request.labels(tier).observe(usage.completion_tokens)
 
     def _seed(self, tiers: tuple[str, ...]) -> None:
-        from .feedback import FEEDBACK_RESULTS
-        from .placement import SPILL_REASONS
-        from .shadow import DIRECTIONS, RESULTS
+        from ..types import FEEDBACK_RESULTS, SHADOW_DIRECTIONS, SHADOW_RESULTS, SPILL_REASONS
 
-        for direction in DIRECTIONS:
-            for result in RESULTS:
+        for direction in SHADOW_DIRECTIONS:
+            for result in SHADOW_RESULTS:
                 self.shadow_requests.labels(direction, result)
             for bucket in range(10):
                 for agreed in ("true", "false"):

@@ -20,21 +20,11 @@ from . import placement
 from .adaptive import ShareController
 from .conversation import conversation_score
 from .sessions import SessionStore
-from .types import ChatMessage, Decision
+from ..types import ChatMessage, Decision
 
 log = logging.getLogger("triage.policy")
 
 Scorer = Callable[[list[str]], Sequence[float]]
-
-
-def question_text(messages: Sequence[ChatMessage]) -> str:
-    """The question being asked now: the last user message (what the caches,
-    retrieval and the feedback store key on; the score also weighs the
-    turns before it, conversation.py)."""
-    for m in reversed(messages):
-        if m.role == "user":
-            return m.content
-    return messages[-1].content if messages else ""
 
 
 class RoutingPolicy:
@@ -60,7 +50,7 @@ class RoutingPolicy:
 
     def use_scorer(self, score: Scorer) -> None:
         """Score with `score` from the next decision on (an adopted adapter,
-        server/adapting.py): one assignment, so a decision sees one or the
+        server/routing/adapting.py): one assignment, so a decision sees one or the
         other, never a mix."""
         self._score = score
 

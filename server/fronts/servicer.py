@@ -17,14 +17,13 @@ import grpc
 from triage_proto import router_pb2 as pb
 from triage_proto import router_pb2_grpc
 
-from .cache import CACHE_MODES, CACHE_STATUSES
+from ..lookup.cache import CACHE_MODES, CACHE_STATUSES
 from .calls import Calls
-from .errors import FailedPrecondition, InvalidArgument
-from .feedback import Outcomes
+from ..errors import FailedPrecondition, InvalidArgument
+from ..routing.feedback import Outcomes, check_feedback
 from .grpc_metrics import status_name
-from .router import Router
-from .types import ROLE_ALIASES, ChatMessage, Decision, DecisionEvent, DeltaEvent, EffectiveSampling, FinalEvent, GenerateInput, SamplingRequest, Timings, Usage
-from .validation import check_feedback
+from ..router import Router
+from ..types import ROLE_ALIASES, ChatMessage, Decision, DecisionEvent, DeltaEvent, EffectiveSampling, FinalEvent, GenerateInput, SamplingRequest, Timings, Usage
 
 log = logging.getLogger("triage.servicer")
 

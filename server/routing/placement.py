@@ -16,11 +16,9 @@ import bisect
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .config import SpillConfig
-from .errors import InvalidArgument, Unavailable
+from ..config import SpillConfig
+from ..errors import InvalidArgument, Unavailable
 
-# Why a tier is too busy to take a request soon (the `busy` answers).
-SPILL_REASONS = ("queue_full", "queue_wait")
 
 Ask = Callable[[str], "str | None"]
 

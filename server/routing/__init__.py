@@ -1,0 +1,1 @@
+"""Which tier answers: the score and cut points, every placement rule, the target share, conversations, sessions, and what the routing learns from (feedback, shadows, the adapter loop). Pure: no grpc, aiohttp, vllm, prometheus_client or faiss."""
