@@ -143,3 +143,14 @@ def test_the_placement_rules_import_neither_the_request_nor_a_transport():
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert not imported & {"request", "router", "tiers", "grpc", "aiohttp", "vllm"}, imported
+
+
+def test_the_readme_names_every_decision_reason_the_proto_documents():
+    # The proto's comment on RoutingDecision.reason is the contract; the
+    # README's Generate row once lagged it by two reasons.
+    proto = (ROOT / "proto/router.proto").read_text()
+    comment = proto[proto.index("message RoutingDecision"):proto.index("string reason = 5;")]
+    reasons = set(re.findall(r'"([a-z_]+)"', comment))
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `Generate` |"))
+    assert reasons >= {"classifier", "target_share", "load", "override", "session", "context", "fallback"}, reasons
+    assert {r for r in reasons if f"`{r}`" not in row} == set()
