@@ -542,6 +542,47 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
 
 def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
     path = Path(path)
+    raw = _read(path, overrides)
+    base = path.parent.resolve()
+    tiers_raw = raw.get("tiers") or {}
+    if not isinstance(tiers_raw, dict) or len(tiers_raw) < 2:
+        raise ConfigError(f"{path}: tiers: at least two, as a mapping from name to tier, cheapest first")
+    bad_names = [n for n in tiers_raw if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", str(n))]
+    if bad_names:
+        raise ConfigError(f"tiers: names are lowercase letters, digits and _ (they are metric labels), got {bad_names}")
+    cache = _build(CacheConfig, raw.get("cache"), "cache")
+    if not 0.0 < cache.semantic_threshold <= 1.0:
+        raise ConfigError("cache.semantic_threshold must be in (0, 1]")
+    embedding = _build(EmbeddingConfig, raw.get("embedding"), "embedding")
+    if embedding.threads < 1:
+        raise ConfigError("embedding.threads must be >= 1")
+    feedback = _feedback(raw.get("feedback"), base)
+    server = _build(ServerConfig, raw.get("server"), "server")
+    if not isinstance(server.workers, int) or server.workers < 1:
+        raise ConfigError(f"server.workers must be an integer >= 1, got {server.workers!r}")
+    tracing = _build(TracingConfig, raw.get("tracing"), "tracing")
+    if not 0.0 <= tracing.sample_ratio <= 1.0:
+        raise ConfigError("tracing.sample_ratio must be in [0, 1]")
+    return Config(
+        tracing=tracing,
+        routing=_check_adapt(_routing(raw.get("routing"), list(tiers_raw)), feedback, server, base),
+        feedback=feedback,
+        limits=_build(LimitsConfig, raw.get("limits"), "limits"),
+        security=_security(raw.get("security"), base),
+        resilience=_build(ResilienceConfig, raw.get("resilience"), "resilience"),
+        cache=cache,
+        retrieval=_retrieval(raw.get("retrieval"), tiers_raw, base),
+        embedding=embedding,
+        profile=str(raw.get("profile") or path.stem),
+        server=server,
+        classifier=_classifier(raw.get("classifier"), len(tiers_raw), base),
+        tiers={name: _tier(name, tier, base) for name, tier in tiers_raw.items()},
+    )
+
+
+def _read(path: Path, overrides: Sequence[str]) -> dict:
+    """The profile's mapping with `--set` overrides applied; its top-level
+    keys are Config's fields (derived, never listed by hand)."""
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -551,66 +592,43 @@ def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     raw = apply_overrides(raw, overrides)
-    unknown = set(raw) - {"profile", "server", "classifier", "tiers", "cache", "embedding", "retrieval", "limits", "security", "resilience", "feedback", "routing", "tracing"}
+    unknown = set(raw) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}")
-    base = path.parent.resolve()
-    tiers_raw = raw.get("tiers") or {}
-    if not isinstance(tiers_raw, dict) or len(tiers_raw) < 2:
-        raise ConfigError(f"{path}: tiers: at least two, as a mapping from name to tier, cheapest first")
-    bad_names = [n for n in tiers_raw if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", str(n))]
-    if bad_names:
-        raise ConfigError(f"tiers: names are lowercase letters, digits and _ (they are metric labels), got {bad_names}")
-    classifier = _classifier(raw.get("classifier"), len(tiers_raw), base)
-    cache = _build(CacheConfig, raw.get("cache"), "cache")
-    if not 0.0 < cache.semantic_threshold <= 1.0:
-        raise ConfigError("cache.semantic_threshold must be in (0, 1]")
-    retrieval_raw = dict(raw.get("retrieval") or {})
-    if "tiers" in retrieval_raw:
-        retrieval_raw["tiers"] = tuple(retrieval_raw["tiers"] or ())
-    retrieval = _build(RetrievalConfig, retrieval_raw, "retrieval")
+    return raw
+
+
+def _retrieval(raw: Any, tiers_raw: Mapping, base: Path) -> RetrievalConfig:
+    raw = dict(raw or {})
+    if "tiers" in raw:
+        raw["tiers"] = tuple(raw["tiers"] or ())
+    retrieval = _build(RetrievalConfig, raw, "retrieval")
     if retrieval.index:
         retrieval = dataclasses.replace(retrieval, index=_resolve_path(retrieval.index, base))
     if set(retrieval.tiers) - set(tiers_raw):
         raise ConfigError(f"retrieval.tiers: unknown tier(s) {sorted(set(retrieval.tiers) - set(tiers_raw))}")
     if retrieval.top_k < 1 or retrieval.max_chunk_chars < 50:
         raise ConfigError("retrieval.top_k must be >= 1 and retrieval.max_chunk_chars >= 50")
-    embedding = _build(EmbeddingConfig, raw.get("embedding"), "embedding")
-    if embedding.threads < 1:
-        raise ConfigError("embedding.threads must be >= 1")
-    security = _build(SecurityConfig, raw.get("security"), "security")
+    return retrieval
+
+
+def _security(raw: Any, base: Path) -> SecurityConfig:
+    security = _build(SecurityConfig, raw, "security")
     files = ("token_file", "tls_cert", "tls_key", "tls_client_ca")
     security = dataclasses.replace(security, **{k: _resolve_path(getattr(security, k), base) for k in files if getattr(security, k)})
     if bool(security.tls_cert) != bool(security.tls_key):
         raise ConfigError("security.tls_cert and security.tls_key go together")
     if security.tls_client_ca and not security.tls_cert:
         raise ConfigError("security.tls_client_ca (mutual TLS) needs tls_cert and tls_key")
-    feedback = _build(FeedbackConfig, raw.get("feedback"), "feedback")
+    return security
+
+
+def _feedback(raw: Any, base: Path) -> FeedbackConfig:
+    feedback = _build(FeedbackConfig, raw, "feedback")
     if feedback.path:
         feedback = dataclasses.replace(feedback, path=_resolve_path(feedback.path, base))
         if not Path(feedback.path).parent.is_dir():
             raise ConfigError(f"feedback.path: the folder of {feedback.path} does not exist")
     if feedback.max_rows < 1 or feedback.remember_answers < 1 or feedback.remember_seconds <= 0:
         raise ConfigError("feedback.max_rows and feedback.remember_answers must be >= 1, feedback.remember_seconds > 0")
-    server = _build(ServerConfig, raw.get("server"), "server")
-    if not isinstance(server.workers, int) or server.workers < 1:
-        raise ConfigError(f"server.workers must be an integer >= 1, got {server.workers!r}")
-    tracing = _build(TracingConfig, raw.get("tracing"), "tracing")
-    if not 0.0 <= tracing.sample_ratio <= 1.0:
-        raise ConfigError("tracing.sample_ratio must be in [0, 1]")
-    routing = _check_adapt(_routing(raw.get("routing"), list(tiers_raw)), feedback, server, base)
-    return Config(
-        tracing=tracing,
-        routing=routing,
-        feedback=feedback,
-        limits=_build(LimitsConfig, raw.get("limits"), "limits"),
-        security=security,
-        resilience=_build(ResilienceConfig, raw.get("resilience"), "resilience"),
-        cache=cache,
-        retrieval=retrieval,
-        embedding=embedding,
-        profile=str(raw.get("profile") or path.stem),
-        server=server,
-        classifier=classifier,
-        tiers={name: _tier(name, tier, base) for name, tier in tiers_raw.items()},
-    )
+    return feedback

@@ -33,97 +33,124 @@ P_COMPLEX_BUCKETS = tuple(round(i / 10, 1) for i in range(1, 11))
 class RouterMetrics:
     def __init__(self, registry: CollectorRegistry, tiers: tuple[str, ...] = ()):
         """`tiers`: their per-tier series exist at 0 from the start, for
-        rate() and the dashboard (see the end of this method)."""
+        rate() and the dashboard (`_seed`)."""
         self.registry = registry
+        self._request_series()
+        self._learning_series()
+        self._generation_series()
+        self._state_series()
+        self._lookup_series()
+        self._routing_series()
+        self._replica_series()
+        self._seed(tiers)
 
-        def histogram(name, doc, labels=(), buckets=LATENCY_BUCKETS):
-            return Histogram(name, doc, list(labels), buckets=buckets, registry=registry)
+    def _histogram(self, name, doc, labels=(), buckets=LATENCY_BUCKETS):
+        return Histogram(name, doc, list(labels), buckets=buckets, registry=self.registry)
 
+    def _request_series(self) -> None:
+        """The whole request, the loop it runs on, and the after-answer listeners."""
         # Per request, recorded once.
-        self.request_seconds = histogram("router_request_duration_seconds", "End-to-end request duration", ("rpc", "tier", "code"))
-        self.loop_lag_seconds = histogram(
+        self.request_seconds = self._histogram("router_request_duration_seconds", "End-to-end request duration", ("rpc", "tier", "code"))
+        self.loop_lag_seconds = self._histogram(
             "router_event_loop_lag_seconds", "How late the event loop ran a timer due every 0.1 s: a stall every request shares")
-        self.gc_pause_seconds = histogram("router_gc_pause_seconds", "Garbage collections' durations, by generation (the event loop stops for each)",
+        self.gc_pause_seconds = self._histogram("router_gc_pause_seconds", "Garbage collections' durations, by generation (the event loop stops for each)",
                                           ("generation",))
-        self.requests = Counter("router_requests_total", "Requests by RPC, tier, route reason and status code", ["rpc", "tier", "reason", "code"], registry=registry)
-        self.errors = Counter("router_errors_total", "Requests that ended with a non-OK status", ["code"], registry=registry)
+        self.requests = Counter("router_requests_total", "Requests by RPC, tier, route reason and status code", ["rpc", "tier", "reason", "code"], registry=self.registry)
+        self.errors = Counter("router_errors_total", "Requests that ended with a non-OK status", ["code"], registry=self.registry)
         # Present at 0 from the start, so rate() and dashboards work before the first error.
         for code in ERROR_CODES:
             self.errors.labels(code)
         self.listener_errors = Counter("router_listener_errors_total",
                                        "After-answer listeners (server/finished.py) that raised; the answer was not affected", ["listener"],
-                                       registry=registry)
+                                       registry=self.registry)
+
+    def _learning_series(self) -> None:
+        """What the routing learns from: the adapter loop; feedback and shadows are below, with the lookups."""
         # The adapter loop (server/routing/adapting.py).
-        self.adapter_fits = Counter("router_adapter_fits_total", "Adapter fits by result (adopted, refused, failed)", ["result"], registry=registry)
+        self.adapter_fits = Counter("router_adapter_fits_total", "Adapter fits by result (adopted, refused, failed)", ["result"], registry=self.registry)
         self.adapter_outcomes = Gauge("router_adapter_outcomes", "Outcomes the adapter routing now was fitted on (0: the prior alone)",
-                                      registry=registry)
+                                      registry=self.registry)
         self.adapter_held_out_apgr = Gauge("router_adapter_held_out_apgr",
                                            "The routing adapter's APGR on the newest quarter of its outcomes when adopted (-1: none)",
-                                           registry=registry)
+                                           registry=self.registry)
         self.adapter_held_out_apgr.set(-1.0)
-        self.classify_seconds = histogram("router_classify_duration_seconds", "Classifier time per request")
-        self.p_complex = histogram("router_p_complex", "Classifier p_complex per request", buckets=P_COMPLEX_BUCKETS)
-        self.overhead_seconds = histogram("router_routing_overhead_seconds", "RPC arrival to the request handed to the engine (validate, classify, template, tokenise)", ("tier",))
-        self.queue_seconds = histogram("router_queue_duration_seconds", "Time queued in the engine before first scheduled", ("tier",))
-        self.ttft_seconds = histogram("router_time_to_first_token_seconds", "RPC arrival to first token", ("tier",))
+
+    def _generation_series(self) -> None:
+        """Classification, and each generation's times, tokens and cost."""
+        self.classify_seconds = self._histogram("router_classify_duration_seconds", "Classifier time per request")
+        self.p_complex = self._histogram("router_p_complex", "Classifier p_complex per request", buckets=P_COMPLEX_BUCKETS)
+        self.overhead_seconds = self._histogram("router_routing_overhead_seconds", "RPC arrival to the request handed to the engine (validate, classify, template, tokenise)", ("tier",))
+        self.queue_seconds = self._histogram("router_queue_duration_seconds", "Time queued in the engine before first scheduled", ("tier",))
+        self.ttft_seconds = self._histogram("router_time_to_first_token_seconds", "RPC arrival to first token", ("tier",))
         # Observed once per streamed chunk for all the tokens it carries (a token's share of the gap).
         self.itl_seconds = TokenGapHistogram("router_inter_token_latency_seconds", "Time between consecutive output tokens",
-                                             LATENCY_BUCKETS, registry)
-        self.generate_seconds = histogram("router_generation_duration_seconds", "First token to last token", ("tier",))
-        self.prompt_tokens_per_request = histogram("router_request_prompt_tokens", "Prompt tokens per request", ("tier",), TOKEN_BUCKETS)
-        self.completion_tokens_per_request = histogram("router_request_completion_tokens", "Completion tokens per request", ("tier",), TOKEN_BUCKETS)
-        self.prompt_tokens = Counter("router_prompt_tokens_total", "Prompt tokens", ["tier"], registry=registry)
+                                             LATENCY_BUCKETS, self.registry)
+        self.generate_seconds = self._histogram("router_generation_duration_seconds", "First token to last token", ("tier",))
+        self.prompt_tokens_per_request = self._histogram("router_request_prompt_tokens", "Prompt tokens per request", ("tier",), TOKEN_BUCKETS)
+        self.completion_tokens_per_request = self._histogram("router_request_completion_tokens", "Completion tokens per request", ("tier",), TOKEN_BUCKETS)
+        self.prompt_tokens = Counter("router_prompt_tokens_total", "Prompt tokens", ["tier"], registry=self.registry)
         self.cost = Counter("router_cost_total", "What answers cost on the tier that gave them (tiers' cost in the profile; cache hits 0)",
-                            ["tier"], registry=registry)
+                            ["tier"], registry=self.registry)
         self.cost_if_most_capable = Counter("router_cost_if_most_capable_total",
-                                            "What the same answers would have cost on the most capable tier", registry=registry)
-        self.completion_tokens = Counter("router_generated_tokens_total", "Generated tokens", ["tier"], registry=registry)
-        self.degraded = Counter("router_degraded_total", "Decisions that could not follow the normal path", ["reason"], registry=registry)
+                                            "What the same answers would have cost on the most capable tier", registry=self.registry)
+        self.completion_tokens = Counter("router_generated_tokens_total", "Generated tokens", ["tier"], registry=self.registry)
+        self.degraded = Counter("router_degraded_total", "Decisions that could not follow the normal path", ["reason"], registry=self.registry)
+
+    def _state_series(self) -> None:
+        """Engines and in-flight work."""
         # State.
-        self.in_flight = Gauge("router_requests_in_flight", "Requests being generated", ["tier"], registry=registry)
-        self.engine_ready = Gauge("router_engine_ready", "1 when the tier's engine is warm and serving", ["tier", "model"], registry=registry)
-        self.engine_load_seconds = Gauge("router_engine_load_seconds", "Time the tier's engine took to start", ["tier", "model"], registry=registry)
+        self.in_flight = Gauge("router_requests_in_flight", "Requests being generated", ["tier"], registry=self.registry)
+        self.engine_ready = Gauge("router_engine_ready", "1 when the tier's engine is warm and serving", ["tier", "model"], registry=self.registry)
+        self.engine_load_seconds = Gauge("router_engine_load_seconds", "Time the tier's engine took to start", ["tier", "model"], registry=self.registry)
         # Read from the engine itself at scrape time: proves aborted requests
         # (deadline, cancel) really left the engine, not just the router.
-        self.engine_unfinished = Gauge("router_engine_unfinished_requests", "Requests the engine still holds", ["tier"], registry=registry)
+        self.engine_unfinished = Gauge("router_engine_unfinished_requests", "Requests the engine still holds", ["tier"], registry=self.registry)
+
+    def _lookup_series(self) -> None:
+        """Caches, retrieval, feedback, shadows, admission."""
         # Caches and retrieval (issue: answer caching and retrieval).
-        self.cache_lookups = Counter("router_cache_lookups_total", "Cache lookups by kind and result", ["kind", "result"], registry=registry)
-        self.cache_lookup_seconds = histogram("router_cache_lookup_duration_seconds", "Cache lookup time per request (embedding included)")
-        self.cache_entries = Gauge("router_cache_entries", "Entries held", ["kind"], registry=registry)
-        self.cache_bytes = Gauge("router_cache_bytes", "Approximate bytes held (answers, plus vectors for semantic)", ["kind"], registry=registry)
-        self.retrieve_seconds = histogram("router_retrieve_duration_seconds", "Embedding the question and searching the document index")
-        self.engine_requests = Counter("router_engine_requests_total", "Requests handed to the engine (cache hits are not)", ["tier"], registry=registry)
+        self.cache_lookups = Counter("router_cache_lookups_total", "Cache lookups by kind and result", ["kind", "result"], registry=self.registry)
+        self.cache_lookup_seconds = self._histogram("router_cache_lookup_duration_seconds", "Cache lookup time per request (embedding included)")
+        self.cache_entries = Gauge("router_cache_entries", "Entries held", ["kind"], registry=self.registry)
+        self.cache_bytes = Gauge("router_cache_bytes", "Approximate bytes held (answers, plus vectors for semantic)", ["kind"], registry=self.registry)
+        self.retrieve_seconds = self._histogram("router_retrieve_duration_seconds", "Embedding the question and searching the document index")
+        self.engine_requests = Counter("router_engine_requests_total", "Requests handed to the engine (cache hits are not)", ["tier"], registry=self.registry)
         self.feedback = Counter("router_feedback_total", "Outcomes reported with the Feedback RPC, by the tier that answered",
-                                ["tier", "result"], registry=registry)
+                                ["tier", "result"], registry=self.registry)
         self.shadow_requests = Counter("router_shadow_requests_total", "Shadow requests (routing.shadow) by direction and what became of them",
-                                       ["direction", "result"], registry=registry)
+                                       ["direction", "result"], registry=self.registry)
         self.shadow_outcomes = Counter("router_shadow_outcomes_total", "Shadow comparisons by direction, p_complex bucket and agreement",
-                                       ["direction", "bucket", "agreed"], registry=registry)
+                                       ["direction", "bucket", "agreed"], registry=self.registry)
         self.answers_remembered = Gauge("router_feedback_answers_remembered",
                                         "Recent answers the Feedback RPC can still take an outcome for (bounded by feedback.remember_answers)",
-                                        registry=registry)
+                                        registry=self.registry)
         self.semantic_overlap_aborts = Counter(
             "router_semantic_overlap_aborts_total",
-            "Engine requests started beside a semantic cache search and aborted because it found the answer", ["tier"], registry=registry)
-        self.engine_restarts = Counter("router_engine_restarts_total", "Dead engines started again", ["tier"], registry=registry)
-        self.queue_depth = Gauge("router_queue_depth", "Requests waiting for a slot on the tier", ["tier"], registry=registry)
-        self.queue_expected_wait = Gauge("router_queue_expected_wait_seconds", "Expected wait for a slot on the tier, as last estimated at admission", ["tier"], registry=registry)
-        self.admission_rejections = Counter("router_admission_rejected_total", "Requests refused at an admission limit", ["scope"], registry=registry)
-        self.threshold = Gauge("router_threshold", "Configured p_complex threshold", registry=registry)
+            "Engine requests started beside a semantic cache search and aborted because it found the answer", ["tier"], registry=self.registry)
+        self.engine_restarts = Counter("router_engine_restarts_total", "Dead engines started again", ["tier"], registry=self.registry)
+        self.queue_depth = Gauge("router_queue_depth", "Requests waiting for a slot on the tier", ["tier"], registry=self.registry)
+        self.queue_expected_wait = Gauge("router_queue_expected_wait_seconds", "Expected wait for a slot on the tier, as last estimated at admission", ["tier"], registry=self.registry)
+        self.admission_rejections = Counter("router_admission_rejected_total", "Requests refused at an admission limit", ["scope"], registry=self.registry)
+        self.threshold = Gauge("router_threshold", "Configured p_complex threshold", registry=self.registry)
+
+    def _routing_series(self) -> None:
+        """The cut points, target shares and spills."""
         # Adaptive routing (docs/routing.md): per tier above the cheapest.
-        self.cut_point = Gauge("router_cut_point", "The p_complex cut into the tier in force now (moves with a target share)", ["tier"], registry=registry)
-        self.target_share = Gauge("router_target_share", "The configured share of classifier-decided requests for the tier (-1: none)", ["tier"], registry=registry)
+        self.cut_point = Gauge("router_cut_point", "The p_complex cut into the tier in force now (moves with a target share)", ["tier"], registry=self.registry)
+        self.target_share = Gauge("router_target_share", "The configured share of classifier-decided requests for the tier (-1: none)", ["tier"], registry=self.registry)
         self.window_share = Gauge("router_window_share",
-                                  "Realised share of the classifier-decided requests in the routing window that went to the tier", ["tier"], registry=registry)
+                                  "Realised share of the classifier-decided requests in the routing window that went to the tier", ["tier"], registry=self.registry)
         self.spills = Counter("router_spills_total", "Requests sent to a neighbouring tier because theirs was busy, by why it was busy",
-                              ["tier", "to_tier", "reason"], registry=registry)
+                              ["tier", "to_tier", "reason"], registry=self.registry)
+
+    def _replica_series(self) -> None:
+        """Remote replicas."""
         # Remote tiers: one series per configured `vllm serve` replica (the
         # replica label is its base URL from the config, so it stays bounded).
-        self.replica_requests = Counter("router_replica_requests_total", "Generations sent to a remote replica", ["tier", "replica"], registry=registry)
-        self.replica_errors = Counter("router_replica_errors_total", "Remote replica failures (connection, HTTP 5xx, broken stream)", ["tier", "replica"], registry=registry)
-        self.replica_in_flight = Gauge("router_replica_in_flight", "Requests outstanding at a remote replica", ["tier", "replica"], registry=registry)
-        self.replica_healthy = Gauge("router_replica_healthy", "1 when the replica's /health answers and it serves the tier's model", ["tier", "replica"], registry=registry)
-        self._seed(tiers)
+        self.replica_requests = Counter("router_replica_requests_total", "Generations sent to a remote replica", ["tier", "replica"], registry=self.registry)
+        self.replica_errors = Counter("router_replica_errors_total", "Remote replica failures (connection, HTTP 5xx, broken stream)", ["tier", "replica"], registry=self.registry)
+        self.replica_in_flight = Gauge("router_replica_in_flight", "Requests outstanding at a remote replica", ["tier", "replica"], registry=self.registry)
+        self.replica_healthy = Gauge("router_replica_healthy", "1 when the replica's /health answers and it serves the tier's model", ["tier", "replica"], registry=self.registry)
 
     def export_sessions(self, store) -> None:
         """The session store's size and counts (sessions.SessionStore, their
