@@ -1,4 +1,4 @@
-"""The OpenAI request translation (server/fronts/http_api.py `parse`): pure code.
+"""The OpenAI request translation (server/fronts/openai_schema.py `parse`): pure code.
 The endpoint itself is tested with real clients in tests/integration/test_http.py."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from server.errors import InvalidArgument, NotFound
-from server.fronts.http_api import parse
+from server.fronts.openai_schema import parse
 
 
 class T:
@@ -88,3 +88,12 @@ def test_a_session_id_must_be_printable_and_short():
     req = parse({"model": "auto", "messages": HI}, TIERS, "auto", "r", session_id="x" * 201)[0]
     with pytest.raises(InvalidArgument, match="session_id"):
         check_request(req, LimitsConfig(), ("small", "large"))
+
+
+def test_the_schema_module_needs_no_aiohttp():
+    import subprocess
+    import sys
+
+    code = "import sys, server.fronts.openai_schema; print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'grpc', 'vllm')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
