@@ -18,7 +18,7 @@ from .lookup.cache import BYPASS, Lookup
 from .errors import DeadlineExceeded, EngineFailure, PromptTooLong, RouterError, Unavailable
 from .lookup.retrieval import with_sources
 from .tiers.tier import Tier
-from .types import Decision, EffectiveSampling, GenerateInput, Prompt, RetrievalResult, Timings, Usage
+from .types import Decision, DecisionEvent, EffectiveSampling, GenerateInput, Prompt, RetrievalResult, Timings
 
 log = logging.getLogger("triage.request")
 
@@ -59,6 +59,13 @@ class RequestContext:
     @property
     def retrieval(self) -> RetrievalResult | None:
         return RetrievalResult(tuple(self.hits), self.dropped) if self.retrieving else None
+
+    def announce(self) -> list[DecisionEvent]:
+        """The DecisionEvent, the first time only."""
+        if self.announced:
+            return []
+        self.announced = True
+        return [DecisionEvent(self.decision)]
 
 
 class Progress:
@@ -112,6 +119,22 @@ class StreamInterval:
         text = "".join(self._held)
         self._held.clear()
         return text
+
+
+def report_move(ctx: RequestContext, to: str, moved, metrics, stats) -> None:
+    """What a move away from the decided tier tells the log, the metrics and
+    GetStats (placement.Moved: a spill, a fallback or a context move)."""
+    before = ctx.tier.name
+    if moved.reason == "context":
+        log.info("request %s: the prompt does not fit tier %s's context: tier %s answers", ctx.req.request_id, before, to)
+    elif moved.reason == "load":
+        metrics.spills.labels(before, to, moved.busy).inc()
+        stats.record_spill(before, to)
+        log.info("request %s: tier %s is busy (%s): spilling to %s (p_complex %.3f)", ctx.req.request_id, before, moved.busy, to,
+                 ctx.decision.p_complex)
+    else:
+        metrics.degraded.labels("tier_unavailable").inc()
+        log.warning("tier %s cannot serve (%s): falling back to %s", before, moved.why, to)
 
 
 def log_line(finished) -> None:

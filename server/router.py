@@ -32,7 +32,7 @@ from .finished import Finished, Listeners
 from .observe.metrics import RouterMetrics
 from .routing.policy import RoutingPolicy
 from .request import (Ceiling, EngineFailedEarly, Progress, RequestContext, SemanticHit, StreamInterval, next_chunk, prompt_for,
-                      replay_deltas)
+                      replay_deltas, report_move)
 from .lookup.retrieval import RetrievalService, wants_retrieval, with_sources
 from .observe.stats import Stats
 from .tiers.tier import Tiers
@@ -62,19 +62,13 @@ class Router:
         """`listeners`: told of every finished request (finished.py; app.py
         lists them); `on_engine_start(tier)`: a live request is about to
         start on the tier's engine (shadows yield to it)."""
-        self.policy = policy
-        self.tracing = tracing or Tracing()
-        self.spill = spill or SpillConfig(enabled=False)
+        self.policy, self.tiers, self.metrics, self.cache, self.retrieval = policy, tiers, metrics, cache, retrieval
+        self.tracing, self.listeners = tracing or Tracing(), listeners or Listeners(())
+        self.spill, self.limits, self.resilience = spill or SpillConfig(enabled=False), limits or LimitsConfig(), resilience or ResilienceConfig()
         self.costs = costs or Costs({name: CostConfig() for name in tiers.names}, tiers.names[-1])
-        self.listeners = listeners or Listeners(())
-        self._on_engine_start = on_engine_start or (lambda tier: None)
-        self.tiers = tiers
-        self.metrics = metrics
-        self.cache = cache
-        self.retrieval = retrieval
-        self.limits = limits or LimitsConfig()
-        self.resilience = resilience or ResilienceConfig()
         self.stats = stats or Stats(tiers.names)  # GetStats' figures; a listener keeps them (app.py)
+        self._on_engine_start = on_engine_start or (lambda tier: None)
+        self._chunk_chars = retrieval.max_chunk_chars if retrieval is not None else 0  # the longest retrieved chunk a prompt carries
 
     def classify(self, messages: tuple[ChatMessage, ...], threshold: float | None) -> tuple[Decision, float]:
         check_messages(messages, self.limits)
@@ -201,11 +195,6 @@ class Router:
                 moved = True
         return moved
 
-    @property
-    def _chunk_chars(self) -> int:
-        """The longest retrieved chunk a prompt carries (0: no retrieval)."""
-        return self.retrieval.max_chunk_chars if self.retrieval is not None else 0
-
     def _after_early_failure(self, ctx: RequestContext, failed: EngineFailedEarly) -> None:
         """Before the first token another tier may still answer; never after,
         and only once."""
@@ -231,18 +220,9 @@ class Router:
         own defaults (a fallback clamps to its cap: the request was valid
         for the tier it was meant for), and nothing is cached under the key
         of the tier it was meant for."""
-        before, other = ctx.tier, self.tiers[moved.tier]
-        if moved.reason == "context":
-            log.info("request %s: the prompt does not fit tier %s's context: tier %s answers", ctx.req.request_id, before.name, other.name)
-        elif moved.reason == "load":
-            self.metrics.spills.labels(before.name, other.name, moved.busy).inc()
-            self.stats.record_spill(before.name, other.name)
-            log.info("request %s: tier %s is busy (%s): spilling to %s (p_complex %.3f)", ctx.req.request_id, before.name, moved.busy,
-                     other.name, ctx.decision.p_complex)
-        else:
-            self.metrics.degraded.labels("tier_unavailable").inc()
-            log.warning("tier %s cannot serve (%s): falling back to %s", before.name, moved.why, other.name)
-            ctx.fell_back = True
+        other = self.tiers[moved.tier]
+        report_move(ctx, other.name, moved, self.metrics, self.stats)
+        ctx.fell_back = ctx.fell_back or moved.reason == "fallback"
         ctx.decision = replace(ctx.decision, tier=other.name, model=other.model, reason=moved.reason, degraded=moved.degraded)
         ctx.lookup.storable = False
         ctx.tier = other
@@ -274,7 +254,7 @@ class Router:
                     ctx.parts.append(chunk.delta)
                     if ctx.req.stream and (text := interval.add(chunk)):
                         # The decision goes out with the first text, once the tier is sure.
-                        for event in self._announce(ctx):
+                        for event in ctx.announce():
                             yield event
                         yield DeltaEvent(text)
         finally:
@@ -282,7 +262,7 @@ class Router:
             gauge.dec()
             await stream.aclose()
         tier.succeeded()
-        for event in self._announce(ctx):
+        for event in ctx.announce():
             yield event
         if ctx.req.stream and (held := interval.rest()):
             yield DeltaEvent(held)
@@ -293,12 +273,6 @@ class Router:
             # Only here, after a normal end: a cancelled stream never gets this far.
             self.cache.store(ctx.lookup, CachedAnswer("".join(ctx.parts), progress.finish_reason, usage.prompt_tokens, usage.completion_tokens))
         yield self._finish(ctx, progress.finish_reason, usage, ctx.first_token_at)
-
-    def _announce(self, ctx: RequestContext) -> list[DecisionEvent]:
-        if ctx.announced:
-            return []
-        ctx.announced = True
-        return [DecisionEvent(ctx.decision)]
 
     async def _replay(self, ctx: RequestContext) -> AsyncIterator[DecisionEvent | DeltaEvent | FinalEvent]:
         """A cached answer, through the same events as a generated one."""
