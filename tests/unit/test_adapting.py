@@ -57,8 +57,8 @@ def test_adopted_adapters_route_survive_a_restart_and_revert(tmp_path):
         await adaptation.wait_idle()
         status = adaptation.status()
         assert status["current"] == "gen-0001" and status["fits_adopted"] == 1 and status["outcomes"] == 600
-        assert metrics.adapter_fits.labels("adopted")._value.get() == 1
-        assert metrics.adapter_held_out_apgr._value.get() == pytest.approx(status["held_out_apgr"])
+        assert metrics.registry.get_sample_value("router_adapter_fits_total", {"result": "adopted"}) == 1
+        assert metrics.registry.get_sample_value("router_adapter_held_out_apgr") == pytest.approx(status["held_out_apgr"])
         assert routing.clf.score([QUESTION])[0] > prior.score([QUESTION])[0] + 0.3
         adapted = float(routing.clf.score([QUESTION])[0])
 
@@ -100,7 +100,7 @@ def test_a_fit_that_cannot_run_is_counted_as_failed_and_changes_nothing(tmp_path
         await adaptation.wait_idle()
         status = adaptation.status()
         assert status["fits_failed"] == 1 and status["current"] == "" and routing.clf is prior
-        assert metrics.adapter_fits.labels("failed")._value.get() == 1
+        assert metrics.registry.get_sample_value("router_adapter_fits_total", {"result": "failed"}) == 1
         assert not list((tmp_path / "adapters").glob("gen-*"))
 
     asyncio.run(run())
