@@ -23,11 +23,41 @@ class ConfigError(ValueError):
     """The configuration file is wrong; the message names the key."""
 
 
+
+@dataclass(frozen=True)
+class Range:
+    """A field's allowed values, declared on the field (`bounded`) and
+    checked once, by `_build`, for every profile section."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    integer: bool = False
+
+    def holds(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or value <= self.hi
+
+    def __str__(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if self.hi is not None:
+            return f"{kind} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
+        return f"{kind} {'>' if self.lo_open else '>='} {self.lo:g}"
+
+
+def bounded(default, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, integer: bool = False):
+    """A field whose range is part of its declaration: one place for its
+    meaning, default and allowed values."""
+    return field(default=default, metadata={"range": Range(lo, hi, lo_open, integer)})
+
 @dataclass(frozen=True)
 class SamplingDefaults:
     """What a request gets for every sampling value it leaves unset."""
 
-    temperature: float = 0.0  # greedy unless the request says otherwise
+    temperature: float = bounded(0.0, 0.0, 2.0)  # greedy unless the request says otherwise
     top_p: float = 1.0
     top_k: int = 0  # 0 = disabled
     repetition_penalty: float = 1.0
@@ -52,15 +82,15 @@ class TierConfig:
     max_model_len: int  # prompt + completion tokens
     sampling: SamplingDefaults
     cost: CostConfig = field(default_factory=CostConfig)  # what its answers cost: savings accounting
-    max_in_flight: int = 16  # requests generating on this tier at once
-    max_queued: int = 32  # waiting for a slot; beyond: RESOURCE_EXHAUSTED at once
+    max_in_flight: int = bounded(16, 1, integer=True)  # requests generating on this tier at once
+    max_queued: int = bounded(32, 0, integer=True)  # waiting for a slot; beyond: RESOURCE_EXHAUSTED at once
     # A request whose expected wait for a slot is longer than this (or than
     # its own remaining deadline) is refused at once, with a retry hint,
     # instead of waiting for a first token that would come too late.
-    max_queue_seconds: float = 60.0
+    max_queue_seconds: float = bounded(60.0, 0.0, lo_open=True)
     # Ceiling on one generation, applied with the caller's deadline (whichever
     # is sooner). CPU generation is slow: set it from measured numbers.
-    generation_timeout_s: float = 300.0
+    generation_timeout_s: float = bounded(300.0, 0.0, lo_open=True)
     # Passed through to vllm.engine.arg_utils.AsyncEngineArgs unchanged
     # (quantization, enable_prefix_caching, speculative_config,
     # tensor_parallel_size, kv_cache_memory_bytes, gpu_memory_utilization, ...).
@@ -88,7 +118,7 @@ class TierConfig:
     # router whatever the engine sends). 1: every token is a message. More:
     # fewer, larger messages, and the router's CPU per token falls about as
     # much (docs/benchmarks.md, section 12), for text that arrives in steps.
-    stream_interval: int = 1
+    stream_interval: int = bounded(1, 1, integer=True)
 
 
 @dataclass(frozen=True)
@@ -104,7 +134,7 @@ class ServerConfig:
     warmup_prompt: str = "Say hello."
     # Router processes sharing the ports (server/workers.py): more than one
     # only when every tier is remote or smg.
-    workers: int = 1
+    workers: int = bounded(1, 1, integer=True)
 
 
 @dataclass(frozen=True)
@@ -148,7 +178,7 @@ class ResilienceConfig:
 class ClassifierConfig:
     path: str | None = None  # None: the artifact committed in classifier/artifacts
     # Two tiers: one threshold; None: the artifact's calibrated threshold.
-    threshold: float | None = None
+    threshold: float | None = bounded(None, 0.0, 1.0)
     # More tiers: ascending p_complex cut points, one fewer than the tiers;
     # a score at or above cut_points[i] goes to tier i + 1 or beyond.
     cut_points: tuple[float, ...] | None = None
@@ -162,7 +192,7 @@ class CacheConfig:
     ttl_seconds: float | None = None  # None: entries live until evicted
     semantic: bool = True
     semantic_max_entries: int = 100_000
-    semantic_threshold: float = 0.95  # cosine similarity
+    semantic_threshold: float = bounded(0.95, 0.0, 1.0, lo_open=True)  # cosine similarity
     # Longer questions skip the semantic cache: past the embedding model's
     # 256-token window two prompts sharing a prefix would embed identically.
     semantic_max_chars: int = 1000
@@ -180,10 +210,10 @@ class FeedbackConfig:
     """Outcomes reported for answers (the Feedback RPC), kept for re-fitting
     the routing."""
     path: str | None = None  # an SQLite file; None: Feedback answers FAILED_PRECONDITION
-    max_rows: int = 1_000_000  # the oldest go first beyond this
+    max_rows: int = bounded(1_000_000, 1, integer=True)  # the oldest go first beyond this
     # Feedback is taken for the most recent answers only: this many, at most this old.
-    remember_answers: int = 100_000
-    remember_seconds: float = 24 * 3600.0
+    remember_answers: int = bounded(100_000, 1, integer=True)
+    remember_seconds: float = bounded(24 * 3600.0, 0.0, lo_open=True)
     keep_text: bool = False  # store the question's text with its outcome (off: score, tier and model only)
 
 
@@ -195,11 +225,11 @@ class SpillConfig:
     enabled: bool = True
     up: bool = True  # to the more capable neighbour: better quality, more cost
     down: bool = False  # to the cheaper one: a complex question may get a weaker answer
-    margin: float = 0.1  # how far from the cut point (in p_complex) a score may lie to move
+    margin: float = bounded(0.1, 0.0, 1.0)  # how far from the cut point (in p_complex) a score may lie to move
     # The chosen tier is "too busy" when a request would wait longer than this
     # for a slot (its expected wait, as admission estimates it) or its queue
     # is full; the neighbour must be able to start it sooner than this.
-    queue_seconds: float = 1.0
+    queue_seconds: float = bounded(1.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -208,8 +238,8 @@ class SessionConfig:
     most capable tier it has reached until it has been idle this long."""
 
     enabled: bool = True
-    idle_seconds: float = 1800.0
-    max_sessions: int = 100_000  # the least recently seen go first beyond this
+    idle_seconds: float = bounded(1800.0, 0.0, lo_open=True)
+    max_sessions: int = bounded(100_000, 1, integer=True)  # the least recently seen go first beyond this
 
 
 @dataclass(frozen=True)
@@ -219,8 +249,8 @@ class ShadowConfig:
     comparison is stored as an outcome (docs/routing.md)."""
 
     enabled: bool = False
-    sample: float = 0.05  # of answered (generated, not degraded) requests
-    similarity: float = 0.85  # the default grader's cosine similarity for "the same answer"
+    sample: float = bounded(0.05, 0.0, 1.0)  # of answered (generated, not degraded) requests
+    similarity: float = bounded(0.85, 0.0, 1.0)  # the default grader's cosine similarity for "the same answer"
 
 
 @dataclass(frozen=True)
@@ -232,12 +262,12 @@ class AdaptConfig:
     (docs/routing.md). Needs feedback.path and feedback.keep_text."""
 
     enabled: bool = False
-    every: int = 500  # new outcomes of the cheapest tier between two fits
-    min_outcomes: int = 200  # fewest outcomes with text before the first fit
+    every: int = bounded(500, 1, integer=True)  # new outcomes of the cheapest tier between two fits
+    min_outcomes: int = bounded(200, 20, integer=True)  # fewest outcomes with text before the first fit
     # Where adopted adapters live (the last one and the one before it, and
     # state.json naming which routes); None: `adapters/` beside feedback.path.
     dir: str | None = None
-    fit_timeout_s: float = 600.0  # a fit that takes longer is stopped and counted as failed
+    fit_timeout_s: float = bounded(600.0, 0.0, lo_open=True)  # a fit that takes longer is stopped and counted as failed
 
 
 @dataclass(frozen=True)
@@ -249,18 +279,18 @@ class RoutingConfig:
     target_share: Mapping[str, float] = field(default_factory=dict)
     # The sliding window the share is held over: the last N decisions, or
     # the last S seconds (set one; window_seconds wins when both are set).
-    window_requests: int = 1000
-    window_seconds: float | None = None
+    window_requests: int = bounded(1000, 10, integer=True)
+    window_seconds: float | None = bounded(None, 0.0, lo_open=True)
     # The share drifting from the target is brought back within this fraction
     # of the window: smaller tracks the target tighter but follows the
     # scores' order less closely (docs/routing.md has the measured trade).
-    correction: float = 0.0625
-    min_samples: int = 100  # decisions in the window before the cut points move
+    correction: float = bounded(0.0625, 0.0, 1.0, lo_open=True)
+    min_samples: int = bounded(100, 1, integer=True)  # decisions in the window before the cut points move
     spill: SpillConfig = field(default_factory=SpillConfig)
     # User turns the score is carried along (server/routing/conversation.py): a
     # follow-up inherits the weight of the turns before it. 1: the last
     # message alone.
-    conversation_turns: int = 4
+    conversation_turns: int = bounded(4, 1, integer=True)
     session: SessionConfig = field(default_factory=SessionConfig)
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
@@ -272,21 +302,21 @@ class TracingConfig:
     (here, or OTEL_EXPORTER_OTLP_ENDPOINT in the environment)."""
 
     otlp_endpoint: str | None = None  # OTLP over HTTP, e.g. http://otel-collector:4318
-    sample_ratio: float = 1.0  # of requests without a sampled parent
+    sample_ratio: float = bounded(1.0, 0.0, 1.0)  # of requests without a sampled parent
     service_name: str = "triage"
 
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
     """The sentence-embedding model (semantic cache, retrieval)."""
-    threads: int = 1  # ONNX Runtime threads for one embedding
+    threads: int = bounded(1, 1, integer=True)  # ONNX Runtime threads for one embedding
 
 
 @dataclass(frozen=True)
 class RetrievalConfig:
     index: str | None = None  # folder written by `python -m server index`; None: retrieval off
-    top_k: int = 10
-    max_chunk_chars: int = 800  # each retrieved chunk is cut to this in the prompt
+    top_k: int = bounded(10, 1, integer=True)
+    max_chunk_chars: int = bounded(800, 50, integer=True)  # each retrieved chunk is cut to this in the prompt
     tiers: tuple[str, ...] = ()  # tiers that retrieve unless the request says otherwise
 
 
@@ -318,6 +348,8 @@ class Config:
 
 
 def _build(cls, raw: Any, where: str, **extra):
+    """`cls` from a profile section, every key known and every bounded
+    field (`bounded`) within its range."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -327,9 +359,15 @@ def _build(cls, raw: Any, where: str, **extra):
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
     try:
-        return cls(**raw, **extra)
+        built = cls(**raw, **extra)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    for f in dataclasses.fields(cls):
+        bounds = f.metadata.get("range")
+        value = getattr(built, f.name)
+        if bounds is not None and value is not None and not bounds.holds(value):
+            raise ConfigError(f"{where}.{f.name} must be {bounds}, got {value!r}")
+    return built
 
 
 def _resolve_path(value: str, base: Path) -> str:
@@ -385,18 +423,12 @@ def _check_tier(tier: TierConfig, where: str) -> None:
     s = tier.sampling
     if not re.fullmatch(r"auto|nobind|\d+(-\d+)?(,\d+(-\d+)?)*", tier.cpu_cores):
         raise ConfigError(f"{where}.cpu_cores: {tier.cpu_cores!r} is not auto, nobind or a core list such as 0, 1, 0-1")
-    if not isinstance(tier.stream_interval, int) or tier.stream_interval < 1:
-        raise ConfigError(f"{where}.stream_interval must be an integer >= 1 (tokens per streamed message), got {tier.stream_interval!r}")
     if tier.max_model_len < 16:
         raise ConfigError(f"{where}.max_model_len must be at least 16")
     if not 1 <= s.max_tokens <= s.max_tokens_cap:
         raise ConfigError(f"{where}.sampling.max_tokens must be in [1, max_tokens_cap]")
     if s.max_tokens_cap >= tier.max_model_len:
         raise ConfigError(f"{where}.sampling.max_tokens_cap must be below max_model_len")
-    if not 0.0 <= s.temperature <= 2.0:
-        raise ConfigError(f"{where}.sampling.temperature must be in [0, 2]")
-    if tier.max_in_flight < 1 or tier.max_queued < 0 or tier.generation_timeout_s <= 0 or tier.max_queue_seconds <= 0:
-        raise ConfigError(f"{where}: max_in_flight >= 1, max_queued >= 0, generation_timeout_s > 0 and max_queue_seconds > 0 are required")
     for key in ("model", "max_model_len"):
         if key in tier.engine_args:
             raise ConfigError(f"{where}.engine_args.{key}: set it on the tier, not in engine_args")
@@ -443,21 +475,12 @@ def _routing(raw: Any, tier_names: Sequence[str]) -> RoutingConfig:
     session = _build(SessionConfig, raw.pop("session", None), "routing.session")
     shadow = _build(ShadowConfig, raw.pop("shadow", None), "routing.shadow")
     adapt = _build(AdaptConfig, raw.pop("adapt", None), "routing.adapt")
-    if not (isinstance(adapt.every, int) and adapt.every >= 1 and isinstance(adapt.min_outcomes, int) and adapt.min_outcomes >= 20
-            and adapt.fit_timeout_s > 0):
-        raise ConfigError("routing.adapt: every must be an integer >= 1, min_outcomes an integer >= 20, fit_timeout_s > 0")
-    if not (0.0 <= shadow.sample <= 1.0 and 0.0 <= shadow.similarity <= 1.0):
-        raise ConfigError("routing.shadow: sample and similarity are in [0, 1]")
-    if session.idle_seconds <= 0 or session.max_sessions < 1:
-        raise ConfigError("routing.session: idle_seconds must be > 0 and max_sessions >= 1")
     if raw.get("target_share") is None:
         raw["target_share"] = {}
     if not isinstance(raw["target_share"], dict):
         raw["target_share"] = {"?": raw["target_share"]}  # reported below, naming the key
     raw["target_share"] = dict(raw["target_share"])
     routing = _build(RoutingConfig, raw, "routing", spill=spill, session=session, shadow=shadow, adapt=adapt)
-    if not isinstance(routing.conversation_turns, int) or routing.conversation_turns < 1:
-        raise ConfigError(f"routing.conversation_turns must be an integer >= 1, got {routing.conversation_turns!r}")
     targets = routing.target_share
     if targets:
         above = list(tier_names[1:])
@@ -474,14 +497,6 @@ def _routing(raw: Any, tier_names: Sequence[str]) -> RoutingConfig:
         if sum(targets.values()) > 1.0 + 1e-9:
             raise ConfigError(f"routing.target_share: the shares add up to {sum(targets.values()):g}, more than 1")
         routing = dataclasses.replace(routing, target_share={t: float(targets[t]) for t in above})
-    if routing.window_requests < 10 or (routing.window_seconds is not None and routing.window_seconds <= 0):
-        raise ConfigError("routing.window_requests must be >= 10 and routing.window_seconds > 0")
-    if not 0.0 < routing.correction <= 1.0:
-        raise ConfigError("routing.correction must be in (0, 1] (a fraction of the window)")
-    if routing.min_samples < 1:
-        raise ConfigError("routing.min_samples must be >= 1")
-    if not 0.0 <= spill.margin <= 1.0 or spill.queue_seconds < 0:
-        raise ConfigError("routing.spill.margin must be in [0, 1] and routing.spill.queue_seconds >= 0")
     return routing
 
 
@@ -494,8 +509,6 @@ def _classifier(raw: Any, n_tiers: int, base: Path) -> ClassifierConfig:
         classifier = dataclasses.replace(classifier, path=_resolve_path(classifier.path, base))
         if not Path(classifier.path).exists():
             raise ConfigError(f"classifier.path: {classifier.path} does not exist")
-    if classifier.threshold is not None and not 0.0 <= classifier.threshold <= 1.0:
-        raise ConfigError("classifier.threshold must be in [0, 1]")
     cuts = classifier.cut_points
     if cuts is not None:
         if classifier.threshold is not None:
@@ -551,18 +564,10 @@ def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
     if bad_names:
         raise ConfigError(f"tiers: names are lowercase letters, digits and _ (they are metric labels), got {bad_names}")
     cache = _build(CacheConfig, raw.get("cache"), "cache")
-    if not 0.0 < cache.semantic_threshold <= 1.0:
-        raise ConfigError("cache.semantic_threshold must be in (0, 1]")
     embedding = _build(EmbeddingConfig, raw.get("embedding"), "embedding")
-    if embedding.threads < 1:
-        raise ConfigError("embedding.threads must be >= 1")
     feedback = _feedback(raw.get("feedback"), base)
     server = _build(ServerConfig, raw.get("server"), "server")
-    if not isinstance(server.workers, int) or server.workers < 1:
-        raise ConfigError(f"server.workers must be an integer >= 1, got {server.workers!r}")
     tracing = _build(TracingConfig, raw.get("tracing"), "tracing")
-    if not 0.0 <= tracing.sample_ratio <= 1.0:
-        raise ConfigError("tracing.sample_ratio must be in [0, 1]")
     return Config(
         tracing=tracing,
         routing=_check_adapt(_routing(raw.get("routing"), list(tiers_raw)), feedback, server, base),
@@ -607,8 +612,6 @@ def _retrieval(raw: Any, tiers_raw: Mapping, base: Path) -> RetrievalConfig:
         retrieval = dataclasses.replace(retrieval, index=_resolve_path(retrieval.index, base))
     if set(retrieval.tiers) - set(tiers_raw):
         raise ConfigError(f"retrieval.tiers: unknown tier(s) {sorted(set(retrieval.tiers) - set(tiers_raw))}")
-    if retrieval.top_k < 1 or retrieval.max_chunk_chars < 50:
-        raise ConfigError("retrieval.top_k must be >= 1 and retrieval.max_chunk_chars >= 50")
     return retrieval
 
 
@@ -629,6 +632,4 @@ def _feedback(raw: Any, base: Path) -> FeedbackConfig:
         feedback = dataclasses.replace(feedback, path=_resolve_path(feedback.path, base))
         if not Path(feedback.path).parent.is_dir():
             raise ConfigError(f"feedback.path: the folder of {feedback.path} does not exist")
-    if feedback.max_rows < 1 or feedback.remember_answers < 1 or feedback.remember_seconds <= 0:
-        raise ConfigError("feedback.max_rows and feedback.remember_answers must be >= 1, feedback.remember_seconds > 0")
     return feedback

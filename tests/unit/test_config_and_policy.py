@@ -412,3 +412,20 @@ def test_routing_adapt_needs_the_stores_question_texts_and_one_process(tmp_path)
         load(profile(routing={"adapt": {"enabled": True, "min_outcomes": 5}}, feedback={"path": str(tmp_path / "f.sqlite"), "keep_text": True}))
     config = load(profile(routing=adapt, feedback={"path": str(tmp_path / "f.sqlite"), "keep_text": True}))
     assert config.routing.adapt.dir == str(tmp_path / "adapters") and config.routing.adapt.every == 500
+
+
+@pytest.mark.parametrize("override, message", [
+    ("server.workers=0", "server.workers must be an integer >= 1, got 0"),
+    ("server.workers=true", "server.workers must be an integer >= 1, got True"),
+    ("routing.correction=0", "routing.correction must be a number in (0, 1], got 0"),
+    ("routing.shadow.sample=1.5", "routing.shadow.sample must be a number in [0, 1], got 1.5"),
+    ("tiers.small.sampling.temperature=3", "tiers.small.sampling.temperature must be a number in [0, 2], got 3"),
+    ("tiers.large.stream_interval=0", "tiers.large.stream_interval must be an integer >= 1, got 0"),
+    ("feedback.remember_seconds=0", "feedback.remember_seconds must be a number > 0, got 0"),
+    ("routing.adapt.min_outcomes=5", "routing.adapt.min_outcomes must be an integer >= 20, got 5"),
+])
+def test_a_fields_range_is_declared_on_it_and_named_when_broken(override, message):
+    # One place per field for its meaning, default and range (config.bounded),
+    # checked for every section the same way.
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load(ROOT / "config/cpu.yaml", [override])
