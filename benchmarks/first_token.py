@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .gpu_pace import _grpc_stream, _processes, _router_config, _sse_stream, start_router
+from .harness import grpc_stream, processes, router_config, sse_stream, start_router
 from .remote import MODEL, MODEL_DIR, ROOT, _free_port, _healthy, _wait
 
 WARM_UP = 5
@@ -66,10 +66,10 @@ async def _ask(direct: str, front: str, grpc_address: str, requests: int) -> dic
                 for path in stamps:
                     rid = f"ft-{path}-{n}"
                     if path == "grpc":
-                        stream = _grpc_stream(client, prompt, MAX_TOKENS, request_id=rid)
+                        stream = grpc_stream(client, prompt, MAX_TOKENS, request_id=rid)
                     else:
                         url, model = (direct, MODEL) if path == "direct" else (front, "small")
-                        stream = _sse_stream(http, url, model, prompt, MAX_TOKENS, headers={"X-Request-Id": rid})
+                        stream = sse_stream(http, url, model, prompt, MAX_TOKENS, headers={"X-Request-Id": rid})
                     stamps[path][rid] = await _first_token(stream)
     finally:
         await client.close()
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pace", default="h200", choices=("h200", "instant"))
     parser.add_argument("--out", default="docs")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp, _processes() as procs:
+    with tempfile.TemporaryDirectory() as tmp, processes() as procs:
         tmp = Path(tmp)
         port, timeline, router_log = _free_port(), tmp / "timeline.jsonl", tmp / "router.log"
         url = f"http://127.0.0.1:{port}"
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
                                        "--pace", args.pace, "--timeline", str(timeline)],
                                       cwd=ROOT, stdout=(tmp / "sim.log").open("w"), stderr=subprocess.STDOUT))
         _wait(lambda: _healthy(url), 120, "the simulator")
-        router = start_router(_router_config(url, tmp, 16), router_log.open("w"))
+        router = start_router(router_config(url, tmp, 16), router_log.open("w"))
         procs.append(router.proc)
         stamps = asyncio.run(_ask(f"{url}/v1/chat/completions", f"{router.http}/v1/chat/completions", router.address, args.requests))
         result = breakdown(stamps, timeline, router_log)

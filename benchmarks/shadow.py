@@ -28,7 +28,7 @@ import numpy as np
 
 from clients import AsyncTriageClient
 
-from .gpu_pace import start_router
+from .harness import start_router
 from .remote import ROOT
 from .soak import _total, scrape
 

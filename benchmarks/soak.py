@@ -55,7 +55,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from clients import AsyncTriageClient, TriageError
 
-from .gpu_pace import start_router
+from .harness import start_router
 from .remote import MODEL, MODEL_DIR, ROOT, _free_port, _healthy, _wait
 
 GPU_TIER = "gpu"

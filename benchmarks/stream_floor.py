@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from .gpu_pace import cpu_seconds
+from .harness import cpu_seconds
 
 DELTA = " word"
 

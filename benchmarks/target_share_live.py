@@ -26,7 +26,7 @@ from pathlib import Path
 
 from clients import TriageClient
 
-from .gpu_pace import start_router
+from .harness import start_router
 from .questions import complex_question, simple_question
 
 BLOCK, TARGET = 200, 0.30
