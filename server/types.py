@@ -161,6 +161,7 @@ FEEDBACK_RESULTS = ("rating_1", "rating_2", "rating_3", "rating_4", "rating_5", 
 SPILL_REASONS = ("queue_full", "queue_wait")  # why a tier is too busy to take a request soon (a spill's `busy`)
 SHADOW_DIRECTIONS = ("up", "down")
 SHADOW_RESULTS = ("sent", "dropped", "preempted", "failed", "agreed", "disagreed")
+ADAPTER_FIT_RESULTS = ("adopted", "refused", "failed")  # router_adapter_fits_total
 
 
 def question_text(messages) -> str:

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from ..types import ADAPTER_FIT_RESULTS
+
 # From 50 us (a classification) to 120 s (a long CPU generation).
 LATENCY_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -68,6 +70,8 @@ class RouterMetrics:
         """What the routing learns from: the adapter loop; feedback and shadows are below, with the lookups."""
         # The adapter loop (server/routing/adapting.py).
         self.adapter_fits = Counter("router_adapter_fits_total", "Adapter fits by result (adopted, refused, failed)", ["result"], registry=self.registry)
+        for result in ADAPTER_FIT_RESULTS:  # at 0 from the start, also with routing.adapt off (the dashboard's panel reads them)
+            self.adapter_fits.labels(result)
         self.adapter_outcomes = Gauge("router_adapter_outcomes", "Outcomes the adapter routing now was fitted on (0: the prior alone)",
                                       registry=self.registry)
         self.adapter_held_out_apgr = Gauge("router_adapter_held_out_apgr",

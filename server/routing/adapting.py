@@ -40,7 +40,6 @@ from ..errors import FailedPrecondition, InvalidArgument
 log = logging.getLogger("triage.adapt")
 
 STATE_FILE = "state.json"
-FIT_RESULTS = ("adopted", "refused", "failed")
 REVERT_TARGETS = ("previous", "prior")
 
 
@@ -59,8 +58,6 @@ class Adaptation:
         self.last: dict = {}  # the last fit's report
         self._prior = None  # set by start()
         self._fit: asyncio.Task | None = None
-        for result in FIT_RESULTS:
-            metrics.adapter_fits.labels(result)
 
     # -- state ---------------------------------------------------------------
 
