@@ -18,7 +18,7 @@ from classifier.data import DEFAULT_DATA, steps_target
 from classifier.evaluate import apgr
 from classifier.model import ARTIFACT_DIR, MODEL_FILE, TRUSTED_TYPES
 from classifier.gain import mean_pair_apgr
-from classifier.sources import Source, SourceError, load_sources, split_of
+from classifier.sources import SOURCES, Source, SourceError, load_sources, split_of
 
 ROOT = Path(__file__).resolve().parents[2]
 # The labeled questions and the pinned sources live beside the checkout
@@ -319,3 +319,16 @@ def test_cli_train_refuses_an_unknown_hyperparameter_before_any_work(tmp_path):
     assert out.returncode != 0
     assert "no hyperparameter 'word_weigth'" in out.stderr and "word_weight" in out.stderr
     assert not (tmp_path / "art").exists()
+
+
+@NEEDS_SHARED
+def test_training_on_a_fresh_clone_reproduces_the_committed_prior(tmp_path, clf):
+    # Everything training reads is beside the checkout (../shared/data) and
+    # pinned by sha256: the same command gives the same model.
+    out = run_cli("train", "--no-cross-source", "--out", str(tmp_path / "art"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    again = classifier.load(tmp_path / "art")
+    texts = SAMPLES + ['def f(xs):\n    """Return the sorted unique values of xs."""\n', "1. Who wrote Hamlet? 2. When was it written?"]
+    np.testing.assert_allclose(again.score(texts), clf.score(texts), atol=1e-6)
+    meta = json.loads((tmp_path / "art" / "metadata.json").read_text())
+    assert {s["sha256"] for s in meta["extra_sources"].values()} == {s.sha256 for s in SOURCES}
