@@ -34,9 +34,7 @@ quarter, so that noise alone is seldom adopted.
 
 from __future__ import annotations
 
-import bisect
 import math
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from .evaluate import apgr
+from .feedback import query_store, was_good
+from .model import AdaptedClassifier, sigmoid, terms_dot
 
 HOLDOUT_SHARE = 0.25  # the newest quarter checks what the older three quarters fitted
 MIN_ROWS = 200  # outcomes with text, both parts together
@@ -84,20 +84,10 @@ class Outcomes:
 def read_store(path: str | Path, cheap_tier: str = "small", good_rating: int = 4) -> Outcomes:
     """The cheap tier's scored outcomes with text from a router's feedback
     store (shadow-up, shadow-down, Feedback's correct or rating), oldest
-    first. Read-only: a running router may be writing to it."""
-    if not Path(path).is_file():
-        raise ValueError(f"{path}: no such feedback store")
-    try:
-        db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
-        try:
-            rows = db.execute("SELECT received_at, rating, correct, question FROM feedback WHERE tier = ? AND question IS NOT NULL "
-                              "AND question != '' AND (rating IS NOT NULL OR correct IS NOT NULL) ORDER BY received_at, rowid",
-                              (cheap_tier,)).fetchall()
-        finally:
-            db.close()
-    except sqlite3.DatabaseError as exc:
-        raise ValueError(f"{path}: not a feedback store ({exc})") from None
-    failed = [0.0 if (bool(correct) if correct is not None else rating >= good_rating) else 1.0 for _, rating, correct, _ in rows]
+    first (feedback.query_store: read-only, a running router may be writing)."""
+    rows = query_store(path, "SELECT received_at, rating, correct, question FROM feedback WHERE tier = ? AND question IS NOT NULL "
+                             "AND question != '' AND (rating IS NOT NULL OR correct IS NOT NULL) ORDER BY received_at, rowid", (cheap_tier,))
+    failed = [0.0 if was_good(rating, correct, good_rating) else 1.0 for _, rating, correct, _ in rows]
     return Outcomes([q for *_, q in rows], np.array(failed), np.array([r[0] for r in rows], dtype=np.float64))
 
 
@@ -119,20 +109,11 @@ class Adapter:
     def raw(self, terms, dense, prior_logit: float) -> float:
         """The ridge's prediction for one text's distinct terms, dense
         features and prior logit."""
-        get = self.vocab.get
-        dot = norm_sq = 0.0
-        for term in terms:
-            entry = get(term)
-            if entry is not None:
-                dot += entry[0]
-                norm_sq += entry[1]
-        z = self.bias + self.logit_w * prior_logit + sum(map(float.__mul__, self.dense_w, dense))
-        return z + dot / math.sqrt(norm_sq) if norm_sq > 0.0 else z
+        return self.bias + self.logit_w * prior_logit + sum(map(float.__mul__, self.dense_w, dense)) + terms_dot(self.vocab, terms)
 
     def to_p(self, raw: float) -> float:
         """The raw score as the probability that the cheap tier fails."""
-        z = self.scale * raw + self.offset
-        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+        return sigmoid(self.scale * raw + self.offset)
 
     def to_state(self) -> dict:
         """JSON-ready: the adapter is numbers only, so it is stored as JSON
@@ -267,8 +248,6 @@ def fit_and_gate(prior, outcomes: Outcomes, min_rows: int = MIN_ROWS) -> tuple[A
     if problem is not None:
         return None, {**report, "adopted": False, "refused_because": problem}
     trial, _ = fit(prior, older)
-    from .model import AdaptedClassifier
-
     ours, theirs = AdaptedClassifier(prior, trial).score(newest.texts), prior.score(newest.texts)
     report["held_out_apgr"] = figures = {"adapter": ranking(ours, newest.failed), "prior": ranking(theirs, newest.failed),
                                          "length": ranking(np.array([len(t) for t in newest.texts], dtype=np.float64), newest.failed)}

@@ -44,20 +44,32 @@ class Outcome:
     question: str | None
 
 
-def read_outcomes(path: str | Path, good_rating: int = 4) -> list[Outcome]:
-    """Every scored outcome in the store, oldest first. A rating counts as
-    good at `good_rating` or above; correct/incorrect as it says. Opened
-    read-only: a running router may be writing to it."""
+def query_store(path: str | Path, sql: str, params: tuple = ()) -> list[tuple]:
+    """The rows of `sql` on a router's feedback store, opened read-only (a
+    running router may be writing to it); ValueError naming the problem when
+    there is no store or it is not one."""
     if not Path(path).is_file():
         raise ValueError(f"{path}: no such feedback store")
     try:
         db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
-        rows = db.execute("SELECT received_at, tier, p_complex, threshold, reason, rating, correct, question FROM feedback "
-                          "WHERE p_complex IS NOT NULL ORDER BY received_at").fetchall()
-        db.close()
+        try:
+            return db.execute(sql, params).fetchall()
+        finally:
+            db.close()
     except sqlite3.DatabaseError as exc:
         raise ValueError(f"{path}: not a feedback store ({exc})") from None
-    return [Outcome(at, tier, p, cut, reason, bool(correct) if correct is not None else rating >= good_rating, question)
+
+
+def was_good(rating: int | None, correct: int | None, good_rating: int) -> bool:
+    """correct/incorrect as it says; else a rating of `good_rating` or above."""
+    return bool(correct) if correct is not None else rating >= good_rating
+
+
+def read_outcomes(path: str | Path, good_rating: int = 4) -> list[Outcome]:
+    """Every scored outcome in the store, oldest first."""
+    rows = query_store(path, "SELECT received_at, tier, p_complex, threshold, reason, rating, correct, question FROM feedback "
+                             "WHERE p_complex IS NOT NULL ORDER BY received_at")
+    return [Outcome(at, tier, p, cut, reason, was_good(rating, correct, good_rating), question)
             for at, tier, p, cut, reason, rating, correct, question in rows]
 
 

@@ -108,22 +108,29 @@ class _FastLinear:
 
     def logit(self, terms, dense) -> float:
         """The prior's log-odds for one text's (distinct terms, dense features)."""
-        get = self._vocab.get
-        dot = norm_sq = 0.0
-        for term in terms:
-            entry = get(term)
-            if entry is not None:
-                dot += entry[0]
-                norm_sq += entry[1]
-        z = self._bias + sum(map(float.__mul__, self._dense_w, dense))
-        return z + dot / math.sqrt(norm_sq) if norm_sq > 0.0 else z
+        return self._bias + sum(map(float.__mul__, self._dense_w, dense)) + terms_dot(self._vocab, terms)
 
     def score(self, text: str) -> float:
         terms, dense = self._featurize(text)
-        return _sigmoid(self.logit(set(terms), dense))
+        return sigmoid(self.logit(set(terms), dense))
 
 
-def _sigmoid(z: float) -> float:
+def terms_dot(vocab: dict[str, tuple[float, float]], terms) -> float:
+    """A binary, L2-normalised TF-IDF row's dot product with a weight
+    vector, from `vocab` (term -> (idf * weight, idf squared)) and a text's
+    distinct terms: sum(idf * w) / sqrt(sum(idf**2)) over the terms it knows.
+    The prior and the adapter (adapter.py) score with it."""
+    get = vocab.get
+    dot = norm_sq = 0.0
+    for term in terms:
+        entry = get(term)
+        if entry is not None:
+            dot += entry[0]
+            norm_sq += entry[1]
+    return dot / math.sqrt(norm_sq) if norm_sq > 0.0 else 0.0
+
+
+def sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
 
 
