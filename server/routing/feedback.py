@@ -22,6 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from ..errors import InvalidArgument, NotFound
+from ..types import question_text
 
 MAX_LABEL_CHARS = 200
 # The `result` label of router_feedback_total.
@@ -89,8 +90,6 @@ class RecentAnswers:
     def listener(self, keep_text: bool):
         """The listener (finished.py): every answer is remembered, for the
         Feedback RPC; its question's text only with `keep_text`."""
-        from ..types import question_text
-
         def remember(finished) -> None:
             d = finished.decision
             self.remember(finished.req.request_id, Answered(d.tier, d.model, d.p_complex, d.threshold, d.reason, time.time(),

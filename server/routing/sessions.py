@@ -23,6 +23,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .placement import REACHES
+
 
 @dataclass
 class _Session:
@@ -55,8 +57,6 @@ class SessionStore:
     def listener(self, tier_names):
         """The listener (finished.py): a conversation's answer on a tier it
         reached (placement.REACHES: not a spill or a fallback) is remembered."""
-        from .placement import REACHES
-
         def reached(finished) -> None:
             if finished.req.session_id and finished.decision.reason in REACHES:
                 self.reached(finished.req.session_id, tier_names.index(finished.decision.tier))
