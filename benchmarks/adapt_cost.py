@@ -24,12 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def build_store(path: Path, rows: int, seed: int = 0) -> None:
     from classifier.data import DEFAULT_DATA
-    from server.routing.feedback import Answered, FeedbackStore
+    from server.routing.feedback import Answered, FeedbackTable
 
     rng = random.Random(seed)
     labelled = [json.loads(line) for line in open(DEFAULT_DATA, encoding="utf-8") if line.strip()]
     labelled = [r for r in labelled if r["label"] in ("simple", "complex")]
-    store = FeedbackStore(str(path), max_rows=10**7)
+    store = FeedbackTable.open(str(path), max_rows=10**7)
     for i, row in enumerate(rng.sample(labelled, rows)):
         good = rng.random() >= (0.7 if row["label"] == "complex" else 0.1)
         store.record(f"r{i}:shadow", Answered("small", "S", 0.3, 0.45, "classifier", time.time(), row["text"]), None, good, "shadow-up")

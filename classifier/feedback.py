@@ -23,7 +23,6 @@ current cut lets it rise, disagreement below lets it fall.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,20 +43,26 @@ class Outcome:
     question: str | None
 
 
-def query_store(path: str | Path, sql: str, params: tuple = ()) -> list[tuple]:
-    """The rows of `sql` on a router's feedback store, opened read-only (a
-    running router may be writing to it); ValueError naming the problem when
-    there is no store or it is not one."""
-    if not Path(path).is_file():
-        raise ValueError(f"{path}: no such feedback store")
+def query_store(url: str | Path, sql: str, params: tuple = ()) -> list[tuple]:
+    """The rows of `sql` on a router's store (`store.url`: sqlite:///path or
+    postgresql://...; a bare path is an SQLite file), opened read-only (a
+    running router may be writing to it); ValueError naming the problem
+    when there is no store, it is not one, or it cannot be reached."""
+    from store import Store, StoreUnavailable
+
+    url = str(url)
+    if "://" not in url:
+        url = f"sqlite:///{Path(url).resolve()}"
     try:
-        db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
-        try:
-            return db.execute(sql, params).fetchall()
-        finally:
-            db.close()
-    except sqlite3.DatabaseError as exc:
-        raise ValueError(f"{path}: not a feedback store ({exc})") from None
+        store = Store(url, readonly=True)
+    except StoreUnavailable as exc:
+        raise ValueError(str(exc)) from None
+    try:
+        return store.query(sql, params)
+    except StoreUnavailable as exc:
+        raise ValueError(str(exc)) from None
+    finally:
+        store.close()
 
 
 def was_good(rating: int | None, correct: int | None, good_rating: int) -> bool:

@@ -49,6 +49,7 @@ async def _main(config: Config) -> int:
     from .app import build_app, serve
     from .fronts.auth import load_tokens
     from .lookup.retrieval import IndexError_
+    from store import NotAStore, StoreUnavailable
 
     try:
         tokens = load_tokens(config.security.token_file, config.security.token_env)
@@ -61,6 +62,9 @@ async def _main(config: Config) -> int:
         app = build_app(config, clf, tokens=tokens, api_keys=api_keys)
     except (IndexError_, OSError) as exc:
         print(f"triage: {exc}", file=sys.stderr)
+        return 2
+    except (StoreUnavailable, NotAStore) as exc:
+        print(f"triage: store.url: {exc}", file=sys.stderr)
         return 2
     if not tokens:
         logging.getLogger("triage").warning("authentication is off: set security.token_file or security.token_env")

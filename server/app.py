@@ -15,6 +15,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from store import Store
+from store.writer import BufferedWrites, StoreThreads
 from triage_proto import router_pb2
 
 from .routing.adaptive import ShareController
@@ -24,7 +26,7 @@ from .config import Config, ResilienceConfig, TierConfig
 from .observe.costs import Costs
 from .tiers.engine import Engine, VllmEngine
 from .fronts.auth import HEALTH_SERVICE, BearerTokenAuth, tls_credentials
-from .routing.feedback import FeedbackStore, Outcomes, RecentAnswers
+from .routing.feedback import FeedbackTable, Outcomes, RecentAnswers, SharedAnswers
 from .finished import Listeners
 from .fronts.grpc_metrics import GrpcServerMetrics
 from .observe.stalls import GcPauses, freeze_heap, thaw_heap, watch_loop_lag
@@ -33,7 +35,7 @@ from .routing.policy import RoutingPolicy
 from .request import log_line
 from .router import Router
 from .fronts.servicer import RouterServicer, add_to_server
-from .routing.sessions import SessionStore
+from .routing.sessions import SessionStore, SharedSessions
 from .routing.shadow import FinalAnswerGrader, Shadows
 from .observe.stats import Stats
 from .tiers.tier import Tier, Tiers
@@ -64,6 +66,7 @@ class App:
     http: object = field(default=None, repr=False)  # http_api.OpenAIHttp, when server.http_port is set
     http_port: int | None = None
     adaptation: object = field(default=None, repr=False)  # adapting.Adaptation, when routing.adapt is on
+    memory: "Memory | None" = field(default=None, repr=False)  # the store, when store.url is set
 
     async def start_http(self) -> None:
         """The OpenAI-compatible endpoint, on this loop, beside gRPC."""
@@ -93,6 +96,8 @@ class App:
             self._lag_watcher = asyncio.create_task(watch_loop_lag(self.router.metrics.loop_lag_seconds))
             self._gc_pauses = GcPauses(self.router.metrics.gc_pause_seconds)
             self._gc_pauses.install()
+        if self.adaptation is not None:  # an adapter another process adopts is routed with here too
+            self.adaptation.poll()
         await self.tiers.start()
         # What is alive now (engines, models, tokenizers, indexes) lives as
         # long as the process: out of the collector's reach, so a full
@@ -108,7 +113,7 @@ class App:
         # their next token with UNAVAILABLE rather than grpc's CANCELLED.
         await self.tiers.begin_drain(grace - 1.0)
         if self.adaptation is not None:  # a fit in flight ends with its child process
-            await self.adaptation.close()
+            await self.adaptation.stop()
         if self._lag_watcher is not None:
             self._lag_watcher.cancel()
             self._gc_pauses.remove()
@@ -125,9 +130,48 @@ class App:
         if self._metrics_http is not None:
             closing.append(asyncio.to_thread(self._metrics_http.shutdown))
         await asyncio.gather(*closing)
+        if self.memory is not None:  # after the last answer: its writes are buffered
+            await self.memory.close()
         thaw_heap()
         self.router.tracing.shutdown()  # flushes the spans still batched
         log.info("engines shut down in %.1f s", time.monotonic() - started)
+
+
+@dataclass
+class Memory:
+    """The store (store.url) and its parts: what the Feedback RPC commits
+    to, what buffers the writes that hold up no answer, and, with a shared
+    store, the fleet's recent answers and sessions."""
+
+    store: Store
+    threads: StoreThreads
+    writes: BufferedWrites
+    feedback: FeedbackTable
+    answers: SharedAnswers | None = None
+    sessions: SharedSessions | None = None
+
+    async def close(self) -> None:
+        await self.writes.close()
+        await asyncio.to_thread(self.threads.close)
+        self.store.close()
+
+
+def _memory(config: Config, metrics: RouterMetrics, policy: RoutingPolicy) -> Memory | None:
+    """Opens the store (migrating it: StoreUnavailable or NotAStore when it
+    cannot), before the server listens."""
+    sc = config.store
+    if not sc.url:
+        return None
+    store = Store(sc.url, timeout_s=sc.timeout_s, pool_size=sc.connections)
+    threads = StoreThreads(store, sc.connections)
+    writes = BufferedWrites(threads, sc.buffer, metrics)
+    memory = Memory(store, threads, writes, FeedbackTable(store, config.feedback.max_rows))
+    if store.shared:
+        memory.answers = SharedAnswers(writes, threads, config.feedback.remember_seconds)
+        if policy.sessions is not None:
+            memory.sessions = policy.shared_sessions = SharedSessions(policy.sessions, writes, threads, sc.session_timeout_s, metrics)
+    log.info("store %s (%s)", store.name, "shared: answers, sessions and adapters are the fleet's" if store.shared else "this process's")
+    return memory
 
 
 def make_engine(tier: TierConfig, resilience: ResilienceConfig, metrics: RouterMetrics, api_key: str | None = None) -> Engine:
@@ -165,17 +209,17 @@ def export_routing(policy: RoutingPolicy, config: Config, metrics: RouterMetrics
         metrics.window_share.labels(name).set_function(lambda j=j: policy.share.window_shares()[j])
 
 
-def _shadows(config: Config, tiers: Tiers, store: FeedbackStore | None, cache: ResponseCache | None, metrics: RouterMetrics,
+def _shadows(config: Config, tiers: Tiers, memory: Memory | None, cache: ResponseCache | None, metrics: RouterMetrics,
              adaptation) -> Shadows | None:
     """Shadow evaluation, when on: graded with the semantic cache's embedding model when there is one."""
     sc = config.routing.shadow
     if not sc.enabled:
         return None
-    return Shadows(sc, tiers, store, FinalAnswerGrader(cache.embedder if cache is not None else None, sc.similarity), metrics,
+    return Shadows(sc, tiers, memory, FinalAnswerGrader(cache.embedder if cache is not None else None, sc.similarity), metrics,
                    keep_text=config.feedback.keep_text, on_stored=adaptation.outcome_stored if adaptation is not None else None)
 
 
-def _adaptation(config: Config, classifier, policy: RoutingPolicy, metrics: RouterMetrics):
+def _adaptation(config: Config, classifier, policy: RoutingPolicy, metrics: RouterMetrics, memory: Memory | None):
     """The adapter loop, when routing.adapt is on; routing starts with the
     adapter a previous run adopted, if any."""
     if not config.routing.adapt.enabled:
@@ -184,29 +228,29 @@ def _adaptation(config: Config, classifier, policy: RoutingPolicy, metrics: Rout
 
     from .routing.adapting import Adaptation
 
-    adaptation = Adaptation(config.routing.adapt, config.feedback.path, list(config.tiers)[0], config.classifier.path, metrics,
+    adaptation = Adaptation(config.routing.adapt, memory.threads, list(config.tiers)[0], config.classifier.path, metrics,
                             use=lambda clf: policy.use_scorer(clf.score), load=classifiers.load)
     policy.use_scorer(adaptation.start(classifier).score)
     return adaptation
 
 
 def _listeners(metrics: RouterMetrics, stats: Stats, tracing, sessions: SessionStore | None, tier_names, recent: RecentAnswers | None,
-               keep_text: bool, shadows: Shadows | None) -> Listeners:
+               keep_text: bool, shadows: Shadows | None, memory: Memory | None) -> Listeners:
     """Everything told of a finished request (server/finished.py), in order:
     the observers first, then the features that learn from answers."""
     listeners = [("metrics", metrics.on_finished), ("stats", stats.on_finished), ("log", log_line), ("tracing", tracing.finish)]
     if sessions is not None:
-        listeners.append(("sessions", sessions.listener(tier_names)))
+        listeners.append(("sessions", sessions.listener(tier_names, memory.sessions if memory is not None else None)))
     if recent is not None:
-        listeners.append(("recent_answers", recent.listener(keep_text)))
+        listeners.append(("recent_answers", recent.listener(keep_text, memory.answers)))
     if shadows is not None:
         listeners.append(("shadows", shadows.on_finished))
     return Listeners(listeners, metrics.listener_errors)
 
 
-def _outcomes(store, recent, metrics, router, adaptation) -> Outcomes | None:
+def _outcomes(config: Config, memory: Memory | None, recent, metrics, router, adaptation) -> Outcomes | None:
     """What the Feedback RPC records into, counted for GetStats and the adapter loop."""
-    if store is None:
+    if memory is None:
         return None
 
     def recorded(tier: str) -> None:
@@ -214,7 +258,7 @@ def _outcomes(store, recent, metrics, router, adaptation) -> Outcomes | None:
         if adaptation is not None:
             adaptation.outcome_stored(tier)
 
-    return Outcomes(store, recent, metrics, recorded)
+    return Outcomes(memory.feedback, recent, memory.threads, metrics, config.store.timeout_s, memory.answers, recorded)
 
 
 def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None = None, registry: CollectorRegistry | None = None,
@@ -232,23 +276,23 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     tiers = Tiers([Tier(t, engines[name], config.resilience, metrics) for name, t in config.tiers.items()],
                   config.limits, config.resilience, metrics, config.server.warmup_prompt)
     policy = _policy(config, classifier, metrics)
-    adaptation = _adaptation(config, classifier, policy, metrics)
+    memory = _memory(config, metrics, policy)
+    adaptation = _adaptation(config, classifier, policy, metrics, memory)
     fb = config.feedback
-    store = FeedbackStore(fb.path, fb.max_rows) if fb.path else None
-    recent = RecentAnswers(fb.remember_answers, fb.remember_seconds) if store is not None else None
+    recent = RecentAnswers(fb.remember_answers, fb.remember_seconds) if memory is not None else None
     if recent is not None:
         metrics.answers_remembered.set_function(recent.__len__)
-    shadows = _shadows(config, tiers, store, cache, metrics, adaptation)
+    shadows = _shadows(config, tiers, memory, cache, metrics, adaptation)
     tracing = from_environment_or_config(config.tracing)
     stats = Stats(tiers.names)
     router = Router(policy, tiers, metrics, cache=cache, retrieval=retrieval, limits=config.limits, resilience=config.resilience,
                     spill=config.routing.spill, tracing=tracing, stats=stats,
                     costs=Costs({name: t.cost for name, t in config.tiers.items()}, list(config.tiers)[-1], metrics),
-                    listeners=_listeners(metrics, stats, tracing, policy.sessions, tiers.names, recent, fb.keep_text, shadows),
+                    listeners=_listeners(metrics, stats, tracing, policy.sessions, tiers.names, recent, fb.keep_text, shadows, memory),
                     on_engine_start=shadows.yield_to if shadows is not None else None)
     server = _grpc_server(config, registry, tokens)
     calls = Calls(metrics, router.stats)
-    add_to_server(servicer(router, calls, _outcomes(store, recent, metrics, router, adaptation), adaptation), server)
+    add_to_server(servicer(router, calls, _outcomes(config, memory, recent, metrics, router, adaptation), adaptation), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -259,7 +303,7 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     if config.server.metrics_port >= 0:
         metrics_http, _ = start_http_server(config.server.metrics_port, addr=config.server.host, registry=registry)
         metrics_port = metrics_http.server_port
-    app = App(config, router, tiers, server, health_servicer, port, metrics_port, calls, metrics_http, adaptation=adaptation)
+    app = App(config, router, tiers, server, health_servicer, port, metrics_port, calls, metrics_http, adaptation=adaptation, memory=memory)
     if config.server.http_port >= 0:
         from .fronts.http_api import OpenAIHttp
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
+
+from store.db import dialect_of, sqlite_path
 
 BACKENDS = ("in_process", "remote", "smg")
 
@@ -206,10 +209,26 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """Where outcomes, recent answers, sessions and adapters are kept (store/,
+    docs/deployment.md): `sqlite:///path` (a file, this process's) or
+    `postgresql://user@host/db` (shared by every worker and replica; its
+    password belongs in $PGPASSWORD or ~/.pgpass, not here). None: nothing
+    is stored, and Feedback answers FAILED_PRECONDITION."""
+
+    url: str | None = None
+    # How long a Feedback waits for the database before answering
+    # UNAVAILABLE, and a shared session lookup before routing without it.
+    timeout_s: float = bounded(2.0, 0.0, lo_open=True)
+    session_timeout_s: float = bounded(0.05, 0.0, lo_open=True)
+    buffer: int = bounded(10_000, 1, integer=True)  # writes held while the database is unreachable; the oldest go first beyond this
+    connections: int = bounded(4, 1, 64, integer=True)  # per process (PostgreSQL)
+
+
+@dataclass(frozen=True)
 class FeedbackConfig:
-    """Outcomes reported for answers (the Feedback RPC), kept for re-fitting
-    the routing."""
-    path: str | None = None  # an SQLite file; None: Feedback answers FAILED_PRECONDITION
+    """Outcomes reported for answers (the Feedback RPC), kept in the store
+    (store.url) for re-fitting the routing."""
     max_rows: int = bounded(1_000_000, 1, integer=True)  # the oldest go first beyond this
     # Feedback is taken for the most recent answers only: this many, at most this old.
     remember_answers: int = bounded(100_000, 1, integer=True)
@@ -259,14 +278,16 @@ class AdaptConfig:
     outcomes of the cheapest tier in the feedback store, an adapter is
     fitted from them in a child process (`python -m classifier adapt`) and
     adopted only if it ranks the newest quarter better than the prior
-    (docs/routing.md). Needs feedback.path and feedback.keep_text."""
+    (docs/routing.md). Needs store.url and feedback.keep_text."""
 
     enabled: bool = False
     every: int = bounded(500, 1, integer=True)  # new outcomes of the cheapest tier between two fits
     min_outcomes: int = bounded(200, 20, integer=True)  # fewest outcomes with text before the first fit
-    # Where adopted adapters live (the last one and the one before it, and
-    # state.json naming which routes); None: `adapters/` beside feedback.path.
+    # Adopted adapters live in the store (every process routes with the one
+    # it names); this folder holds them unpacked. None: `adapters/` beside an
+    # SQLite store, or triage-adapters in the system's temporary folder.
     dir: str | None = None
+    poll_s: float = bounded(10.0, 0.0, lo_open=True)  # how often a process looks for an adapter another one adopted
     fit_timeout_s: float = bounded(600.0, 0.0, lo_open=True)  # a fit that takes longer is stopped and counted as failed
 
 
@@ -332,6 +353,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     resilience: ResilienceConfig = field(default_factory=ResilienceConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
@@ -455,17 +477,22 @@ def _check_tier(tier: TierConfig, where: str) -> None:
         raise ConfigError(f"{where}.gateway_url: only an smg tier has a gateway (set backend: smg)")
 
 
-def _check_adapt(routing: RoutingConfig, feedback: FeedbackConfig, server: ServerConfig, base: Path) -> RoutingConfig:
-    """routing.adapt reads the question texts the feedback store keeps, and
-    one process owns its adapters (a fleet's shared store is issue 38's)."""
+def _check_adapt(routing: RoutingConfig, store: StoreConfig, feedback: FeedbackConfig, server: ServerConfig, base: Path) -> RoutingConfig:
+    """routing.adapt reads the question texts the store keeps; several
+    processes share adapters only through a shared store."""
     adapt = routing.adapt
     if not adapt.enabled:
         return routing
-    if not feedback.path or not feedback.keep_text:
-        raise ConfigError("routing.adapt learns from the feedback store's question texts: set feedback.path and feedback.keep_text: true")
-    if server.workers > 1:
-        raise ConfigError("routing.adapt: one router process fits and adopts adapters; it cannot run with server.workers > 1")
-    folder = _resolve_path(adapt.dir, base) if adapt.dir else str(Path(feedback.path).parent / "adapters")
+    if not store.url or not feedback.keep_text:
+        raise ConfigError("routing.adapt learns from the store's question texts: set store.url and feedback.keep_text: true")
+    if server.workers > 1 and not store.url.startswith("postgres"):
+        raise ConfigError("routing.adapt with server.workers > 1 needs a shared store: set store.url to a postgresql:// URL")
+    if adapt.dir:
+        folder = _resolve_path(adapt.dir, base)
+    elif store.url.startswith("sqlite"):
+        folder = str(sqlite_path(store.url).parent / "adapters")
+    else:
+        folder = str(Path(tempfile.gettempdir()) / "triage-adapters")
     return dataclasses.replace(routing, adapt=dataclasses.replace(adapt, dir=folder))
 
 
@@ -565,12 +592,14 @@ def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
         raise ConfigError(f"tiers: names are lowercase letters, digits and _ (they are metric labels), got {bad_names}")
     cache = _build(CacheConfig, raw.get("cache"), "cache")
     embedding = _build(EmbeddingConfig, raw.get("embedding"), "embedding")
-    feedback = _feedback(raw.get("feedback"), base)
+    feedback = _build(FeedbackConfig, _moved_feedback_path(raw.get("feedback")), "feedback")
+    store = _store(raw.get("store"), base)
     server = _build(ServerConfig, raw.get("server"), "server")
     tracing = _build(TracingConfig, raw.get("tracing"), "tracing")
     return Config(
         tracing=tracing,
-        routing=_check_adapt(_routing(raw.get("routing"), list(tiers_raw)), feedback, server, base),
+        routing=_check_adapt(_routing(raw.get("routing"), list(tiers_raw)), store, feedback, server, base),
+        store=store,
         feedback=feedback,
         limits=_build(LimitsConfig, raw.get("limits"), "limits"),
         security=_security(raw.get("security"), base),
@@ -626,10 +655,24 @@ def _security(raw: Any, base: Path) -> SecurityConfig:
     return security
 
 
-def _feedback(raw: Any, base: Path) -> FeedbackConfig:
-    feedback = _build(FeedbackConfig, raw, "feedback")
-    if feedback.path:
-        feedback = dataclasses.replace(feedback, path=_resolve_path(feedback.path, base))
-        if not Path(feedback.path).parent.is_dir():
-            raise ConfigError(f"feedback.path: the folder of {feedback.path} does not exist")
-    return feedback
+def _moved_feedback_path(raw: Any) -> Any:
+    if isinstance(raw, dict) and raw.get("path"):
+        raise ConfigError(f"feedback.path: the store moved to store.url; set store.url: sqlite:///{raw['path']}")
+    return {k: v for k, v in raw.items() if k != "path"} if isinstance(raw, dict) else raw
+
+
+def _store(raw: Any, base: Path) -> StoreConfig:
+    """A relative SQLite path is the profile's, like every other path."""
+    store = _build(StoreConfig, raw, "store")
+    if not store.url:
+        return store
+    try:
+        dialect = dialect_of(store.url)
+    except ValueError as exc:
+        raise ConfigError(f"store.url: {exc}") from None
+    if dialect == "sqlite":
+        path = Path(_resolve_path(str(sqlite_path(store.url)), base))
+        if not path.parent.is_dir():
+            raise ConfigError(f"store.url: the folder of {path} does not exist")
+        store = dataclasses.replace(store, url=f"sqlite:///{path}")
+    return store

@@ -103,6 +103,8 @@ class Router:
         req = ctx.req
         self.tiers.check_accepting()
         check_request(req, self.limits, self.tiers.names)
+        if req.session_id:
+            await self.policy.recall(req.session_id)
         self._decide(ctx)
         await self._retrieve(ctx)
         self._look_up(ctx)

@@ -259,7 +259,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             correct = request.correct if outcome == "correct" else None
             check_feedback(request.request_id, rating, correct, request.label)
             if self.outcomes is None:
-                raise FailedPrecondition("feedback: this server stores no feedback (set feedback.path)")
+                raise FailedPrecondition("feedback: this server stores no feedback (set store.url)")
             answered = await self.outcomes.record(request.request_id, rating, correct, request.label)
             call.tier = answered.tier
             return pb.FeedbackResponse(request_id=request.request_id, tier_name=answered.tier,

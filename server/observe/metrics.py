@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
+from store.writer import KINDS as STORE_KINDS
+
 from ..types import ADAPTER_FIT_RESULTS
 
 # From 50 us (a classification) to 120 s (a long CPU generation).
@@ -78,6 +80,18 @@ class RouterMetrics:
                                            "The routing adapter's APGR on the newest quarter of its outcomes when adopted (-1: none)",
                                            registry=self.registry)
         self.adapter_held_out_apgr.set(-1.0)
+        # The store (store/): what was written, failed, dropped, and waits.
+        self.store_writes = Counter("router_store_writes_total", "Writes committed to the store, by kind", ["kind"], registry=self.registry)
+        self.store_errors = Counter("router_store_errors_total",
+                                    "Store writes or reads that failed (database unreachable), by kind; a buffered write is tried again",
+                                    ["kind"], registry=self.registry)
+        self.store_dropped = Counter("router_store_dropped_total",
+                                     "Writes given up: the buffer was full, the router stopped, or the database refused them; by kind",
+                                     ["kind"], registry=self.registry)
+        self.store_buffered = Gauge("router_store_buffered", "Writes waiting for the store (routing off the request path)", registry=self.registry)
+        for kind in STORE_KINDS:
+            for counter in (self.store_writes, self.store_errors, self.store_dropped):
+                counter.labels(kind)
 
     def _generation_series(self) -> None:
         """Classification, and each generation's times, tokens and cost."""

@@ -1,98 +1,157 @@
-"""The adapter loop (`routing.adapt`): the router learns, from its own
-feedback store, where this deployment's cheap tier does not suffice.
+"""The adapter loop (`routing.adapt`): the router learns, from the store's
+outcomes, where this deployment's cheap tier does not suffice.
 
-- Every outcome of the cheapest tier that reaches the store (a shadow
+- Every outcome of the cheapest tier this process stores (a shadow
   comparison or a Feedback) is counted; after `every` of them a fit starts
   in a child process, `python -m classifier adapt`, so no request waits
   and the fit's numpy and scikit-learn work never holds this loop's GIL.
-  One fit at a time; outcomes that arrive meanwhile count toward the next.
+- One fit at a time in the whole fleet: the fitter holds the store's
+  `adapter-fit` lease (a row in `leases`, store/schema.py) while it runs; a
+  process that finds it held skips its turn (the fit reads every process's
+  outcomes anyway). A holder that dies loses it after `fit_timeout_s`.
 - The child writes an artifact folder (prior + adapter) only when the
   adapter ranks the newest quarter of the outcomes better than the prior
   (classifier/adapter.py); otherwise it exits 1 with the figures. Either
   way one log line says what happened, with the figures, and
   `router_adapter_fits_total{result}` counts it (adopted, refused, failed).
-- An adopted folder is loaded in a worker thread and swapped into the
-  routing policy between requests (one attribute assignment). The adopted
-  adapter and the one before it are kept under `routing.adapt.dir`, with
-  `state.json` naming which routes; a restart routes with it again.
-  `revert("previous")` swaps the two, `revert("prior")` routes with the
-  prior alone (the RevertAdapter RPC and `triage adapter revert`).
+- An adopted folder is stored in the store (`adapters`, as a gzip'd tar)
+  with its generation, and `adapter_state` names which one routes and
+  counts a version. Every process looks at that version every `poll_s`
+  (and at start): a newer one is unpacked under `routing.adapt.dir`,
+  loaded in a worker thread and swapped into the routing policy between
+  requests (one attribute assignment). The adopted adapter and the one
+  before it are kept. `revert("previous")` swaps the two, `revert("prior")`
+  routes with the prior alone, for the whole fleet (the RevertAdapter RPC
+  and `triage adapter revert`).
 
-Pure asyncio and files: no grpc here.
+Pure asyncio, files and the store: no grpc here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
 import shutil
+import socket
 import sys
+import tarfile
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+from store import StoreUnavailable
+
 from ..config import AdaptConfig
-from ..errors import FailedPrecondition, InvalidArgument
+from ..errors import FailedPrecondition, InvalidArgument, Unavailable
 
 log = logging.getLogger("triage.adapt")
 
-STATE_FILE = "state.json"
 REVERT_TARGETS = ("previous", "prior")
+LEASE = "adapter-fit"
+EMPTY = {"current": None, "previous": None, "version": 0, "reports": {}}
+
+
+def _name(generation: int | None) -> str | None:
+    return None if generation is None else f"gen-{generation:04d}"
 
 
 class Adaptation:
-    def __init__(self, config: AdaptConfig, store_path: str, cheap_tier: str, prior_path: str | None, metrics,
+    def __init__(self, config: AdaptConfig, threads, cheap_tier: str, prior_path: str | None, metrics,
                  use: Callable[[object], None], load: Callable[[str | None], object]):
-        """`use(classifier)`: route with it from now on (the policy's scorer);
+        """`threads`: store.writer.StoreThreads (the store's calls off the loop);
+        `use(classifier)`: route with it from now on (the policy's scorer);
         `load(folder)`: classifier.load, called in a worker thread."""
-        self.config, self.store_path, self.cheap_tier, self.prior_path = config, store_path, cheap_tier, prior_path
+        self.config, self.threads, self.store = config, threads, threads.store
+        self.cheap_tier, self.prior_path = cheap_tier, prior_path
         self.folder = Path(config.dir)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.metrics, self._use, self._load = metrics, use, load
-        self.state = self._read_state()
+        self.state = dict(EMPTY)  # what this process routes with: store.adapter_state as last followed
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self.pending = 0  # outcomes of the cheap tier stored since the last fit started
         self.fits: Counter[str] = Counter()
         self.last: dict = {}  # the last fit's report
         self._prior = None  # set by start()
         self._fit: asyncio.Task | None = None
+        self._poll: asyncio.Task | None = None
 
-    # -- state ---------------------------------------------------------------
+    # -- the store's state ----------------------------------------------------------
 
     def _read_state(self) -> dict:
-        path = self.folder / STATE_FILE
-        if not path.is_file():
-            return {"current": None, "previous": None, "generation": 0, "reports": {}}
-        return json.loads(path.read_text())
+        """adapter_state, with the two named generations' reports (blocking)."""
+        current, previous, version = self.store.query("SELECT current_generation, previous_generation, version FROM adapter_state")[0]
+        rows = self.store.query("SELECT generation, report FROM adapters WHERE generation IN (?, ?)", (current or -1, previous or -1))
+        return {"current": _name(current), "previous": _name(previous), "version": version,
+                "reports": {_name(g): json.loads(r) for g, r in rows}}
 
-    def _write_state(self) -> None:
-        """state.json replaced in one rename; generations it no longer names removed."""
-        tmp = self.folder / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(self.state, indent=2) + "\n")
-        os.replace(tmp, self.folder / STATE_FILE)
-        keep = {self.state["current"], self.state["previous"]}
-        for child in self.folder.glob("gen-*"):
-            if child.name not in keep:
-                shutil.rmtree(child, ignore_errors=True)
-        self.state["reports"] = {k: v for k, v in self.state["reports"].items() if k in keep}
+    def _unpacked(self, name: str) -> Path:
+        """The generation's folder under routing.adapt.dir, unpacked from the
+        store unless a process on this host did it already (blocking)."""
+        folder = self.folder / name
+        if folder.is_dir():
+            return folder
+        (blob,) = self.store.query("SELECT artifact FROM adapters WHERE generation = ?", (int(name[4:]),))[0]
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.folder))
+        with tarfile.open(fileobj=io.BytesIO(bytes(blob)), mode="r:gz") as tar:
+            tar.extractall(tmp, filter="data")
+        try:
+            os.rename(tmp, folder)  # whole or not at all; another worker may have won
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+
+    def _follow(self, state: dict):
+        """The classifier `state` routes with (blocking: unpack, load)."""
+        return self._load(str(self._unpacked(state["current"]))) if state["current"] else self._prior
 
     def start(self, prior):
-        """The classifier to route with at start: the adopted adapter a
-        previous run left (state.json), else `prior`."""
+        """The classifier to route with at start: the adapter the store names, else `prior`."""
         self._prior = getattr(prior, "prior", prior)  # what `revert("prior")` routes with
-        current = self.state["current"]
-        clf = self._load(str(self.folder / current)) if current else prior
+        self.state = self._read_state()
+        clf = self._follow(self.state)
         self._export()
-        if current:
-            log.info("routing with adapter %s (%s)", current, _figures(self.state["reports"].get(current, {})))
+        if self.state["current"]:
+            log.info("routing with adapter %s (%s)", self.state["current"], _figures(self.state["reports"].get(self.state["current"], {})))
         return clf
 
     def _export(self) -> None:
         report = self.state["reports"].get(self.state["current"] or "", {})
         self.metrics.adapter_outcomes.set(report.get("outcomes", 0))
         self.metrics.adapter_held_out_apgr.set(report.get("held_out_apgr", {}).get("adapter", -1.0))
+
+    def poll(self) -> None:
+        """Follow the store from now on: every poll_s, a newer adapter_state is routed with."""
+        if self._poll is None:
+            self._poll = asyncio.get_running_loop().create_task(self._polling(), name="adapter-poll")
+
+    async def _polling(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.poll_s)
+            try:
+                await self.refresh()
+            except StoreUnavailable as exc:
+                self.metrics.store_errors.labels("adapter").inc()
+                log.debug("adapter state not read: %s", exc)
+            except Exception:  # an adapter that does not load is not routed with; the loop goes on
+                log.exception("following the store's adapter failed; routing is unchanged")
+
+    async def refresh(self) -> bool:
+        """Route with what the store names, if it changed since; True if it did."""
+        (version,) = (await self.threads.call(self.store.query, "SELECT version FROM adapter_state"))[0]
+        if version == self.state["version"]:
+            return False
+        state = await self.threads.call(self._read_state)
+        clf = await self.threads.call(self._follow, state)
+        self._use(clf)
+        self.state = state
+        self._export()
+        log.info("adapter state %d from the store: %s routes", state["version"], state["current"] or "the prior")
+        return True
 
     # -- the loop ---------------------------------------------------------------
 
@@ -103,14 +162,36 @@ class Adaptation:
         self.pending += 1
         if self.pending >= self.config.every and (self._fit is None or self._fit.done()):
             self.pending = 0
-            self._fit = asyncio.get_running_loop().create_task(self._run_fit())
+            self._fit = asyncio.get_running_loop().create_task(self._leased_fit())
+
+    async def _leased_fit(self) -> None:
+        """A fit, if no other process is fitting (the store's lease)."""
+        try:
+            held = await self.threads.call(self._take_lease)
+        except StoreUnavailable as exc:
+            self.metrics.store_errors.labels("adapter").inc()
+            log.warning("adapter fit skipped: %s", exc)
+            return
+        if not held:
+            log.info("adapter fit skipped: another process holds the %s lease", LEASE)
+            return
+        try:
+            await self._run_fit()
+        finally:
+            try:
+                await self.threads.call(self.store.execute, "DELETE FROM leases WHERE name = ? AND holder = ?", (LEASE, self.holder))
+            except StoreUnavailable:  # it lapses by itself
+                pass
+
+    def _take_lease(self) -> bool:
+        now = time.time()
+        return self.store.execute("INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+                                  "until = excluded.until WHERE leases.until < ?", (LEASE, self.holder, now + self.config.fit_timeout_s + 60, now)) == 1
 
     async def _run_fit(self) -> None:
-        generation = self.state["generation"] + 1
-        name = f"gen-{generation:04d}"
-        out = self.folder / name
+        out = Path(tempfile.mkdtemp(prefix=".fit-", dir=self.folder))
         cmd = [sys.executable, "-m", "classifier", *(["--model", self.prior_path] if self.prior_path else []), "adapt",
-               "--feedback", self.store_path, "--out", str(out), "--cheap-tier", self.cheap_tier, "--min-rows", str(self.config.min_outcomes)]
+               "--feedback", self.store.url, "--out", str(out), "--cheap-tier", self.cheap_tier, "--min-rows", str(self.config.min_outcomes)]
         started = time.monotonic()
         try:
             code, stdout, stderr = await self._child(cmd)
@@ -118,19 +199,22 @@ class Adaptation:
         except (OSError, ValueError, asyncio.TimeoutError) as exc:
             code, report, stderr = -1, {}, str(exc)
         report["seconds"] = round(time.monotonic() - started, 1)
+        report.pop("store", None)  # its URL may name a user
         self.last = report
-        if code == 0:
-            try:
+        try:
+            if code == 0:
                 clf = await asyncio.to_thread(self._load, str(out))
-            except Exception as exc:  # a written folder that does not load is a failed fit, never a crash
-                code, stderr = -1, f"the written adapter {out} does not load: {exc}"
-            else:
-                self._adopt(name, generation, clf, report)
+                await self._adopt(out, clf, report)
                 return
+        except StoreUnavailable as exc:
+            code, stderr = -1, f"the adopted adapter could not be stored: {exc}"
+        except Exception as exc:  # a written folder that does not load is a failed fit, never a crash
+            code, stderr = -1, f"the written adapter {out} does not load: {exc}"
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
         result = "refused" if code == 1 else "failed"
         self.fits[result] += 1
         self.metrics.adapter_fits.labels(result).inc()
-        shutil.rmtree(out, ignore_errors=True)
         if result == "refused":
             log.info("adapter fit refused: %s (%s)", report.get("refused_because", "?"), _figures(report))
         else:
@@ -148,44 +232,76 @@ class Adaptation:
             raise
         return process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
 
-    def _adopt(self, name: str, generation: int, clf, report: dict) -> None:
+    async def _adopt(self, out: Path, clf, report: dict) -> None:
+        """Store the folder as the next generation, route with it here; the others follow."""
+        blob = io.BytesIO()
+        with tarfile.open(fileobj=blob, mode="w:gz") as tar:
+            for child in sorted(out.iterdir()):
+                tar.add(child, arcname=child.name)
+        generation = await self.threads.call(self._store_adopted, blob.getvalue(), report)
+        name = _name(generation)
+        os.rename(out, self.folder / name)
         self._use(clf)
-        self.state.update(previous=self.state["current"], current=name, generation=generation)
-        self.state["reports"][name] = report
-        self._write_state()
+        self.state = await self.threads.call(self._read_state)
         self.fits["adopted"] += 1
         self.metrics.adapter_fits.labels("adopted").inc()
         self._export()
         log.info("adapter %s adopted: %s", name, _figures(report))
 
+    def _store_adopted(self, artifact: bytes, report: dict) -> int:
+        with self.store.transaction() as tx:
+            current, version = self._lock_state(tx)
+            (latest,) = tx.query("SELECT COALESCE(MAX(generation), 0) FROM adapters")[0]
+            generation = latest + 1
+            tx.execute("INSERT INTO adapters VALUES (?, ?, ?, ?, ?)", (generation, _name(generation), time.time(), json.dumps(report), artifact))
+            self._set_state(tx, generation, current, version)
+        return generation
+
+    def _lock_state(self, tx) -> tuple[int | None, int]:
+        """(current generation, version), held until the transaction ends (SQLite: BEGIN IMMEDIATE)."""
+        lock = " FOR UPDATE" if self.store.dialect == "postgresql" else ""
+        return tuple(tx.query(f"SELECT current_generation, version FROM adapter_state{lock}")[0])
+
+    @staticmethod
+    def _set_state(tx, current: int | None, previous: int | None, version: int) -> None:
+        tx.execute("UPDATE adapter_state SET current_generation = ?, previous_generation = ?, version = ?", (current, previous, version + 1))
+        tx.execute("DELETE FROM adapters WHERE generation NOT IN (?, ?)", (current or -1, previous or -1))
+
     # -- operator ----------------------------------------------------------------
 
     async def revert(self, to: str) -> dict:
         """Route with the previous adapter (the two swap places) or with the
-        prior alone; a fit in flight is stopped. Returns the status."""
+        prior alone, here and, through the store, everywhere; a fit in
+        flight here is stopped. Returns the status."""
         if to not in REVERT_TARGETS:
             raise InvalidArgument("to", f"must be one of {list(REVERT_TARGETS)}, got {to!r}")
-        current, previous = self.state["current"], self.state["previous"]
-        if to == "previous" and previous is None:
-            raise FailedPrecondition("routing.adapt: there is no previous adapter to revert to")
-        if to == "prior" and current is None:
-            raise FailedPrecondition("routing.adapt: the prior alone already routes")
         await self.close()
-        target = previous if to == "previous" else None
-        clf = await asyncio.to_thread(self._load, str(self.folder / target)) if target else self._prior
-        self._use(clf)
-        self.state.update(current=target, previous=current)
-        self._write_state()
-        self._export()
-        log.info("adapter reverted to %s: %s routes now", to, target or "the prior")
+        try:
+            await self.threads.call(self._store_revert, to)
+            self.state = {**self.state, "version": -1}  # whatever the store now says is new
+            await self.refresh()
+        except StoreUnavailable as exc:
+            self.metrics.store_errors.labels("adapter").inc()
+            raise Unavailable(f"routing.adapt: the store cannot be changed now, nothing was reverted ({exc})") from None
+        log.info("adapter reverted to %s: %s routes now", to, self.state["current"] or "the prior")
         return self.status()
+
+    def _store_revert(self, to: str) -> None:
+        with self.store.transaction() as tx:
+            current, version = self._lock_state(tx)
+            (previous,) = tx.query("SELECT previous_generation FROM adapter_state")[0]
+            if to == "previous" and previous is None:
+                raise FailedPrecondition("routing.adapt: there is no previous adapter to revert to")
+            if to == "prior" and current is None:
+                raise FailedPrecondition("routing.adapt: the prior alone already routes")
+            self._set_state(tx, previous if to == "previous" else None, current, version)
 
     def status(self) -> dict:
         report = self.state["reports"].get(self.state["current"] or "", {})
         apgr = report.get("held_out_apgr", {})
         return {
             "enabled": True, "current": self.state["current"] or "", "previous": self.state["previous"] or "",
-            "generation": self.state["generation"], "outcomes": report.get("outcomes", 0),
+            "generation": int((self.state["current"] or "gen-0")[4:]), "outcomes": report.get("outcomes", 0),
             "held_out_apgr": apgr.get("adapter", -1.0), "prior_held_out_apgr": apgr.get("prior", -1.0),
             "fits_adopted": self.fits["adopted"], "fits_refused": self.fits["refused"], "fits_failed": self.fits["failed"],
             "pending_outcomes": self.pending, "fitting": self._fit is not None and not self._fit.done(),
@@ -198,9 +314,16 @@ class Adaptation:
             await asyncio.gather(self._fit, return_exceptions=True)
 
     async def close(self) -> None:
+        """Stop the fit in flight (the polling goes on: see stop)."""
         if self._fit is not None and not self._fit.done():
             self._fit.cancel()
             await asyncio.gather(self._fit, return_exceptions=True)
+
+    async def stop(self) -> None:
+        await self.close()
+        if self._poll is not None:
+            self._poll.cancel()
+            await asyncio.gather(self._poll, return_exceptions=True)
 
 
 def _figures(report: dict) -> str:

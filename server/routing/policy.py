@@ -47,6 +47,12 @@ class RoutingPolicy:
         self._clock = clock
         self.conversation_turns = conversation_turns
         self.sessions = sessions
+        self.shared_sessions = None  # sessions.SharedSessions, with a shared store (app.py)
+
+    async def recall(self, session_id: str) -> None:
+        """Before a request with a session id is decided: what the fleet knows of its conversation."""
+        if self.shared_sessions is not None and session_id:
+            await self.shared_sessions.recall(session_id)
 
     def use_scorer(self, score: Scorer) -> None:
         """Score with `score` from the next decision on (an adopted adapter,

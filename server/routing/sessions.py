@@ -12,18 +12,31 @@ idle for `idle_seconds`.
 Bounded by count (the least recently seen go first) and by age (an idle
 session is forgotten when next seen, and the oldest are dropped as new ones
 arrive). Every operation runs on the event loop without awaiting, so
-concurrent requests never see a half-updated store. One router replica
-knows only its own sessions: docs/routing.md says what several need.
+concurrent requests never see a half-updated store.
+
+With a shared store (PostgreSQL, `store.url`), `SharedSessions` makes the
+memory the fleet's: a request with a session id first asks the store's
+`sessions` table for the tier any process saw the conversation reach
+(one indexed read, bounded by `store.session_timeout_s`; unreachable or
+slow, the request is routed on this process's memory alone and counted),
+and every tier reached is written there off the request path. The table
+is bounded by age: rows idle longer than `idle_seconds` are deleted as it
+is written.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from store import StoreUnavailable
+
 from .placement import REACHES
+
+EXPIRE_EVERY = 1000  # shared session writes between two deletions of idle rows
 
 
 @dataclass
@@ -54,12 +67,16 @@ class SessionStore:
         self._items.move_to_end(session_id)
         return found.tier
 
-    def listener(self, tier_names):
+    def listener(self, tier_names, shared: "SharedSessions | None" = None):
         """The listener (finished.py): a conversation's answer on a tier it
-        reached (placement.REACHES: not a spill or a fallback) is remembered."""
+        reached (placement.REACHES: not a spill or a fallback) is
+        remembered, in the shared store too when there is one."""
         def reached(finished) -> None:
             if finished.req.session_id and finished.decision.reason in REACHES:
-                self.reached(finished.req.session_id, tier_names.index(finished.decision.tier))
+                tier = tier_names.index(finished.decision.tier)
+                self.reached(finished.req.session_id, tier)
+                if shared is not None:
+                    shared.remember(finished.req.session_id, tier)
 
         return reached
 
@@ -83,6 +100,16 @@ class SessionStore:
         found.seen = now
         self._items.move_to_end(session_id)
 
+    def merge(self, session_id: str, tier: int) -> None:
+        """Another process saw the conversation reach `tier` (SharedSessions)."""
+        found = self._items.get(session_id)
+        if found is None or tier > found.tier:
+            self._items[session_id] = _Session(tier, self._clock())
+            self._items.move_to_end(session_id)
+            while len(self._items) > self.max_sessions:
+                self._items.popitem(last=False)
+                self.expiries += 1
+
     def _drop_idle(self) -> None:
         """The least recently seen first: stop at the first still alive."""
         limit = self._clock() - self.idle_seconds
@@ -92,3 +119,40 @@ class SessionStore:
                 return
             self._items.popitem(last=False)
             self.expiries += 1
+
+
+class SharedSessions:
+    """The store's `sessions` table in front of this process's SessionStore."""
+
+    UPSERT = ("INSERT INTO sessions VALUES (?, ?, ?) ON CONFLICT (session_id) DO UPDATE SET "
+              "tier = CASE WHEN excluded.tier > sessions.tier THEN excluded.tier ELSE sessions.tier END, seen = excluded.seen")
+
+    def __init__(self, local: SessionStore, writes, threads, timeout_s: float, metrics):
+        """`writes`, `threads`: store.writer's BufferedWrites and StoreThreads."""
+        self.local, self.writes, self.threads, self.timeout_s, self.metrics = local, writes, threads, timeout_s, metrics
+        self._written = 0
+
+    async def recall(self, session_id: str) -> None:
+        """Learn the tier the fleet saw the conversation reach, before it is routed."""
+        since = time.time() - self.local.idle_seconds
+        try:
+            rows = await asyncio.wait_for(self.threads.call(self.threads.store.query, "SELECT tier FROM sessions WHERE session_id = ? AND seen >= ?",
+                                                            (session_id, since)), self.timeout_s)
+        except (StoreUnavailable, asyncio.TimeoutError):
+            self.metrics.store_errors.labels("session").inc()
+            return
+        if rows:
+            self.local.merge(session_id, rows[0][0])
+
+    def remember(self, session_id: str, tier: int) -> None:
+        self._written += 1
+        expire = self._written % EXPIRE_EVERY == 0
+        idle = self.local.idle_seconds
+
+        def write(tx) -> None:
+            now = time.time()
+            tx.execute(self.UPSERT, (session_id, tier, now))
+            if expire:
+                tx.execute("DELETE FROM sessions WHERE seen < ?", (now - idle,))
+
+        self.writes.put("session", write)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..config import ShadowConfig
-from .feedback import Answered, FeedbackStore
+from .feedback import Answered
 from ..types import ChatMessage, Decision, EffectiveSampling
 from ..validation import effective_sampling
 
@@ -93,11 +93,12 @@ class Answer:
 
 
 class Shadows:
-    def __init__(self, config: ShadowConfig, tiers, store: FeedbackStore | None, grader, metrics,
+    def __init__(self, config: ShadowConfig, tiers, memory, grader, metrics,
                  rng: Callable[[], float] = random.random, keep_text: bool = False, on_stored: Callable[[str], None] | None = None):
-        """`keep_text`: store the question with its outcome (feedback.keep_text);
+        """`memory`: app.Memory, the store the outcomes go to (None: counted only);
+        `keep_text`: store the question with its outcome (feedback.keep_text);
         `on_stored(tier)`: an outcome of `tier` is in the store (the adapter loop counts them)."""
-        self.config, self.tiers, self.store, self.grader, self.metrics = config, tiers, store, grader, metrics
+        self.config, self.tiers, self.memory, self.grader, self.metrics = config, tiers, memory, grader, metrics
         self._rng, self._keep_text = rng, keep_text
         self._on_stored = on_stored or (lambda tier: None)
         self._running: dict[str, asyncio.Task] = {}  # target tier -> its one shadow
@@ -161,11 +162,15 @@ class Shadows:
         d = answer.decision
         bucket = "nan" if math.isnan(d.p_complex) else f"{min(9, int(d.p_complex * 10)) / 10:.1f}"
         self.metrics.shadow_outcomes.labels(direction, bucket, "true" if agreed else "false").inc()
-        if self.store is not None:
+        if self.memory is not None:
             cheap = self.tiers[cheap_tier]
             row = Answered(cheap_tier, cheap.model, d.p_complex, d.threshold, d.reason, time.time(), question if self._keep_text else None)
-            await asyncio.to_thread(self.store.record, f"{answer.request_id}:shadow", row, None, agreed, f"shadow-{direction}")
-            self._on_stored(cheap_tier)
+            table, request_id = self.memory.feedback, f"{answer.request_id}:shadow"
+            # Buffered, off every answer's path: while the database is
+            # unreachable it waits (or is dropped when the buffer is full).
+            stored = await self.memory.writes.put("shadow", lambda tx: table.write(tx, request_id, row, None, agreed, f"shadow-{direction}"))
+            if stored:
+                self._on_stored(cheap_tier)
 
     async def _generate(self, answer: Answer, target) -> str:
         """The same conversation and sampling on the target tier (its own

@@ -45,7 +45,7 @@ def adapting(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("adapt")
     store = tmp / "feedback.sqlite"
     digits = [str(d) for d in range(10)]
-    config = _test_config(tmp, feedback={"path": str(store), "keep_text": True},
+    config = _test_config(tmp, store={"url": f"sqlite:///{store}"}, feedback={"keep_text": True},
                           routing={"shadow": {"enabled": True, "sample": 1.0},
                                    "adapt": {"enabled": True, "every": EVERY, "min_outcomes": 20}},
                           tiers={"large": {"sampling": {"max_tokens": 256, "max_tokens_cap": 1024, "stop": digits}}})

@@ -27,7 +27,7 @@ HARD = ["A tank fills through pipe A in 6 hours and through pipe B in 4 hours. H
 def shadowed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("shadow")
     store = tmp / "feedback.sqlite"
-    config = _test_config(tmp, feedback={"path": str(store)}, routing={"shadow": {"enabled": True, "sample": 1.0}})
+    config = _test_config(tmp, store={"url": f"sqlite:///{store}"}, routing={"shadow": {"enabled": True, "sample": 1.0}})
     server = start_server(config, tmp)
     server.store = store
     yield server

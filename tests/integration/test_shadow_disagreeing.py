@@ -18,7 +18,7 @@ from .test_shadow import _settled
 def disagreeing(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("shadow-disagreeing")
     store = tmp / "feedback.sqlite"
-    config = _test_config(tmp, feedback={"path": str(store)}, routing={"shadow": {"enabled": True, "sample": 1.0}},
+    config = _test_config(tmp, store={"url": f"sqlite:///{store}"}, routing={"shadow": {"enabled": True, "sample": 1.0}},
                           tiers={"large": {"sampling": {"max_tokens": 256, "max_tokens_cap": 1024, "stop": [" "]}}})
     server = start_server(config, tmp)
     server.store = store

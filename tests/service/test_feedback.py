@@ -21,7 +21,7 @@ def _config_file(tmp_path, store: Path | None) -> Path:
     """config/cpu.yaml with its feedback store at `store` (None: as shipped, off)."""
     text = (ROOT / "config/cpu.yaml").read_text().replace("../.cache/", str(ROOT / ".cache") + "/")
     if store is not None:
-        text = text.replace("  path: null                    # an SQLite file", f"  path: {store}  # an SQLite file")
+        text = text.replace("  url: null                     # sqlite", f"  url: sqlite:///{store}  # sqlite")
     path = tmp_path / "cfg.yaml"
     path.write_text(text)
     return path
@@ -29,7 +29,7 @@ def _config_file(tmp_path, store: Path | None) -> Path:
 
 def _config(tmp_path, store: Path | None):
     config = load(_config_file(tmp_path, store)).with_ports(0, -1)
-    assert config.feedback.path == (None if store is None else str(store))
+    assert config.store.url == (None if store is None else f"sqlite:///{store}")
     return config
 
 
@@ -78,7 +78,7 @@ def test_feedback_for_an_unknown_or_malformed_request_is_refused(tmp_path):
 def test_without_a_store_feedback_is_failed_precondition(tmp_path):
     with _serve(_config(tmp_path, None)) as (client, _app):
         answer = client.generate("Hello there", cache="off")
-        with pytest.raises(FailedPreconditionError, match="feedback.path"):
+        with pytest.raises(FailedPreconditionError, match="set store.url"):
             client.feedback(answer.request_id, correct=True)
 
 

@@ -51,7 +51,7 @@ def _wait(predicate, timeout=5.0):
 @pytest.fixture
 def served(tmp_path):
     store = tmp_path / "feedback.sqlite"
-    config = load(ROOT / "config/cpu.yaml", [f"feedback.path={store}", "routing.shadow={enabled: true, sample: 1.0}"]).with_ports(0, -1)
+    config = load(ROOT / "config/cpu.yaml", [f"store.url=sqlite:///{store}", "routing.shadow={enabled: true, sample: 1.0}"]).with_ports(0, -1)
     engines = {n: ShadowStalls(n, t.model, t.max_model_len) for n, t in config.tiers.items()}
     ShadowStalls.release, ShadowStalls.shadows_closed = False, 0
     with serve_in_thread(config, engines) as (client, app):

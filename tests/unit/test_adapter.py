@@ -16,7 +16,7 @@ import pytest
 import classifier
 from classifier.adapter import Outcomes, fit_and_gate, read_store
 from classifier.model import ADAPTER_FILE, AdaptedClassifier
-from server.routing.feedback import Answered, FeedbackStore
+from server.routing.feedback import Answered, FeedbackTable
 
 from .test_classifier import ROOT
 
@@ -40,7 +40,7 @@ def fill(path, n: int, failing: bool = True, seed: int = 0, tier: str = "small",
     questions about leaders fail (when `failing`), everything else agrees;
     `noise` of the outcomes flipped."""
     rng = random.Random(seed)
-    store = FeedbackStore(str(path), max_rows=10**6)
+    store = FeedbackTable.open(str(path), max_rows=10**6)
     for i in range(n):
         leader = rng.random() < 0.3
         question = leaders(rng) if leader else other_kind(rng)
@@ -108,7 +108,7 @@ def test_outcomes_whose_pattern_changed_are_refused(tmp_path):
     # The older outcomes say leaders fail; the newest quarter, the reverse
     # (say the cheap model was replaced): what was fitted does not hold.
     fill(tmp_path / "f.sqlite", 450)
-    store = FeedbackStore(str(tmp_path / "f.sqlite"), max_rows=10**6)
+    store = FeedbackTable.open(str(tmp_path / "f.sqlite"), max_rows=10**6)
     rng = random.Random(5)
     for i in range(150):
         leader = rng.random() < 0.3
@@ -129,7 +129,7 @@ def test_too_few_outcomes_or_another_tier_or_no_store_are_refused_clearly(tmp_pa
     run = adapt("--feedback", tmp_path / "large.sqlite", "--out", tmp_path / "art")
     assert run.returncode == 1 and "0 outcomes of the cheap tier" in run.stderr
     run = adapt("--feedback", tmp_path / "missing.sqlite", "--out", tmp_path / "art")
-    assert run.returncode == 2 and "no such feedback store" in run.stderr and "Traceback" not in run.stderr
+    assert run.returncode == 2 and "no such store" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "art").exists()
 
 

@@ -6,12 +6,13 @@ counted as failed and changes nothing."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 import classifier
+from store import Store
+from store.writer import StoreThreads
 from server.routing.adapting import Adaptation
 from server.config import AdaptConfig
 from server.errors import FailedPrecondition, InvalidArgument
@@ -34,7 +35,8 @@ class Routing:
 
 def make(tmp_path, store, routing: Routing, prior_path=None, every: int = 600):
     metrics = RouterMetrics(CollectorRegistry())
-    adaptation = Adaptation(AdaptConfig(enabled=True, every=every, min_outcomes=200, dir=str(tmp_path / "adapters")), str(store), "small",
+    threads = StoreThreads(Store(f"sqlite:///{store}"))
+    adaptation = Adaptation(AdaptConfig(enabled=True, every=every, min_outcomes=200, dir=str(tmp_path / "adapters")), threads, "small",
                             prior_path, metrics, use=routing.use, load=classifier.load)
     return adaptation, metrics
 
@@ -80,7 +82,7 @@ def test_adopted_adapters_route_survive_a_restart_and_revert(tmp_path):
         status = await adaptation.revert("previous")
         assert status["current"] == "gen-0002" and status["previous"] == ""
         assert routing.clf.score([QUESTION])[0] == pytest.approx(adapted, abs=0.05)
-        assert json.loads((tmp_path / "adapters" / "state.json").read_text())["current"] == "gen-0002"
+        assert make(tmp_path, tmp_path / "f.sqlite", Routing())[0].start(prior).score([QUESTION])[0] == pytest.approx(adapted, abs=0.05)
         with pytest.raises(FailedPrecondition, match="no previous adapter"):
             await adaptation.revert("previous")
         with pytest.raises(InvalidArgument, match="previous"):
@@ -101,6 +103,6 @@ def test_a_fit_that_cannot_run_is_counted_as_failed_and_changes_nothing(tmp_path
         status = adaptation.status()
         assert status["fits_failed"] == 1 and status["current"] == "" and routing.clf is prior
         assert metrics.registry.get_sample_value("router_adapter_fits_total", {"result": "failed"}) == 1
-        assert not list((tmp_path / "adapters").glob("gen-*"))
+        assert not list((tmp_path / "adapters").iterdir())
 
     asyncio.run(run())

@@ -403,15 +403,32 @@ def test_routing_adapt_needs_the_stores_question_texts_and_one_process(tmp_path)
         return path
 
     adapt = {"adapt": {"enabled": True}}
+    store = {"url": f"sqlite:///{tmp_path / 'f.sqlite'}"}
+    workers = {**yaml.safe_load((ROOT / "config" / "cpu.yaml").read_text())["server"], "workers": 2}
     with pytest.raises(ConfigError, match="feedback.keep_text"):
-        load(profile(routing=adapt, feedback={"path": str(tmp_path / "f.sqlite")}))
-    with pytest.raises(ConfigError, match="server.workers"):
-        load(profile(routing=adapt, feedback={"path": str(tmp_path / "f.sqlite"), "keep_text": True},
-                     server={**yaml.safe_load((ROOT / "config" / "cpu.yaml").read_text())["server"], "workers": 2}))
+        load(profile(routing=adapt, store=store))
+    with pytest.raises(ConfigError, match="server.workers > 1 needs a shared store"):
+        load(profile(routing=adapt, store=store, feedback={"keep_text": True}, server=workers))
     with pytest.raises(ConfigError, match="min_outcomes"):
-        load(profile(routing={"adapt": {"enabled": True, "min_outcomes": 5}}, feedback={"path": str(tmp_path / "f.sqlite"), "keep_text": True}))
-    config = load(profile(routing=adapt, feedback={"path": str(tmp_path / "f.sqlite"), "keep_text": True}))
+        load(profile(routing={"adapt": {"enabled": True, "min_outcomes": 5}}, store=store, feedback={"keep_text": True}))
+    config = load(profile(routing=adapt, store=store, feedback={"keep_text": True}))
     assert config.routing.adapt.dir == str(tmp_path / "adapters") and config.routing.adapt.every == 500
+    shared = load(profile(routing=adapt, store={"url": "postgresql://triage@db.example/triage"}, feedback={"keep_text": True}, server=workers))
+    assert shared.server.workers == 2 and shared.routing.adapt.dir.endswith("triage-adapters")
+
+
+def test_store_settings_are_checked_and_the_old_feedback_path_is_pointed_to(tmp_path):
+    base = ROOT / "config" / "cpu.yaml"
+    with pytest.raises(ConfigError, match="feedback.path: the store moved to store.url; set store.url: sqlite:///x.sqlite"):
+        load(base, ["feedback.path=x.sqlite"])
+    with pytest.raises(ConfigError, match="store.url: mysql://h/db: a store URL is sqlite:///path or postgresql://"):
+        load(base, ["store.url=mysql://h/db"])
+    with pytest.raises(ConfigError, match="store.url: the folder of .*/no/such/dir/s.sqlite does not exist"):
+        load(base, [f"store.url=sqlite:///{tmp_path}/no/such/dir/s.sqlite"])
+    with pytest.raises(ConfigError, match="store.timeout_s"):
+        load(base, ["store.timeout_s=0"])
+    config = load(base, ["store.url=sqlite:///../.cache/t.sqlite"])
+    assert config.store.url == f"sqlite:///{(ROOT / '.cache' / 't.sqlite').resolve()}"
 
 
 @pytest.mark.parametrize("override, message", [

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from server.routing.feedback import Answered, FeedbackStore, RecentAnswers
+from server.routing.feedback import Answered, FeedbackTable, RecentAnswers
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSWER = Answered("large", "M", 0.81, 0.45, "classifier", 1000.0)
@@ -26,7 +26,7 @@ def test_recent_answers_are_bounded_by_count_and_age():
 
 def test_outcomes_persist_and_the_last_one_wins(tmp_path):
     path = str(tmp_path / "fb.sqlite")
-    store = FeedbackStore(path, max_rows=100)
+    store = FeedbackTable.open(path, max_rows=100)
     store.record("a", ANSWER, rating=2, correct=None, label="")
     store.record("a", ANSWER, rating=None, correct=True, label="fixed")
     store.record("b", ANSWER, rating=5, correct=None, label="")
@@ -36,11 +36,11 @@ def test_outcomes_persist_and_the_last_one_wins(tmp_path):
 
 
 def test_the_store_keeps_the_newest_max_rows(tmp_path):
-    store = FeedbackStore(str(tmp_path / "fb.sqlite"), max_rows=5, trim_every=10)
+    store = FeedbackTable.open(str(tmp_path / "fb.sqlite"), max_rows=5, trim_every=10)
     for i in range(30):
         store.record(f"r{i:02d}", ANSWER, rating=3, correct=None, label="")
     assert store.count() == 5
-    kept = [r[0] for r in store._db.execute("SELECT request_id FROM feedback ORDER BY request_id")]
+    kept = [r[0] for r in store.store.query("SELECT request_id FROM feedback ORDER BY request_id")]
     assert kept == ["r25", "r26", "r27", "r28", "r29"]
 
 
@@ -48,8 +48,8 @@ def test_every_acknowledged_outcome_survives_a_kill_9(tmp_path):
     """A writer acknowledges each outcome once `record` returns, as the RPC
     does; killed with SIGKILL mid-stream, it loses none of those."""
     path = tmp_path / "fb.sqlite"
-    code = ("import sys; from server.routing.feedback import Answered, FeedbackStore\n"
-            f"s = FeedbackStore({str(path)!r}, 10_000)\n"
+    code = ("import sys; from server.routing.feedback import Answered, FeedbackTable\n"
+            f"s = FeedbackTable.open({str(path)!r}, 10_000)\n"
             "a = Answered('small', 'M', 0.2, 0.45, 'classifier', 0.0)\n"
             "i = 0\n"
             "while True:\n"

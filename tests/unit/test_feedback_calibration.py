@@ -15,7 +15,7 @@ import pytest
 
 from classifier.data import DEFAULT_DATA
 from classifier.feedback import calibrate, fit_cut, read_outcomes
-from server.routing.feedback import Answered, FeedbackStore
+from server.routing.feedback import Answered, FeedbackTable
 
 from classifier.model import ARTIFACT_DIR as ARTIFACTS
 
@@ -31,7 +31,7 @@ def fill(path, n: int, fails_above: float, seed: int = 0, cut: float = 0.45, que
     (mostly) when their score is above `fails_above`, the large tier's are
     right."""
     rng = np.random.default_rng(seed)
-    store = FeedbackStore(str(path), max_rows=10**6)
+    store = FeedbackTable.open(str(path), max_rows=10**6)
     for i in range(n):
         p = float(rng.uniform(0, 1))
         tier = "small" if p < cut else "large"
@@ -71,7 +71,7 @@ def test_too_few_outcomes_or_a_worse_cut_is_refused(tmp_path):
     # everywhere: the fitted cut does worse on them than the current one.
     store = tmp_path / "drift.sqlite"
     fill(store, 1500, fails_above=0.95, seed=1)
-    s = FeedbackStore(str(store), 10**6)
+    s = FeedbackTable.open(str(store), 10**6)
     rng = np.random.default_rng(2)
     for i in range(500):
         p = float(rng.uniform(0, 0.45))
@@ -93,4 +93,4 @@ def test_cli_calibrate_feedback_writes_the_threshold_to_a_copy_or_refuses(tmp_pa
     assert json.loads((ARTIFACTS / "metadata.json").read_text())["threshold"] != meta["threshold"]  # the committed one untouched
     run = subprocess.run([sys.executable, "-m", "classifier", "--model", str(art), "calibrate", "--feedback", str(tmp_path / "missing.sqlite")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1 and "no such feedback store" in run.stderr and "Traceback" not in run.stderr
+    assert run.returncode == 1 and "no such store" in run.stderr and "Traceback" not in run.stderr

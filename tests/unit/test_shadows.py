@@ -5,13 +5,16 @@ CPU engines in tests/integration/test_shadow*.py."""
 from __future__ import annotations
 
 import asyncio
-import threading
+import sqlite3
 import time
 from types import SimpleNamespace
 
 from prometheus_client import CollectorRegistry
 
 from server.config import SamplingDefaults, ShadowConfig
+from server.routing.feedback import FeedbackTable
+from store import Store
+from store.writer import BufferedWrites, StoreThreads
 from server.observe.metrics import RouterMetrics
 from server.routing.shadow import Answer, Shadows
 from server.types import ChatMessage, Decision, SamplingRequest
@@ -25,16 +28,12 @@ class Engine:
         yield SimpleNamespace(delta="Paris")
 
 
-class SlowStore:
+class SlowTable(FeedbackTable):
     """Commits a row a while after it is asked to, as a disk can."""
 
-    def __init__(self):
-        self.rows, self.lock = [], threading.Lock()
-
-    def record(self, request_id, answered, rating, correct, label):
+    def write(self, tx, *args):
         time.sleep(0.3)
-        with self.lock:
-            self.rows.append((answered.tier, correct, label))
+        super().write(tx, *args)
 
 
 class Grader:
@@ -52,12 +51,12 @@ class Tiers(dict):
     names = ("small", "large")
 
 
-def test_a_shadow_counted_as_ended_has_its_outcome_stored():
+def test_a_shadow_counted_as_ended_has_its_outcome_stored(tmp_path):
     """Before the fix the agreement was counted before the row was written:
     a reader who waited for the count could find the store without it."""
-    store, metrics = SlowStore(), RouterMetrics(CollectorRegistry(), ("small", "large"))
-    shadows = Shadows(ShadowConfig(enabled=True, sample=1.0), Tiers(small=_tier("small"), large=_tier("large")),
-                      store, Grader(), metrics, rng=lambda: 0.0)
+    metrics = RouterMetrics(CollectorRegistry(), ("small", "large"))
+    store = Store(f"sqlite:///{tmp_path / 's.sqlite'}")
+    threads = StoreThreads(store)
     answer = Answer("r1", (ChatMessage("user", "Capital of France?"),), SamplingRequest(),
                     Decision("small", "small-model", 0.2, 0.5, "classifier"), "Paris")
 
@@ -65,12 +64,15 @@ def test_a_shadow_counted_as_ended_has_its_outcome_stored():
         return sum(metrics.shadow_requests.labels("up", r)._value.get() for r in ("agreed", "disagreed", "preempted", "failed"))
 
     async def run():
+        memory = SimpleNamespace(feedback=SlowTable(store, 100), writes=BufferedWrites(threads, 10, metrics))
+        shadows = Shadows(ShadowConfig(enabled=True, sample=1.0), Tiers(small=_tier("small"), large=_tier("large")),
+                          memory, Grader(), metrics, rng=lambda: 0.0)
         shadows.consider(answer)
         for _ in range(200):
             if ended():
-                with store.lock:
-                    return list(store.rows)
+                # Another connection, as another reader would: it sees only what is committed.
+                return sqlite3.connect(tmp_path / "s.sqlite").execute("SELECT tier, correct, label FROM feedback").fetchall()
             await asyncio.sleep(0.005)
         raise AssertionError("the shadow never ended")
 
-    assert asyncio.run(run()) == [("small", True, "shadow-up")]
+    assert asyncio.run(run()) == [("small", 1, "shadow-up")]
