@@ -54,15 +54,16 @@ $(MODEL_STAMP): | $(STAMP)
 run: install
 	$(PY) -m server --config $(CONFIG) --port $(PORT) --metrics-port $(METRICS_PORT)
 
-# The integration tests start a real Prometheus (Debian's package).
+# The integration tests start a real Prometheus, and the store's tests a
+# real PostgreSQL server (Debian's packages; the tests start and stop their own).
 test-deps:
-	@command -v prometheus >/dev/null 2>&1 || { \
+	@command -v prometheus >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "==> installing Debian's prometheus for the integration tests"; \
+	    echo "==> installing Debian's prometheus and postgresql for the tests"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get install -y --no-install-recommends prometheus >/dev/null || \
-	      { apt-get update >/dev/null && apt-get install -y --no-install-recommends prometheus >/dev/null; }; \
-	  else echo "prometheus is missing: run 'sudo apt-get install prometheus' (or run make test as root)"; exit 1; fi; }
+	    apt-get install -y --no-install-recommends prometheus postgresql >/dev/null || \
+	      { apt-get update >/dev/null && apt-get install -y --no-install-recommends prometheus postgresql >/dev/null; }; \
+	  else echo "prometheus or postgresql is missing: run 'sudo apt-get install prometheus postgresql' (or run make test as root)"; exit 1; fi; }
 
 test: install test-deps
 	$(PY) -m pytest -ra

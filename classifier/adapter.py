@@ -86,7 +86,7 @@ def read_store(path: str | Path, cheap_tier: str = "small", good_rating: int = 4
     store (shadow-up, shadow-down, Feedback's correct or rating), oldest
     first (feedback.query_store: read-only, a running router may be writing)."""
     rows = query_store(path, "SELECT received_at, rating, correct, question FROM feedback WHERE tier = ? AND question IS NOT NULL "
-                             "AND question != '' AND (rating IS NOT NULL OR correct IS NOT NULL) ORDER BY received_at, rowid", (cheap_tier,))
+                             "AND question != '' AND (rating IS NOT NULL OR correct IS NOT NULL) ORDER BY received_at, request_id", (cheap_tier,))
     failed = [0.0 if was_good(rating, correct, good_rating) else 1.0 for _, rating, correct, _ in rows]
     return Outcomes([q for *_, q in rows], np.array(failed), np.array([r[0] for r in rows], dtype=np.float64))
 

@@ -131,18 +131,42 @@ class SharedSessions:
         """`writes`, `threads`: store.writer's BufferedWrites and StoreThreads."""
         self.local, self.writes, self.threads, self.timeout_s, self.metrics = local, writes, threads, timeout_s, metrics
         self._written = 0
+        self._asked: dict[str, list[asyncio.Future]] = {}  # session id -> requests waiting for the next read
+        self._reading: asyncio.Task | None = None
 
     async def recall(self, session_id: str) -> None:
-        """Learn the tier the fleet saw the conversation reach, before it is routed."""
-        since = time.time() - self.local.idle_seconds
+        """Learn the tier the fleet saw the conversation reach, before it is
+        routed. Requests that arrive while a read is in flight are answered
+        together by the next one (one round trip for a burst, not one each)."""
+        answer = asyncio.get_running_loop().create_future()
+        self._asked.setdefault(session_id, []).append(answer)
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.get_running_loop().create_task(self._read())
         try:
-            rows = await asyncio.wait_for(self.threads.call(self.threads.store.query, "SELECT tier FROM sessions WHERE session_id = ? AND seen >= ?",
-                                                            (session_id, since)), self.timeout_s)
+            tier = await asyncio.wait_for(answer, self.timeout_s)
         except (StoreUnavailable, asyncio.TimeoutError):
             self.metrics.store_errors.labels("session").inc()
             return
-        if rows:
-            self.local.merge(session_id, rows[0][0])
+        if tier is not None:
+            self.local.merge(session_id, tier)
+
+    async def _read(self) -> None:
+        while self._asked:
+            asked, self._asked = self._asked, {}
+            ids = list(asked)
+            sql = f"SELECT session_id, tier FROM sessions WHERE seen >= ? AND session_id IN ({', '.join('?' * len(ids))})"
+            try:
+                rows = dict(await self.threads.call(self.threads.store.query, sql, (time.time() - self.local.idle_seconds, *ids)))
+            except StoreUnavailable as exc:
+                for waiting in asked.values():
+                    for answer in waiting:
+                        if not answer.done():
+                            answer.set_exception(exc)
+                continue
+            for session_id, waiting in asked.items():
+                for answer in waiting:
+                    if not answer.done():
+                        answer.set_result(rows.get(session_id))
 
     def remember(self, session_id: str, tier: int) -> None:
         self._written += 1

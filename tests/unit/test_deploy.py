@@ -160,3 +160,25 @@ def test_smg_profile_gateways_front_worker_pools_that_exist_in_compose_and_kuber
         worker = pool["spec"]["containers"][0]
         assert arg(worker["args"], "--served-model-name") == tier.model and int(arg(worker["args"], "--max-model-len")) >= tier.max_model_len
         assert worker["readinessProbe"]["grpc"] == {"port": int(arg(container["args"], "--service-discovery-port"))}
+
+
+def test_the_routers_share_the_postgresql_that_compose_and_kubernetes_start():
+    """store.url names the database service, user and name each file starts,
+    and the password comes from the environment, never the URL."""
+    from server.config import load
+
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    router, db = compose["router"], compose["postgres"]
+    url = arg(router["command"], "--set").removeprefix("store.url=")
+    assert url == f"postgresql://{db['environment']['POSTGRES_USER']}@postgres:5432/{db['environment']['POSTGRES_DB']}"
+    assert "PGPASSWORD" in router["environment"] and router["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert load(ROOT / arg(router["command"], "--config"), [arg(router["command"], "--set")]).store.url == url
+
+    objects = all_k8s()
+    container = objects[("Deployment", "triage-router")]["spec"]["template"]["spec"]["containers"][0]
+    k8s_url = arg(container["args"], "--set").removeprefix("store.url=")
+    db_pod = objects[("StatefulSet", "triage-postgres")]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in db_pod["env"]}
+    service = objects[("Service", "triage-postgres")]["spec"]["ports"][0]
+    assert k8s_url == f"postgresql://{env['POSTGRES_USER']}@triage-postgres:{service['port']}/{env['POSTGRES_DB']}"
+    assert [e["name"] for e in container["env"]] == ["PGPASSWORD"]
