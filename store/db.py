@@ -113,7 +113,7 @@ class Store:
                     self._db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                     raise StoreUnavailable(f"{self.name}: {exc}") from exc
-                if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError):
+                if isinstance(exc, sqlite3.DatabaseError) and ("no such table" in str(exc) or "not a database" in str(exc)):
                     raise NotAStore(f"{self.name}: not a Triage store ({exc})") from exc
                 raise
 
@@ -178,7 +178,11 @@ def _sqlite_connect(path: Path, readonly: bool) -> sqlite3.Connection:
     if not path.parent.is_dir():
         raise NotAStore(f"{path}: its folder does not exist")
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=5.0)
-    db.execute("PRAGMA journal_mode=WAL")
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise NotAStore(f"{path}: not a Triage store ({exc})") from None
     db.execute("PRAGMA synchronous=FULL")  # a commit is on disk when it returns
     return db
 

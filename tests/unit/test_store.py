@@ -62,6 +62,9 @@ def test_a_newer_schema_is_refused_and_bad_urls_are_named(tmp_path):
         Store("mysql://u:secret@h/db")
     with pytest.raises(NotAStore, match="no such store"):
         Store(f"sqlite:///{tmp_path / 'missing.sqlite'}", readonly=True)
+    (tmp_path / "other.sqlite").write_bytes(b"not a database " * 100)
+    with pytest.raises(NotAStore, match="not a Triage store"):
+        Store(f"sqlite:///{tmp_path / 'other.sqlite'}")
     assert redact("postgresql://triage:hunter2@db:5432/t") == "postgresql://triage:***@db:5432/t"
 
 
@@ -146,3 +149,17 @@ def test_a_shared_session_lookup_that_cannot_reach_the_store_routes_on_local_mem
 
     assert asyncio.run(run()) < 1.0 and local.tier("unknown") is None
     assert metrics.registry.get_sample_value("router_store_errors_total", {"kind": "session"}) == 1
+
+
+def test_a_router_whose_store_cannot_be_reached_refuses_to_start_naming_it():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-m", "server", "--config", "config/cpu.yaml", "--port", "0", "--metrics-port", "-1",
+                          "--set", "store.url=postgresql://triage:hunter2@127.0.0.1:1/triage", "--set", "store.timeout_s=0.5"],
+                         cwd=root, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "triage: store.url: postgresql://triage:***@127.0.0.1:1/triage: no connection within 0.5 s" in run.stderr
+    assert "hunter2" not in run.stderr and "Traceback" not in run.stderr
