@@ -59,6 +59,7 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             name TEXT NOT NULL,
             adopted_at DOUBLE PRECISION NOT NULL,
             report TEXT NOT NULL,                   -- the fit's figures, JSON
+            digest TEXT NOT NULL,                   -- sha256 of artifact: names its unpacked folder
             artifact {blob} NOT NULL
         )""",
          """CREATE TABLE adapter_state (

@@ -30,6 +30,7 @@ Pure asyncio, files and the store: no grpc here.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import logging
@@ -53,7 +54,7 @@ log = logging.getLogger("triage.adapt")
 
 REVERT_TARGETS = ("previous", "prior")
 LEASE = "adapter-fit"
-EMPTY = {"current": None, "previous": None, "version": 0, "reports": {}}
+EMPTY = {"current": None, "previous": None, "version": 0, "reports": {}, "digests": {}}
 
 
 def _name(generation: int | None) -> str | None:
@@ -83,31 +84,44 @@ class Adaptation:
     # -- the store's state ----------------------------------------------------------
 
     def _read_state(self) -> dict:
-        """adapter_state, with the two named generations' reports (blocking)."""
+        """adapter_state, with the two named generations' reports and digests (blocking)."""
         current, previous, version = self.store.query("SELECT current_generation, previous_generation, version FROM adapter_state")[0]
-        rows = self.store.query("SELECT generation, report FROM adapters WHERE generation IN (?, ?)", (current or -1, previous or -1))
+        rows = self.store.query("SELECT generation, report, digest FROM adapters WHERE generation IN (?, ?)", (current or -1, previous or -1))
         return {"current": _name(current), "previous": _name(previous), "version": version,
-                "reports": {_name(g): json.loads(r) for g, r in rows}}
+                "reports": {_name(g): json.loads(r) for g, r, _ in rows}, "digests": {_name(g): d for g, _, d in rows}}
 
-    def _unpacked(self, name: str) -> Path:
-        """The generation's folder under routing.adapt.dir, unpacked from the
-        store unless a process on this host did it already (blocking)."""
-        folder = self.folder / name
-        if folder.is_dir():
-            return folder
-        (blob,) = self.store.query("SELECT artifact FROM adapters WHERE generation = ?", (int(name[4:]),))[0]
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.folder))
-        with tarfile.open(fileobj=io.BytesIO(bytes(blob)), mode="r:gz") as tar:
-            tar.extractall(tmp, filter="data")
-        try:
-            os.rename(tmp, folder)  # whole or not at all; another worker may have won
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
+    def _local(self, name: str, digest: str) -> Path:
+        """Where a generation is unpacked: named by its content too, so a
+        folder left by another store (or one since reset) is never taken for it."""
+        return self.folder / f"{name}-{digest[:16]}"
+
+    def _unpacked(self, state: dict) -> Path:
+        """The current generation's folder under routing.adapt.dir, unpacked
+        from the store unless a process on this host did it already; folders
+        of generations the store no longer names are removed (blocking)."""
+        name = state["current"]
+        folder = self._local(name, state["digests"][name])
+        if not folder.is_dir():
+            (blob,) = self.store.query("SELECT artifact FROM adapters WHERE generation = ?", (int(name[4:]),))[0]
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.folder))
+            with tarfile.open(fileobj=io.BytesIO(bytes(blob)), mode="r:gz") as tar:
+                tar.extractall(tmp, filter="data")
+            try:
+                os.rename(tmp, folder)  # whole or not at all; another worker may have won
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+        self._tidy(state)
         return folder
+
+    def _tidy(self, state: dict) -> None:
+        keep = {self._local(n, d).name for n, d in state["digests"].items()}
+        for child in self.folder.glob("gen-*"):
+            if child.name not in keep:
+                shutil.rmtree(child, ignore_errors=True)
 
     def _follow(self, state: dict):
         """The classifier `state` routes with (blocking: unpack, load)."""
-        return self._load(str(self._unpacked(state["current"]))) if state["current"] else self._prior
+        return self._load(str(self._unpacked(state))) if state["current"] else self._prior
 
     def start(self, prior):
         """The classifier to route with at start: the adapter the store names, else `prior`."""
@@ -238,22 +252,27 @@ class Adaptation:
         with tarfile.open(fileobj=blob, mode="w:gz") as tar:
             for child in sorted(out.iterdir()):
                 tar.add(child, arcname=child.name)
-        generation = await self.threads.call(self._store_adopted, blob.getvalue(), report)
+        artifact = blob.getvalue()
+        digest = hashlib.sha256(artifact).hexdigest()
+        generation = await self.threads.call(self._store_adopted, artifact, digest, report)
         name = _name(generation)
-        os.rename(out, self.folder / name)
+        if not self._local(name, digest).is_dir():  # the same bytes unpacked already: keep those
+            os.rename(out, self._local(name, digest))
         self._use(clf)
         self.state = await self.threads.call(self._read_state)
+        self._tidy(self.state)
         self.fits["adopted"] += 1
         self.metrics.adapter_fits.labels("adopted").inc()
         self._export()
         log.info("adapter %s adopted: %s", name, _figures(report))
 
-    def _store_adopted(self, artifact: bytes, report: dict) -> int:
+    def _store_adopted(self, artifact: bytes, digest: str, report: dict) -> int:
         with self.store.transaction() as tx:
             current, version = self._lock_state(tx)
             (latest,) = tx.query("SELECT COALESCE(MAX(generation), 0) FROM adapters")[0]
             generation = latest + 1
-            tx.execute("INSERT INTO adapters VALUES (?, ?, ?, ?, ?)", (generation, _name(generation), time.time(), json.dumps(report), artifact))
+            tx.execute("INSERT INTO adapters VALUES (?, ?, ?, ?, ?, ?)",
+                       (generation, _name(generation), time.time(), json.dumps(report), digest, artifact))
             self._set_state(tx, generation, current, version)
         return generation
 
