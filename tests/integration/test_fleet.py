@@ -51,11 +51,16 @@ def fleet(tmp_path_factory):
     upstream = RemoteVllm(tmp / "a" / "SmolLM2-135M-Instruct", free_port(), tmp / "vllm-serve.log")  # the folder _test_config makes
     remote = {"backend": "remote", "replicas": [upstream.url], "engine_args": {}}
     shared = dict(tiers={"small": remote, "large": remote}, retrieval={"index": None}, store={"url": pg.url, "timeout_s": 2.0},
-                  feedback={"keep_text": True}, routing={"adapt": {"enabled": True, "every": 2, "min_outcomes": 20, "poll_s": POLL_S}})
+                  feedback={"keep_text": True})
+
+    def adapt(folder):  # each replica its own folder, as two hosts would have
+        return {"adapt": {"enabled": True, "every": 2, "min_outcomes": 20, "poll_s": POLL_S, "dir": str(folder)}}
+
     port, metrics = free_port(), _free_pair()
     (tmp / "a").mkdir(), (tmp / "b").mkdir()
-    config_a = _test_config(tmp / "a", **shared, server={"workers": WORKERS, "port": port, "metrics_port": metrics, "http_port": -1})
-    config_b = _test_config(tmp / "b", **shared)
+    config_a = _test_config(tmp / "a", **shared, routing=adapt(tmp / "a" / "adapters"),
+                            server={"workers": WORKERS, "port": port, "metrics_port": metrics, "http_port": -1})
+    config_b = _test_config(tmp / "b", **shared, routing=adapt(tmp / "b" / "adapters"))
     upstream.start()
     log = (tmp / "router-a.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "server", "--config", str(config_a)], cwd=ROOT, stdout=subprocess.PIPE,
