@@ -106,7 +106,7 @@ async def _block(ends: dict, clients: dict, path: str, streams: int, requests: i
     wall = time.perf_counter() - started
     gaps = [b - a for _, arrivals, _ in out for a, b in zip(arrivals, arrivals[1:])]
     return {"ttft": [o[0] for o in out], "gaps": gaps, "tokens": sum(o[2] for o in out), "start": started, "wall": wall,
-            "cpu": time.process_time() - cpu0, "errors": errors}
+            "cpu": time.process_time() - cpu0, "errors": errors, "messages": sum(len(o[1]) for o in out), "answers": len(out)}
 
 
 def _load_process(conn, ends: dict, channels: int = CHANNELS) -> None:
@@ -158,8 +158,8 @@ def _run_block(loaders: list, pids: tuple[int, ...], sim_pid: int, path: str, st
     wall = max(p["start"] + p["wall"] for p in parts) - min(p["start"] for p in parts)
     return {"wall_s": wall, "tokens": sum(p["tokens"] for p in parts), "ttft_s": [t for p in parts for t in p["ttft"]],
             "gaps_s": [g for p in parts for g in p["gaps"]], "router_cpu_s": router_cpu, "sim_cpu_s": cpu_seconds(sim_pid) - sim0,
-            "errors": [e for p in parts for e in p["errors"]],
-            "load_cpu_share": max(p["cpu"] / p["wall"] for p in parts)}
+            "errors": [e for p in parts for e in p["errors"]], "messages": sum(p["messages"] for p in parts),
+            "answers": sum(p["answers"] for p in parts), "load_cpu_share": max(p["cpu"] / p["wall"] for p in parts)}
 
 
 def _summary(blocks: list[dict]) -> dict:
@@ -171,6 +171,8 @@ def _summary(blocks: list[dict]) -> dict:
             "router_cores": cpu / wall, "router_cpu_ms_per_1k_tokens": 1e6 * cpu / tokens if tokens else float("nan"),
             "load_cpu_share_max": max(b["load_cpu_share"] for b in blocks), "sim_cores": sum(b["sim_cpu_s"] for b in blocks) / wall,
             "tokens": tokens, "errors": len([e for b in blocks for e in b["errors"]]),
+            # messages with text per answer: the text merged while a write is behind (server/fronts/merging.py)
+            "messages_per_answer": sum(b["messages"] for b in blocks) / max(1, sum(b["answers"] for b in blocks)),
             "first_errors": [e for b in blocks for e in b["errors"]][:3]}
 
 
@@ -216,7 +218,8 @@ def _print_level(streams: int, r: dict) -> None:
         if p != "direct":
             print(f"  {p:9s}: x{s['throughput_ratio']:.3f} of direct, added TTFT p50 {s['added_ttft_p50_ms']:+.1f} / p99 {s['added_ttft_p99_ms']:+.1f} ms, "
                   f"added gap p99 {s['added_gap_p99_ms']:+.1f} ms, router {s['router_cores']:.2f} cores, "
-                  f"{s['router_cpu_ms_per_1k_tokens']:.0f} ms CPU per 1,000 tokens (load procs at most {s['load_cpu_share_max']:.2f} cores)"
+                  f"{s['router_cpu_ms_per_1k_tokens']:.0f} ms CPU per 1,000 tokens, {s['messages_per_answer']:.1f} messages an answer "
+                  f"(load procs at most {s['load_cpu_share_max']:.2f} cores)"
                   + (f"; {s['errors']} failed requests, e.g. {s['first_errors'][0]}" if s["errors"] else ""),
                   flush=True)
 

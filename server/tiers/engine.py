@@ -86,6 +86,45 @@ def release_segments(names: set[str]) -> None:
         segment.unlink()
 
 
+QUIET_ENV = "TRIAGE_VLLM_SPIN"  # "1": keep vLLM's spinning readers (to measure against: benchmarks/engine_spin.py)
+QUIET_POLL_S = 0.0002  # how often a waiting reader looks at the queue instead of spinning
+
+
+def quiet_message_queues() -> None:
+    """A vLLM general plugin (pyproject's `vllm.general_plugins`), run in
+    every vLLM process of this environment, the EngineCore and its worker
+    included. On the CPU build, vLLM always splits an engine into those two
+    processes (the platform forces its multiprocessing executor), and they
+    talk through shared-memory queues whose reader spins on sched_yield
+    for 1 s after each message before it sleeps on a socket
+    (shm_broadcast.SpinCondition.wait; `busy_loop_s` has no setting).
+    While a tier generates, each of its two processes then holds a core:
+    one busy tier took both cores of a 2-core machine. Here a reader in
+    that second instead sleeps QUIET_POLL_S between looks: at most 0.2 ms
+    later per message, against the milliseconds of a CPU forward pass.
+    (Sleeping on the socket at once is not an option: the writer's
+    notification is a best-effort PUB message, and without the spin a
+    step waited for the poll's timeout: 1.1 tokens/s instead of 18.) GPU
+    builds are left alone."""
+    if os.environ.get(QUIET_ENV) == "1":
+        return
+    from vllm.distributed.device_communicators import shm_broadcast
+    from vllm.platforms import current_platform
+
+    spin_wait = shm_broadcast.SpinCondition.wait
+    if not current_platform.is_cpu() or getattr(spin_wait, "quiet", False):
+        return
+
+    def quiet_wait(self, timeout_ms: int | None = None) -> None:
+        if time.monotonic() <= self.last_read + self.busy_loop_s:
+            time.sleep(QUIET_POLL_S)
+        else:
+            spin_wait(self, timeout_ms)
+
+    quiet_wait.quiet = True
+    shm_broadcast.SpinCondition.wait = quiet_wait
+
+
 def build_engine_args(tier: TierConfig):
     """vLLM AsyncEngineArgs for a tier. Raises TypeError on an unknown option,
     so a typo in a profile fails when the config is checked, not on the GPU."""
