@@ -30,7 +30,6 @@ import msgspec
 
 from .auth import matches
 from .calls import Call, Calls, Failure
-from .merging import merged
 from ..errors import InvalidArgument, RouterError, TooLarge, Unauthenticated
 from ..router import Router
 from ..types import DecisionEvent, DeltaEvent, FinalEvent, GenerateInput
@@ -206,7 +205,6 @@ class OpenAIHttp:
 
         response, decision, head = None, None, b""
         created, cid = int(time.time()), f"chatcmpl-{req.request_id}"
-        stream = merged(events)  # text merged only while the previous write is behind (merging.py)
 
         def chunk(delta: dict, finish: str | None = None, **extra) -> bytes:
             body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": decision.model,
@@ -218,7 +216,7 @@ class OpenAIHttp:
             return head + msgspec.json.encode(text) + b'},"finish_reason":null}]}\n\n'
 
         try:
-            async for event in stream:
+            async for event in events:
                 if isinstance(event, DecisionEvent):
                     decision = event.decision
                     call.decided(decision)
@@ -243,8 +241,7 @@ class OpenAIHttp:
             err = {"error": {"message": exc.message, "type": HTTP_STATUS.get(exc.status, (500, "internal_error"))[1], "code": exc.status.lower()}}
             await response.write(b"data: " + json.dumps(err).encode() + b"\n\n")
         finally:
-            await stream.aclose()  # a write that failed (the client left) aborts the engine request here
-            await events.aclose()  # (already closed, unless the stream never started)
+            await events.aclose()  # a write that failed (the client left) aborts the engine request here
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response

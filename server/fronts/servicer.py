@@ -22,7 +22,6 @@ from .calls import Calls
 from ..errors import FailedPrecondition, InvalidArgument
 from ..routing.feedback import Outcomes, check_feedback
 from .grpc_metrics import status_name
-from .merging import merged
 from ..router import Router
 from ..types import ROLE_ALIASES, ChatMessage, Decision, DecisionEvent, DeltaEvent, EffectiveSampling, FinalEvent, GenerateInput, SamplingRequest, Timings, Usage
 
@@ -233,20 +232,18 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         async with self._rpc("GenerateStream", context, request) as call:
             req = _request(request, self.tiers, context.time_remaining(), context.invocation_metadata())
             rid = req.request_id
-            # Text is merged only while the previous message's write is behind (merging.py).
-            async with contextlib.aclosing(merged(self.router.generate(req, arrived))) as events:
-                async for event in events:
-                    if isinstance(event, DeltaEvent):
-                        yield pb.GenerateStreamResponse(request_id=rid, delta=event.text)
-                    elif isinstance(event, DecisionEvent):
-                        call.decided(event.decision)
-                        yield pb.GenerateStreamResponse(request_id=rid, decision=_decision(event.decision, self.tiers))
-                    elif isinstance(event, FinalEvent):
-                        final = pb.StreamFinal(
-                            finish_reason=event.finish_reason, usage=_usage(event.usage), timings=_timings(event.timings),
-                            effective_sampling=_effective(event.sampling), cache=_cache(event), retrieval=_retrieval(event),
-                        )
-                        yield pb.GenerateStreamResponse(request_id=rid, final=final)
+            async for event in self.router.generate(req, arrived):
+                if isinstance(event, DeltaEvent):
+                    yield pb.GenerateStreamResponse(request_id=rid, delta=event.text)
+                elif isinstance(event, DecisionEvent):
+                    call.decided(event.decision)
+                    yield pb.GenerateStreamResponse(request_id=rid, decision=_decision(event.decision, self.tiers))
+                elif isinstance(event, FinalEvent):
+                    final = pb.StreamFinal(
+                        finish_reason=event.finish_reason, usage=_usage(event.usage), timings=_timings(event.timings),
+                        effective_sampling=_effective(event.sampling), cache=_cache(event), retrieval=_retrieval(event),
+                    )
+                    yield pb.GenerateStreamResponse(request_id=rid, final=final)
 
     async def Classify(self, request: pb.ClassifyRequest, context) -> pb.ClassifyResponse:
         async with self._rpc("Classify", context, request) as call:

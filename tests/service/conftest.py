@@ -13,17 +13,14 @@ from server.app import build_app
 
 
 @contextlib.contextmanager
-def serve_in_thread(config, engines, timeout: float = 10, clf=None, http: bool = False):
+def serve_in_thread(config, engines, timeout: float = 10, clf=None):
     """Yield (client, app) for an app built from `config`, `engines` and a
-    classifier (default: the committed one); stop it afterwards. `http`:
-    serve the OpenAI-compatible endpoint too (app.http_port)."""
+    classifier (default: the committed one); stop it afterwards."""
     clf = clf or classifier.load()
 
     async def start():
         app = build_app(config, clf, engines=engines)  # grpc.aio binds to this loop
         await app.server.start()
-        if http:
-            await app.start_http()
         return app
 
     loop = asyncio.new_event_loop()
