@@ -15,20 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from .remote import _free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _policy(shared):

@@ -48,13 +48,10 @@ def query_store(url: str | Path, sql: str, params: tuple = ()) -> list[tuple]:
     postgresql://...; a bare path is an SQLite file), opened read-only (a
     running router may be writing to it); ValueError naming the problem
     when there is no store, it is not one, or it cannot be reached."""
-    from store import Store, StoreUnavailable
+    from store import Store, StoreUnavailable, as_url
 
-    url = str(url)
-    if "://" not in url:
-        url = f"sqlite:///{Path(url).resolve()}"
     try:
-        store = Store(url, readonly=True)
+        store = Store(as_url(url), readonly=True)
     except StoreUnavailable as exc:
         raise ValueError(str(exc)) from None
     try:

@@ -485,11 +485,11 @@ def _check_adapt(routing: RoutingConfig, store: StoreConfig, feedback: FeedbackC
         return routing
     if not store.url or not feedback.keep_text:
         raise ConfigError("routing.adapt learns from the store's question texts: set store.url and feedback.keep_text: true")
-    if server.workers > 1 and not store.url.startswith("postgres"):
+    if server.workers > 1 and dialect_of(store.url) != "postgresql":
         raise ConfigError("routing.adapt with server.workers > 1 needs a shared store: set store.url to a postgresql:// URL")
     if adapt.dir:
         folder = _resolve_path(adapt.dir, base)
-    elif store.url.startswith("sqlite"):
+    elif dialect_of(store.url) == "sqlite":
         folder = str(sqlite_path(store.url).parent / "adapters")
     else:
         folder = str(Path(tempfile.gettempdir()) / "triage-adapters")

@@ -4,6 +4,6 @@ shares (`store.url`). db.py reaches the database, schema.py owns its
 tables, writer.py keeps writes off the request path.
 """
 
-from .db import NotAStore, Store, StoreUnavailable, dialect_of, redact
+from .db import NotAStore, Store, StoreUnavailable, as_url, dialect_of, redact
 
-__all__ = ["NotAStore", "Store", "StoreUnavailable", "dialect_of", "redact"]
+__all__ = ["NotAStore", "Store", "StoreUnavailable", "as_url", "dialect_of", "redact"]

@@ -46,6 +46,12 @@ def dialect_of(url: str) -> str:
     return scheme
 
 
+def as_url(url_or_path) -> str:
+    """A store URL as given, or a bare path as its SQLite file's URL (tools, tests)."""
+    url = str(url_or_path)
+    return url if "://" in url else f"sqlite:///{Path(url).resolve()}"
+
+
 def sqlite_path(url: str) -> Path:
     """`sqlite:///rel/path` and `sqlite:////abs/path`, as SQLAlchemy reads them."""
     return Path(url.split("://", 1)[1][1:] if url.startswith("sqlite:///") else url.split("://", 1)[1])
@@ -122,7 +128,7 @@ class Store:
             with self._pool.connection(timeout=self.timeout_s) as conn:
                 with conn.transaction():
                     with conn.cursor() as cur:
-                        yield Transaction(lambda sql, params=(): cur.execute(_pg_sql(sql), params) or cur)
+                        yield Transaction(lambda sql, params=(): cur.execute(_pg_sql(sql), params))
 
     def _pg(self, work):
         with self._pg_errors():

@@ -4,7 +4,7 @@ killed, for fault tests) by the caller. It uses the distribution's server
 (Debian's `postgresql`, which `make test-deps` installs); a root caller
 runs it as the `postgres` user, since PostgreSQL refuses to run as root.
 
-    python -m tools.local_postgres --dir /tmp/pg --port 5433   # runs until Ctrl-C
+    python -m tools.local_postgres --dir DIR --port 5433   # runs until Ctrl-C
 """
 
 from __future__ import annotations

@@ -268,7 +268,7 @@ class Adaptation:
 
     def _store_adopted(self, artifact: bytes, digest: str, report: dict) -> int:
         with self.store.transaction() as tx:
-            current, version = self._lock_state(tx)
+            current, _, version = self._lock_state(tx)
             (latest,) = tx.query("SELECT COALESCE(MAX(generation), 0) FROM adapters")[0]
             generation = latest + 1
             tx.execute("INSERT INTO adapters VALUES (?, ?, ?, ?, ?, ?)",
@@ -276,10 +276,10 @@ class Adaptation:
             self._set_state(tx, generation, current, version)
         return generation
 
-    def _lock_state(self, tx) -> tuple[int | None, int]:
-        """(current generation, version), held until the transaction ends (SQLite: BEGIN IMMEDIATE)."""
+    def _lock_state(self, tx) -> tuple[int | None, int | None, int]:
+        """(current generation, previous, version), held until the transaction ends (SQLite: BEGIN IMMEDIATE)."""
         lock = " FOR UPDATE" if self.store.dialect == "postgresql" else ""
-        return tuple(tx.query(f"SELECT current_generation, version FROM adapter_state{lock}")[0])
+        return tuple(tx.query(f"SELECT current_generation, previous_generation, version FROM adapter_state{lock}")[0])
 
     @staticmethod
     def _set_state(tx, current: int | None, previous: int | None, version: int) -> None:
@@ -307,8 +307,7 @@ class Adaptation:
 
     def _store_revert(self, to: str) -> None:
         with self.store.transaction() as tx:
-            current, version = self._lock_state(tx)
-            (previous,) = tx.query("SELECT previous_generation FROM adapter_state")[0]
+            current, previous, version = self._lock_state(tx)
             if to == "previous" and previous is None:
                 raise FailedPrecondition("routing.adapt: there is no previous adapter to revert to")
             if to == "prior" and current is None:

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from store import Store, StoreUnavailable
+from store import Store, StoreUnavailable, as_url
 
 from ..errors import InvalidArgument, NotFound, Unavailable
 from ..types import question_text
@@ -109,8 +109,7 @@ class FeedbackTable:
     @classmethod
     def open(cls, url: str | Path, max_rows: int, trim_every: int = TRIM_EVERY) -> "FeedbackTable":
         """On its own store (tools, tests): a URL, or a bare path for an SQLite file."""
-        url = str(url)
-        return cls(Store(url if "://" in url else f"sqlite:///{Path(url).resolve()}"), max_rows, trim_every)
+        return cls(Store(as_url(url)), max_rows, trim_every)
 
     def close(self) -> None:
         self.store.close()

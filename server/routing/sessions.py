@@ -89,10 +89,7 @@ class SessionStore:
         now = self._clock()
         found = self._items.get(session_id)
         if found is None:
-            self._items[session_id] = _Session(tier, now)
-            while len(self._items) > self.max_sessions:
-                self._items.popitem(last=False)
-                self.expiries += 1
+            self._add(session_id, tier, now)
             return
         if tier > found.tier:
             found.tier = tier
@@ -104,11 +101,15 @@ class SessionStore:
         """Another process saw the conversation reach `tier` (SharedSessions)."""
         found = self._items.get(session_id)
         if found is None or tier > found.tier:
-            self._items[session_id] = _Session(tier, self._clock())
-            self._items.move_to_end(session_id)
-            while len(self._items) > self.max_sessions:
-                self._items.popitem(last=False)
-                self.expiries += 1
+            self._add(session_id, tier, self._clock())
+
+    def _add(self, session_id: str, tier: int, now: float) -> None:
+        """(Re)placed as the most recently seen; the least recently seen go beyond max_sessions."""
+        self._items[session_id] = _Session(tier, now)
+        self._items.move_to_end(session_id)
+        while len(self._items) > self.max_sessions:
+            self._items.popitem(last=False)
+            self.expiries += 1
 
     def _drop_idle(self) -> None:
         """The least recently seen first: stop at the first still alive."""
