@@ -294,8 +294,10 @@ class Adaptation:
         flight here is stopped. Returns the status."""
         if to not in REVERT_TARGETS:
             raise InvalidArgument("to", f"must be one of {list(REVERT_TARGETS)}, got {to!r}")
-        await self.close()
         try:
+            state = await self.threads.call(self._read_state)
+            _check_revert(to, state["current"], state["previous"])  # before a fit in flight is stopped for it
+            await self.close()
             await self.threads.call(self._store_revert, to)
             self.state = {**self.state, "version": -1}  # whatever the store now says is new
             await self.refresh()
@@ -308,10 +310,7 @@ class Adaptation:
     def _store_revert(self, to: str) -> None:
         with self.store.transaction() as tx:
             current, previous, version = self._lock_state(tx)
-            if to == "previous" and previous is None:
-                raise FailedPrecondition("routing.adapt: there is no previous adapter to revert to")
-            if to == "prior" and current is None:
-                raise FailedPrecondition("routing.adapt: the prior alone already routes")
+            _check_revert(to, current, previous)  # again under the lock: another process may have changed it
             self._set_state(tx, previous if to == "previous" else None, current, version)
 
     def status(self) -> dict:
@@ -342,6 +341,13 @@ class Adaptation:
         if self._poll is not None:
             self._poll.cancel()
             await asyncio.gather(self._poll, return_exceptions=True)
+
+
+def _check_revert(to: str, current, previous) -> None:
+    if to == "previous" and previous is None:
+        raise FailedPrecondition("routing.adapt: there is no previous adapter to revert to")
+    if to == "prior" and current is None:
+        raise FailedPrecondition("routing.adapt: the prior alone already routes")
 
 
 def _figures(report: dict) -> str:
