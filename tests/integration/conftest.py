@@ -19,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
 
@@ -122,6 +123,27 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.2)
+
+
+def deltas_of(events) -> list[str]:
+    return [e.delta for e in events if e.WhichOneof("event") == "delta"]
+
+
+def read_slowly(live: Live, question: str, pause_s: float = 0.3, **kwargs) -> list:
+    """A streamed answer read by a client that takes `pause_s` over each
+    message, its receive window held at 1 KB (no growth): once the window
+    is full the router's writes wait for it, as they do for a slow reader
+    over a real network."""
+    channel = grpc.insecure_channel(live.address, options=[("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)])
+    slow = TriageClient(live.address, timeout=120, channel=channel)
+    events = []
+    try:
+        for event in slow.generate_stream(question, **kwargs):
+            events.append(event)
+            time.sleep(pause_s)
+    finally:
+        slow.close()
+    return events
 
 
 def free_port() -> int:

@@ -8,6 +8,8 @@ import time
 import grpc
 import pytest
 
+from .conftest import deltas_of, read_slowly
+
 from clients import DeadlineExceededError, InvalidArgumentError
 from triage_proto import router_pb2 as pb
 
@@ -204,3 +206,23 @@ def test_each_cpu_engine_computes_on_its_own_core(live):
 
     assert worker_cores("small") == {"0"}
     assert worker_cores("large") == {"1"}
+
+
+
+STORY = "Write a short story about a lighthouse keeper and a storm."
+
+
+def test_a_stream_whose_client_keeps_up_gets_a_message_per_token(live):
+    events = list(live.client.generate_stream(STORY, route="small", cache="off", max_tokens=96))
+    assert events[-1].final.usage.completion_tokens == 96
+    assert len(deltas_of(events)) == 96
+
+
+def test_a_stream_whose_client_reads_slowly_gets_the_whole_text_in_order_in_fewer_messages(live):
+    unary = live.client.generate(STORY, route="small", cache="off", max_tokens=96)
+    events = read_slowly(live, STORY, route="small", cache="off", max_tokens=96)
+    deltas = deltas_of(events)
+    print(f"in process, a slow reader: {len(deltas)} messages for 96 tokens")
+    assert "".join(deltas) == unary.text  # nothing lost, nothing reordered
+    assert events[-1].final.usage.completion_tokens == unary.usage.completion_tokens == 96
+    assert len(deltas) < 96 / 2

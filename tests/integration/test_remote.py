@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import RemoteVllm, _test_config, free_port, start_server, stop_server, wait_for
+from .conftest import RemoteVllm, _test_config, deltas_of, free_port, read_slowly, start_server, stop_server, wait_for
 
 COMPLEX = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
            "How many clips did Natalia sell altogether in April and May?")
@@ -70,6 +70,20 @@ def test_streaming_from_the_remote_server(remote):
     unary = live.client.generate(question, route="large", cache="off", max_tokens=40)
     assert streamed == unary.text
     assert events[-1].final.usage.completion_tokens == unary.usage.completion_tokens
+
+
+def test_a_slow_reader_of_a_remote_stream_gets_the_whole_text_in_fewer_messages(remote):
+    """While the router's write waits for the client, the server's events
+    gather in the upstream connection's buffer and go out joined."""
+    live, _ = remote
+    story = "Write a short story about a lighthouse keeper and a storm."
+    unary = live.client.generate(story, route="large", cache="off", max_tokens=96)
+    events = read_slowly(live, story, route="large", cache="off", max_tokens=96)
+    deltas = deltas_of(events)
+    print(f"remote, a slow reader: {len(deltas)} messages for 96 tokens")
+    assert "".join(deltas) == unary.text
+    assert events[-1].final.usage.completion_tokens == unary.usage.completion_tokens == 96
+    assert len(deltas) < 96 / 2
 
 
 def test_special_tokens_in_user_text_reach_the_remote_server_as_text(remote):
