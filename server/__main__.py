@@ -52,7 +52,7 @@ async def _main(config: Config) -> int:
     from store import NotAStore, StoreUnavailable
 
     try:
-        tokens = load_tokens(config.security.token_file, config.security.token_env)
+        tokens = load_tokens(config.security.token_file, config.security.token_env, [c.name for c in config.callers])
         api_keys = remote_api_keys(config)
     except (OSError, ValueError) as exc:
         print(f"triage: bad security settings: {exc}", file=sys.stderr)

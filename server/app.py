@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterable, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,6 +19,9 @@ from store import Store
 from store.writer import BufferedWrites, StoreThreads
 from triage_proto import router_pb2
 
+from .callers.identity import CallerBook
+from .callers.fleet import FleetCounts
+from .callers.ledger import Ledger
 from .routing.adaptive import ShareController
 from .lookup.cache import ResponseCache
 from .fronts.calls import Calls
@@ -67,6 +70,7 @@ class App:
     http_port: int | None = None
     adaptation: object = field(default=None, repr=False)  # adapting.Adaptation, when routing.adapt is on
     memory: "Memory | None" = field(default=None, repr=False)  # the store, when store.url is set
+    fleet_counts: FleetCounts | None = field(default=None, repr=False)  # callers' counts shared, with callers and a shared store
 
     async def start_http(self) -> None:
         """The OpenAI-compatible endpoint, on this loop, beside gRPC."""
@@ -98,6 +102,8 @@ class App:
             self._gc_pauses.install()
         if self.adaptation is not None:  # an adapter another process adopts is routed with here too
             self.adaptation.poll()
+        if self.fleet_counts is not None:
+            self.fleet_counts.start()
         await self.tiers.start()
         # What is alive now (engines, models, tokenizers, indexes) lives as
         # long as the process: out of the collector's reach, so a full
@@ -130,6 +136,8 @@ class App:
         if self._metrics_http is not None:
             closing.append(asyncio.to_thread(self._metrics_http.shutdown))
         await asyncio.gather(*closing)
+        if self.fleet_counts is not None:  # after the last answer: it was charged
+            await self.fleet_counts.stop()
         if self.memory is not None:  # after the last answer: its writes are buffered
             await self.memory.close()
         thaw_heap()
@@ -235,10 +243,12 @@ def _adaptation(config: Config, classifier, policy: RoutingPolicy, metrics: Rout
 
 
 def _listeners(metrics: RouterMetrics, stats: Stats, tracing, sessions: SessionStore | None, tier_names, recent: RecentAnswers | None,
-               keep_text: bool, shadows: Shadows | None, memory: Memory | None) -> Listeners:
+               keep_text: bool, shadows: Shadows | None, memory: Memory | None, ledger: Ledger) -> Listeners:
     """Everything told of a finished request (server/finished.py), in order:
-    the observers first, then the features that learn from answers."""
-    listeners = [("metrics", metrics.on_finished), ("stats", stats.on_finished), ("log", log_line), ("tracing", tracing.finish)]
+    the callers' charges and the observers first, then the features that
+    learn from answers."""
+    listeners = [("callers", ledger.on_finished), ("metrics", metrics.on_finished), ("stats", stats.on_finished), ("log", log_line),
+                 ("tracing", tracing.finish)]
     if sessions is not None:
         listeners.append(("sessions", sessions.listener(tier_names, memory.sessions if memory is not None else None)))
     if recent is not None:
@@ -262,19 +272,25 @@ def _outcomes(config: Config, memory: Memory | None, recent, metrics, router, ad
 
 
 def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None = None, registry: CollectorRegistry | None = None,
-              embedder=None, tokens: tuple[str, ...] = (), api_keys: Mapping[str, str] | None = None,
+              embedder=None, tokens: Mapping[str, str] | Sequence[str] = (), api_keys: Mapping[str, str] | None = None,
               servicer: type[RouterServicer] = RouterServicer) -> App:
     """Everything but the engines' start. A retrieval index that is missing or
     corrupt raises retrieval.IndexError_ here, before the server listens.
     `servicer`: the gRPC servicer's class (a benchmark cuts its handlers down).
-    `api_keys`: per remote tier, its replicas' key (read by __main__)."""
+    `api_keys`: per remote tier, its replicas' key (read by __main__).
+    `tokens`: the bearer tokens, each to the caller it names ("" none),
+    as auth.load_tokens reads them; a plain sequence names no caller."""
     registry = registry or CollectorRegistry()
     metrics = RouterMetrics(registry, tuple(config.tiers))
     cache, retrieval = _lookups(config, metrics, embedder)
     api_keys = api_keys or {}
     engines = engines or {name: make_engine(tier, config.resilience, metrics, api_keys.get(name)) for name, tier in config.tiers.items()}
-    tiers = Tiers([Tier(t, engines[name], config.resilience, metrics) for name, t in config.tiers.items()],
-                  config.limits, config.resilience, metrics, config.server.warmup_prompt)
+    tokens = dict(tokens) if isinstance(tokens, Mapping) else dict.fromkeys(tokens, "")
+    ledger = Ledger(config.callers, metrics)
+    weights = ledger.weights if config.callers else None  # none: one first-come queue, as before callers
+    headroom = config.limits.caller_headroom
+    tiers = Tiers([Tier(t, engines[name], config.resilience, metrics, weights, headroom) for name, t in config.tiers.items()],
+                  config.limits, config.resilience, metrics, config.server.warmup_prompt, weights=weights)
     policy = _policy(config, classifier, metrics)
     memory = _memory(config, metrics, policy)
     adaptation = _adaptation(config, classifier, policy, metrics, memory)
@@ -288,11 +304,12 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     router = Router(policy, tiers, metrics, cache=cache, retrieval=retrieval, limits=config.limits, resilience=config.resilience,
                     spill=config.routing.spill, tracing=tracing, stats=stats,
                     costs=Costs({name: t.cost for name, t in config.tiers.items()}, list(config.tiers)[-1], metrics),
-                    listeners=_listeners(metrics, stats, tracing, policy.sessions, tiers.names, recent, fb.keep_text, shadows, memory),
-                    on_engine_start=shadows.yield_to if shadows is not None else None)
+                    listeners=_listeners(metrics, stats, tracing, policy.sessions, tiers.names, recent, fb.keep_text, shadows, memory, ledger),
+                    on_engine_start=shadows.yield_to if shadows is not None else None, ledger=ledger)
+    book = CallerBook(tokens, config.callers)
     server = _grpc_server(config, registry, tokens)
     calls = Calls(metrics, router.stats)
-    add_to_server(servicer(router, calls, _outcomes(config, memory, recent, metrics, router, adaptation), adaptation), server)
+    add_to_server(servicer(router, calls, _outcomes(config, memory, recent, metrics, router, adaptation), adaptation, book), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -303,11 +320,12 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
     if config.server.metrics_port >= 0:
         metrics_http, _ = start_http_server(config.server.metrics_port, addr=config.server.host, registry=registry)
         metrics_port = metrics_http.server_port
-    app = App(config, router, tiers, server, health_servicer, port, metrics_port, calls, metrics_http, adaptation=adaptation, memory=memory)
+    app = App(config, router, tiers, server, health_servicer, port, metrics_port, calls, metrics_http, adaptation=adaptation, memory=memory,
+              fleet_counts=FleetCounts(ledger, memory.threads) if config.callers and memory is not None and memory.store.shared else None)
     if config.server.http_port >= 0:
         from .fronts.http_api import OpenAIHttp
 
-        app.http = OpenAIHttp(router, calls, tokens, config.server.http_auto_model, config.security)
+        app.http = OpenAIHttp(router, calls, tokens, config.server.http_auto_model, config.security, book)
     tiers.on_change = app.update_health
     return app
 
@@ -350,7 +368,7 @@ def _policy(config: Config, classifier, metrics: RouterMetrics) -> RoutingPolicy
     return policy
 
 
-def _grpc_server(config: Config, registry: CollectorRegistry, tokens: tuple[str, ...]) -> grpc.aio.Server:
+def _grpc_server(config: Config, registry: CollectorRegistry, tokens: Iterable[str]) -> grpc.aio.Server:
     lim = config.limits
     options = [
         ("grpc.max_receive_message_length", lim.max_receive_message_bytes),

@@ -152,6 +152,10 @@ class LimitsConfig:
     max_queued: int = 64
     max_receive_message_bytes: int = 1024 * 1024
     max_concurrent_streams: int = 256  # per HTTP/2 connection
+    # With callers configured: slots of each tier that no one caller may
+    # hold, so another caller's request starts at once instead of waiting
+    # for a flood's answers to end (server/tiers/admission.py).
+    caller_headroom: int = bounded(1, 0, integer=True)
     keepalive_time_s: float = 60.0  # pings keep long CPU streams alive through proxies
     keepalive_timeout_s: float = 20.0
 
@@ -341,6 +345,24 @@ class RetrievalConfig:
     tiers: tuple[str, ...] = ()  # tiers that retrieve unless the request says otherwise
 
 
+OTHER_CALLER = "other"  # every request whose credential names no configured caller
+
+
+@dataclass(frozen=True)
+class CallerConfig:
+    """One caller (server/callers/): named by its credential, a bearer token
+    mapped to the name in security.token_file / token_env ("name:token"),
+    or a mutual-TLS client certificate's subject. Every limit is optional."""
+
+    name: str
+    weight: float = bounded(1.0, 0.0, lo_open=True)  # its share of a contended tier's slots, against the others'
+    requests_per_minute: float | None = bounded(None, 0.0, lo_open=True)
+    tokens_per_minute: float | None = bounded(None, 0.0, lo_open=True)  # prompt + completion tokens
+    concurrent: int | None = bounded(None, 0, lo_open=True, integer=True)  # requests generating at once
+    budget_per_day: float | None = bounded(None, 0.0, lo_open=True)  # in the tiers' cost unit, per UTC day
+    tls_subject: str | None = None  # e.g. "CN=batch-jobs,O=example": a client certificate's subject names this caller
+
+
 @dataclass(frozen=True)
 class Config:
     profile: str
@@ -357,6 +379,7 @@ class Config:
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
+    callers: tuple[CallerConfig, ...] = ()  # none: every caller is the same, as before callers existed
 
     def with_ports(self, port: int | None, metrics_port: int | None, host: str | None = None, http_port: int | None = None) -> "Config":
         server = self.server if host is None else dataclasses.replace(self.server, host=host)
@@ -611,7 +634,35 @@ def load(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Config:
         server=server,
         classifier=_classifier(raw.get("classifier"), len(tiers_raw), base),
         tiers={name: _tier(name, tier, base) for name, tier in tiers_raw.items()},
+        callers=_callers(raw.get("callers")),
     )
+
+
+def _callers(raw: Any) -> tuple[CallerConfig, ...]:
+    """`callers:` is a list, so a name given twice is seen (a mapping would
+    silently keep the last)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"callers: expected a list of callers (each with a name), got {type(raw).__name__}")
+    callers, seen = [], set()
+    for i, entry in enumerate(raw):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        where = f"callers[{i}]" + (f" ({name})" if isinstance(name, str) else "")
+        caller = _build(CallerConfig, entry, where)
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", name):
+            raise ConfigError(f"{where}.name: lowercase letters, digits, _ and - (a metric label), at most 32, got {name!r}")
+        if name == OTHER_CALLER:
+            raise ConfigError(f"{where}.name: {OTHER_CALLER!r} is reserved for requests that name no caller")
+        if name in seen:
+            raise ConfigError(f"{where}.name: the caller {name!r} is given twice")
+        seen.add(name)
+        callers.append(caller)
+    subjects = [c.tls_subject for c in callers if c.tls_subject]
+    twice = sorted({s for s in subjects if subjects.count(s) > 1})
+    if twice:
+        raise ConfigError(f"callers: tls_subject {twice[0]!r} names two callers")
+    return tuple(callers)
 
 
 def _read(path: Path, overrides: Sequence[str]) -> dict:

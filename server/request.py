@@ -147,6 +147,7 @@ def log_line(finished) -> None:
         json.dumps(
             {
                 "request_id": finished.req.request_id,
+                "caller": finished.req.caller,
                 # When it arrived, on the wall clock (seconds since the epoch), to line it up with other services' logs.
                 "arrived_at": round(time.time() - (time.perf_counter() - finished.arrived), 6),
                 "tier": d.tier,

@@ -23,6 +23,7 @@ import time
 from dataclasses import replace
 from typing import AsyncIterator, Callable
 
+from .callers.ledger import Ledger
 from .routing import placement
 from .lookup.cache import EXACT, MISS, SEMANTIC, CachedAnswer, ResponseCache
 from .config import CostConfig, LimitsConfig, ResilienceConfig, SpillConfig
@@ -58,16 +59,18 @@ class Router:
                  cache: ResponseCache | None = None, retrieval: RetrievalService | None = None,
                  limits: LimitsConfig | None = None, resilience: ResilienceConfig | None = None, spill: SpillConfig | None = None,
                  tracing: Tracing | None = None, costs: Costs | None = None, stats: Stats | None = None, listeners: Listeners | None = None,
-                 on_engine_start: Callable[[str], None] | None = None):
+                 on_engine_start: Callable[[str], None] | None = None, ledger: Ledger | None = None):
         """`listeners`: told of every finished request (finished.py; app.py
-        lists them); `on_engine_start(tier)`: a live request is about to
-        start on the tier's engine (shadows yield to it)."""
+        lists them, the ledger's charge among them); `on_engine_start(tier)`:
+        a live request is about to start on the tier's engine (shadows yield
+        to it); `ledger`: the callers' limits (server/callers/ledger.py)."""
         self.policy, self.tiers, self.metrics, self.cache, self.retrieval = policy, tiers, metrics, cache, retrieval
         self.tracing, self.listeners = tracing or Tracing(), listeners or Listeners(())
         self.spill, self.limits, self.resilience = spill or SpillConfig(enabled=False), limits or LimitsConfig(), resilience or ResilienceConfig()
         self.costs = costs or Costs({name: CostConfig() for name in tiers.names}, tiers.names[-1])
         self.stats = stats or Stats(tiers.names)  # GetStats' figures; a listener keeps them (app.py)
         self._on_engine_start = on_engine_start or (lambda tier: None)
+        self.ledger = ledger or Ledger(())
         self._chunk_chars = retrieval.max_chunk_chars if retrieval is not None else 0  # the longest retrieved chunk a prompt carries
 
     def classify(self, messages: tuple[ChatMessage, ...], threshold: float | None) -> tuple[Decision, float]:
@@ -87,13 +90,17 @@ class Router:
 
     async def generate(self, req: GenerateInput, arrived: float | None = None) -> AsyncIterator[DecisionEvent | DeltaEvent | FinalEvent]:
         ctx = RequestContext(req, time.perf_counter() if arrived is None else arrived)
-        ctx.span = self.tracing.begin(req.trace_parent, ctx.arrived)
+        ctx.span = self.tracing.begin(req.trace_parent, ctx.arrived, req.caller)
         try:
+            self.tiers.check_accepting()
+            check_request(req, self.limits, self.tiers.names)
+            # The caller's limits, after validation and before any other work.
             # aclosing: a caller that closes this generator closes the inner
             # one at once, and with it the engine request (not at GC time).
-            async with contextlib.aclosing(self._generate(ctx)) as events:
-                async for event in events:
-                    yield event
+            with self.ledger.hold(req.caller):
+                async with contextlib.aclosing(self._generate(ctx)) as events:
+                    async for event in events:
+                        yield event
         except BaseException as exc:  # the span says how the request ended; the exception goes on unchanged
             self.tracing.abandon(ctx.span, exc.status if isinstance(exc, RouterError) else
                                  "CANCELLED" if isinstance(exc, (asyncio.CancelledError, GeneratorExit)) else "INTERNAL")
@@ -101,8 +108,6 @@ class Router:
 
     async def _generate(self, ctx: RequestContext) -> AsyncIterator[DecisionEvent | DeltaEvent | FinalEvent]:
         req = ctx.req
-        self.tiers.check_accepting()
-        check_request(req, self.limits, self.tiers.names)
         if req.session_id:
             await self.policy.recall(req.session_id)
         self._decide(ctx)
@@ -111,7 +116,7 @@ class Router:
         search = None  # the overlapped semantic search, while it runs
         try:
             if ctx.lookup.semantic_pending:
-                if self.cache.config.semantic_overlap and self.tiers.can_start_now(ctx.tier):
+                if self.cache.config.semantic_overlap and self.tiers.can_start_now(ctx.tier, req.caller):
                     search = asyncio.create_task(self._search_semantic(ctx))
                 else:  # it would wait for a slot anyway, or fall back: search first
                     await self._search_semantic(ctx)
@@ -121,7 +126,7 @@ class Router:
                     search = None
                 self._place(ctx)
                 remaining = None if req.deadline_s is None else req.deadline_s - (time.perf_counter() - ctx.arrived)
-                async with self.tiers.admit(ctx.tier, remaining):
+                async with self.tiers.admit(ctx.tier, remaining, req.caller):
                     self.tiers.check_accepting()
                     while True:
                         try:
@@ -212,7 +217,7 @@ class Router:
         moved = placement.place(
             names, ctx.tier.name, d.reason, d.p_complex, self.policy.live_cuts, own_threshold=ctx.req.threshold is not None,
             rule=self.spill, fallback=self.resilience.fallback, why_not=self.tiers.why_not,
-            busy=lambda name: self.tiers[name].busy_reason(self.spill.queue_seconds),
+            busy=lambda name: self.tiers[name].busy_reason(self.spill.queue_seconds, ctx.req.caller),
             fits=lambda name: allows(ctx.req.sampling, self.tiers[name].config.sampling, name))
         if moved is not None:
             self._move(ctx, moved)

@@ -58,6 +58,7 @@ class GenerateInput:
     deadline_s: float | None = None  # the caller's remaining time when the RPC arrived, if it set one
     trace_parent: str | None = None  # the caller's W3C traceparent (gRPC metadata or HTTP header), if any
     session_id: str = ""  # a conversation's id, for session affinity; "": none
+    caller: str = "other"  # who asks (server/callers/identity.py): a configured caller's name, or config.OTHER_CALLER
     # False: the caller sees nothing before the whole answer (unary), so the
     # router holds the text back, and an engine that fails midway may still
     # be replaced by another tier.

@@ -75,6 +75,17 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             holder TEXT NOT NULL,
             until DOUBLE PRECISION NOT NULL
         )""")),
+    # Callers (server/callers/): whose answer an outcome is about, and the
+    # fleet's per-caller counts, one row per caller, kind and window.
+    (3, ("ALTER TABLE feedback ADD COLUMN caller TEXT NOT NULL DEFAULT ''",
+         "ALTER TABLE answers ADD COLUMN caller TEXT NOT NULL DEFAULT ''",
+         """CREATE TABLE caller_usage (
+            caller TEXT NOT NULL,
+            kind TEXT NOT NULL,                     -- requests, tokens (a minute's window) or cost (a UTC day's)
+            window_start BIGINT NOT NULL,           -- unix seconds, a multiple of the window's span
+            amount DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (caller, kind, window_start)
+        )""")),
 )
 LATEST = MIGRATIONS[-1][0]
 BLOB = {"sqlite": "BLOB", "postgresql": "BYTEA"}

@@ -333,7 +333,7 @@ class TierStats(_message.Message):
     def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., model: _Optional[str] = ..., requests: _Optional[int] = ..., share: _Optional[float] = ..., mean_latency_ms: _Optional[float] = ..., p95_latency_ms: _Optional[float] = ..., mean_ttft_ms: _Optional[float] = ..., completion_tokens: _Optional[int] = ..., tokens_per_second: _Optional[float] = ..., engine_load_seconds: _Optional[float] = ..., ready: _Optional[bool] = ..., tier_name: _Optional[str] = ..., cut_point: _Optional[float] = ..., target_share: _Optional[float] = ..., window_share: _Optional[float] = ..., spilled_out: _Optional[int] = ..., spilled_in: _Optional[int] = ..., feedback: _Optional[int] = ...) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("uptime_seconds", "total_requests", "completed_generations", "large_share", "tiers", "requests_by_code", "summary", "cache_lookups", "exact_hit_rate", "semantic_hit_rate", "routing_window", "sessions", "session_pins", "session_escalations", "session_expiries", "cost", "cost_if_most_capable", "saved_share", "adapter")
+    __slots__ = ("uptime_seconds", "total_requests", "completed_generations", "large_share", "tiers", "requests_by_code", "summary", "cache_lookups", "exact_hit_rate", "semantic_hit_rate", "routing_window", "sessions", "session_pins", "session_escalations", "session_expiries", "cost", "cost_if_most_capable", "saved_share", "adapter", "callers")
     class RequestsByCodeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -360,6 +360,7 @@ class GetStatsResponse(_message.Message):
     COST_IF_MOST_CAPABLE_FIELD_NUMBER: _ClassVar[int]
     SAVED_SHARE_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    CALLERS_FIELD_NUMBER: _ClassVar[int]
     uptime_seconds: float
     total_requests: int
     completed_generations: int
@@ -379,7 +380,30 @@ class GetStatsResponse(_message.Message):
     cost_if_most_capable: float
     saved_share: float
     adapter: AdapterStats
-    def __init__(self, uptime_seconds: _Optional[float] = ..., total_requests: _Optional[int] = ..., completed_generations: _Optional[int] = ..., large_share: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., requests_by_code: _Optional[_Mapping[str, int]] = ..., summary: _Optional[str] = ..., cache_lookups: _Optional[int] = ..., exact_hit_rate: _Optional[float] = ..., semantic_hit_rate: _Optional[float] = ..., routing_window: _Optional[int] = ..., sessions: _Optional[int] = ..., session_pins: _Optional[int] = ..., session_escalations: _Optional[int] = ..., session_expiries: _Optional[int] = ..., cost: _Optional[float] = ..., cost_if_most_capable: _Optional[float] = ..., saved_share: _Optional[float] = ..., adapter: _Optional[_Union[AdapterStats, _Mapping]] = ...) -> None: ...
+    callers: _containers.RepeatedCompositeFieldContainer[CallerStats]
+    def __init__(self, uptime_seconds: _Optional[float] = ..., total_requests: _Optional[int] = ..., completed_generations: _Optional[int] = ..., large_share: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., requests_by_code: _Optional[_Mapping[str, int]] = ..., summary: _Optional[str] = ..., cache_lookups: _Optional[int] = ..., exact_hit_rate: _Optional[float] = ..., semantic_hit_rate: _Optional[float] = ..., routing_window: _Optional[int] = ..., sessions: _Optional[int] = ..., session_pins: _Optional[int] = ..., session_escalations: _Optional[int] = ..., session_expiries: _Optional[int] = ..., cost: _Optional[float] = ..., cost_if_most_capable: _Optional[float] = ..., saved_share: _Optional[float] = ..., adapter: _Optional[_Union[AdapterStats, _Mapping]] = ..., callers: _Optional[_Iterable[_Union[CallerStats, _Mapping]]] = ...) -> None: ...
+
+class CallerStats(_message.Message):
+    __slots__ = ("caller", "requests", "tokens", "cost", "rejected", "in_flight", "spent_today", "requests_last_minute", "tokens_last_minute")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    SPENT_TODAY_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    caller: str
+    requests: int
+    tokens: int
+    cost: float
+    rejected: int
+    in_flight: int
+    spent_today: float
+    requests_last_minute: float
+    tokens_last_minute: float
+    def __init__(self, caller: _Optional[str] = ..., requests: _Optional[int] = ..., tokens: _Optional[int] = ..., cost: _Optional[float] = ..., rejected: _Optional[int] = ..., in_flight: _Optional[int] = ..., spent_today: _Optional[float] = ..., requests_last_minute: _Optional[float] = ..., tokens_last_minute: _Optional[float] = ...) -> None: ...
 
 class AdapterStats(_message.Message):
     __slots__ = ("enabled", "current", "previous", "generation", "outcomes", "held_out_apgr", "prior_held_out_apgr", "fits_adopted", "fits_refused", "fits_failed", "pending_outcomes", "fitting", "last_fit")

@@ -2,7 +2,8 @@
 (mutual when a client CA is configured).
 
 Tokens come from a file or an environment variable named in the config,
-never from the config itself; __main__ reads them (`load_tokens`).
+never from the config itself; __main__ reads them (`load_tokens`), with
+the caller each names (server/callers/identity.py).
 """
 
 from __future__ import annotations
@@ -11,31 +12,46 @@ import hmac
 import os
 from pathlib import Path
 
+from collections.abc import Iterable, Sequence
+
 import grpc
+
+from ..callers.identity import bearer_of
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 
 
-def load_tokens(token_file: str | None, token_env: str | None) -> tuple[str, ...]:
+def load_tokens(token_file: str | None, token_env: str | None, callers: Sequence[str] = ()) -> dict[str, str]:
     """Tokens from a file (one per line, # comments) and/or an environment
-    variable (comma-separated). Empty: authentication is off."""
-    tokens: list[str] = []
+    variable (comma-separated), each to the caller it names: "name:token"
+    names a caller of `callers` (server/callers/identity.py), a bare token
+    none (""). Empty: authentication is off."""
+    entries: list[tuple[str, str]] = []  # (where, entry)
     if token_file:
-        for line in Path(token_file).read_text().splitlines():
+        for n, line in enumerate(Path(token_file).read_text().splitlines(), 1):
             line = line.strip()
             if line and not line.startswith("#"):
-                tokens.append(line)
+                entries.append((f"security.token_file line {n}", line))
     if token_env:
         value = os.environ.get(token_env, "")
         if not value:
             raise ValueError(f"security.token_env names {token_env}, which is not set")
-        tokens += [t.strip() for t in value.split(",") if t.strip()]
-    if (token_file or token_env) and not tokens:
+        entries += [(f"security.token_env ({token_env}) entry {i}", t.strip()) for i, t in enumerate(value.split(","), 1) if t.strip()]
+    if (token_file or token_env) and not entries:
         raise ValueError("authentication is configured but no token was found")
-    short = [t for t in tokens if len(t) < 16]
-    if short:
-        raise ValueError(f"{len(short)} token(s) shorter than 16 characters: use long random tokens")
-    return tuple(tokens)
+    tokens: dict[str, str] = {}
+    for where, entry in entries:
+        name, _, token = entry.partition(":") if ":" in entry else ("", "", entry)
+        name, token = name.strip(), token.strip()
+        if name and name not in callers:
+            raise ValueError(f"{where}: the token names caller {name!r}, which is not in callers "
+                             f"({', '.join(callers) or 'none configured'})")
+        if len(token) < 16:
+            raise ValueError(f"{where}: a token shorter than 16 characters: use long random tokens")
+        if tokens.get(token, name) != name:
+            raise ValueError(f"{where}: the same token names two callers ({tokens[token] or 'none'!r} and {name!r})")
+        tokens[token] = name
+    return tokens
 
 
 def matches(presented: bytes, tokens: tuple[bytes, ...]) -> bool:
@@ -51,7 +67,7 @@ class BearerTokenAuth(grpc.aio.ServerInterceptor):
     """`authorization: Bearer <token>` on every call, except the services in
     `open_services` (health checking, when configured open)."""
 
-    def __init__(self, tokens: tuple[str, ...], open_services: tuple[str, ...] = ()):
+    def __init__(self, tokens: Iterable[str], open_services: tuple[str, ...] = ()):
         self._tokens = tuple(t.encode() for t in tokens)
         self._open = tuple(f"/{s}/" for s in open_services)
 
@@ -70,13 +86,7 @@ class BearerTokenAuth(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         if details.method.startswith(self._open):
             return await continuation(details)
-        presented = b""
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                value = value.encode() if isinstance(value, str) else value
-                if value[:7].lower() == b"bearer ":
-                    presented = value[7:].strip()
-                break
+        presented = bearer_of(details.invocation_metadata)
         if presented and matches(presented, self._tokens):
             return await continuation(details)
         handler = await continuation(details)

@@ -25,10 +25,13 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable
 
 import msgspec
 
 from .auth import matches
+from ..callers.identity import CallerBook
+from ..config import OTHER_CALLER
 from .calls import Call, Calls, Failure
 from ..errors import InvalidArgument, RouterError, TooLarge, Unauthenticated
 from ..router import Router
@@ -81,8 +84,10 @@ def _error_response(web, failure: Failure):
 class OpenAIHttp:
     """The aiohttp application and its site, on the router's loop."""
 
-    def __init__(self, router: Router, calls: Calls, tokens: tuple[str, ...], auto_model: str = "auto", security=None):
+    def __init__(self, router: Router, calls: Calls, tokens: Iterable[str], auto_model: str = "auto", security=None,
+                 callers: CallerBook | None = None):
         self.router, self.calls, self.auto_model = router, calls, auto_model
+        self.callers = callers  # None or empty: every call is OTHER_CALLER
         self._security = security  # TLS (and mutual TLS) as for gRPC
         self._tokens = tuple(t.encode() for t in tokens)
         self._runner = None
@@ -143,6 +148,18 @@ class OpenAIHttp:
         scheme, _, token = header.partition(" ")
         return scheme.lower() == "bearer" and matches(token.strip().encode(), self._tokens)
 
+    def _caller(self, request) -> str:
+        """Its client certificate's common name (mutual TLS), else its bearer token's caller."""
+        if not self.callers:
+            return OTHER_CALLER
+        cert = request.transport.get_extra_info("peercert") if request.transport is not None else None
+        common_name = next((v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"), None)
+        named = self.callers.of_subject(None, common_name) if common_name else None
+        if named is not None:
+            return named
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return self.callers.of_token(token.strip()) if scheme.lower() == "bearer" else OTHER_CALLER
+
     async def models(self, request):
         from aiohttp import web
 
@@ -166,7 +183,7 @@ class OpenAIHttp:
                 body = await _read_json(request)
                 req, stream, include_usage = parse(body, self.router.tiers, self.auto_model, call.request_id,
                                                    request.headers.get("x-session-id"))
-                req = dataclasses.replace(req, trace_parent=request.headers.get("traceparent"), stream=stream)
+                req = dataclasses.replace(req, trace_parent=request.headers.get("traceparent"), stream=stream, caller=self._caller(request))
                 events = self.router.generate(req, arrived)
                 if stream:
                     return await self._stream(request, events, req, include_usage, call)

@@ -17,6 +17,8 @@ import grpc
 from triage_proto import router_pb2 as pb
 from triage_proto import router_pb2_grpc
 
+from ..callers.identity import CallerBook
+from ..config import OTHER_CALLER
 from ..lookup.cache import CACHE_MODES, CACHE_STATUSES
 from .calls import Calls
 from ..errors import FailedPrecondition, InvalidArgument
@@ -99,7 +101,8 @@ def _sampling(s: pb.SamplingParams) -> SamplingRequest:
     )
 
 
-def _request(req: pb.GenerateRequest, tiers: tuple[str, ...], deadline_s: float | None = None, metadata=(), stream: bool = True) -> GenerateInput:
+def _request(req: pb.GenerateRequest, tiers: tuple[str, ...], deadline_s: float | None = None, metadata=(), stream: bool = True,
+             caller: str = OTHER_CALLER) -> GenerateInput:
     """Decode only; every check on the values is validation.check_request's."""
     ends = {pb.TIER_UNSPECIFIED: None, pb.TIER_SMALL: tiers[0], pb.TIER_LARGE: tiers[-1]}
     if req.route not in ends:
@@ -121,6 +124,7 @@ def _request(req: pb.GenerateRequest, tiers: tuple[str, ...], deadline_s: float 
         trace_parent=next((v for k, v in metadata or () if k == "traceparent"), None),
         session_id=req.session_id,
         stream=stream,
+        caller=caller,
     )
 
 
@@ -172,8 +176,9 @@ def _effective(s: EffectiveSampling) -> pb.EffectiveSampling:
 
 
 class RouterServicer(router_pb2_grpc.RouterServicer):
-    def __init__(self, router: Router, calls: Calls, outcomes: Outcomes | None = None, adaptation=None):
+    def __init__(self, router: Router, calls: Calls, outcomes: Outcomes | None = None, adaptation=None, callers: CallerBook | None = None):
         self.router = router
+        self.callers = callers  # None or empty: every call is OTHER_CALLER
         self.calls = calls
         self.tiers = router.tiers.names
         self.outcomes = outcomes  # None: no feedback store configured
@@ -203,11 +208,15 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 context.set_trailing_metadata((("grpc-retry-pushback-ms", ms), ("retry-after-ms", ms)))
             await context.abort(getattr(grpc.StatusCode, failure.status), failure.message)
 
+    def _caller(self, context) -> str:
+        return self.callers.of_grpc(context) if self.callers else OTHER_CALLER
+
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         arrived = time.perf_counter()
         response = pb.GenerateResponse()
         async with self._rpc("Generate", context, request) as call:
-            req = _request(request, self.tiers, context.time_remaining(), context.invocation_metadata(), stream=False)
+            req = _request(request, self.tiers, context.time_remaining(), context.invocation_metadata(), stream=False,
+                           caller=self._caller(context))
             response.request_id = req.request_id
             parts: list[str] = []
             async for event in self.router.generate(req, arrived):
@@ -230,7 +239,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def GenerateStream(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateStreamResponse]:
         arrived = time.perf_counter()
         async with self._rpc("GenerateStream", context, request) as call:
-            req = _request(request, self.tiers, context.time_remaining(), context.invocation_metadata())
+            req = _request(request, self.tiers, context.time_remaining(), context.invocation_metadata(), caller=self._caller(context))
             rid = req.request_id
             async for event in self.router.generate(req, arrived):
                 if isinstance(event, DeltaEvent):
@@ -307,6 +316,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
             )
             if self.adaptation is not None:
                 response.adapter.CopyFrom(pb.AdapterStats(**self.adaptation.status()))
+            response.callers.extend(pb.CallerStats(**row) for row in self.router.ledger.report())
             response.summary = format_stats(response)
             return response
 
@@ -341,6 +351,10 @@ def format_stats(r: pb.GetStatsResponse) -> str:
                  f"saved {r.saved_share:.1%}")
     lines.append(f"sessions: {r.sessions} remembered · {r.session_pins} requests kept up · {r.session_escalations} moved up · "
                  f"{r.session_expiries} forgotten")
+    for c in r.callers:
+        if c.requests or c.rejected or len(r.callers) > 1:
+            lines.append(f"caller {c.caller}: {c.requests} requests · {c.tokens} tokens · cost {c.cost:.4g} "
+                         f"({c.spent_today:.4g} today) · {c.rejected} refused at a limit · {c.in_flight} in flight")
     if r.HasField("adapter"):
         a = r.adapter
         routing = (f"adapter {a.current} routes ({a.outcomes} outcomes, held-out APGR {a.held_out_apgr:.3f} against the prior's "

@@ -150,6 +150,14 @@ class RouterMetrics:
         self.queue_expected_wait = Gauge("router_queue_expected_wait_seconds", "Expected wait for a slot on the tier, as last estimated at admission", ["tier"], registry=self.registry)
         self.admission_rejections = Counter("router_admission_rejected_total", "Requests refused at an admission limit", ["scope"], registry=self.registry)
         self.threshold = Gauge("router_threshold", "Configured p_complex threshold", registry=self.registry)
+        # Per caller (server/callers/): the configured names and "other", never a value taken from a request.
+        self.caller_requests = Counter("router_caller_requests_total", "Generations admitted, by caller", ["caller"], registry=self.registry)
+        self.caller_tokens = Counter("router_caller_tokens_total", "Prompt + completion tokens of finished answers, by caller", ["caller"],
+                                     registry=self.registry)
+        self.caller_cost = Counter("router_caller_cost_total", "Cost of finished answers (the tiers' cost unit), by caller", ["caller"],
+                                   registry=self.registry)
+        self.caller_rejections = Counter("router_caller_rejected_total", "Generations refused at a caller's limit", ["caller", "limit"],
+                                         registry=self.registry)
 
     def _routing_series(self) -> None:
         """The cut points, target shares and spills."""

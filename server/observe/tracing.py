@@ -69,10 +69,11 @@ class Tracing:
             self._provider.add_span_processor(SimpleSpanProcessor(exporter))
         self._tracer = self._provider.get_tracer("triage.router")
 
-    def begin(self, trace_parent: str | None, arrived_perf: float):
+    def begin(self, trace_parent: str | None, arrived_perf: float, caller: str = ""):
         """The request's span, started at its arrival, as the parent of
         what its tier's servers do (their traceparent is this span's); None
-        when tracing is off."""
+        when tracing is off. It names its caller from the start, so a
+        request refused at a caller's limit shows whose it was."""
         if not self.enabled:
             return None
         from opentelemetry.trace import set_span_in_context
@@ -80,7 +81,8 @@ class Tracing:
 
         propagator = TraceContextTextMapPropagator()
         parent = propagator.extract({"traceparent": trace_parent}) if trace_parent and _TRACEPARENT.fullmatch(trace_parent) else None
-        span = self._tracer.start_span("triage.request", context=parent, start_time=_wall_ns(arrived_perf))
+        span = self._tracer.start_span("triage.request", context=parent, start_time=_wall_ns(arrived_perf),
+                                       attributes={"triage.caller": caller} if caller else None)
         carrier: dict[str, str] = {}
         propagator.inject(carrier, context=set_span_in_context(span))
         TRACEPARENT.set(carrier.get("traceparent"))

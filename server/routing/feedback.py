@@ -54,6 +54,7 @@ class Answered:
     reason: str
     at: float  # unix time
     question: str | None = None  # only kept with feedback.keep_text
+    caller: str = ""  # who asked (server/callers/identity.py)
 
 
 class RecentAnswers:
@@ -79,7 +80,7 @@ class RecentAnswers:
         def remember(finished) -> None:
             d = finished.decision
             answered = Answered(d.tier, d.model, d.p_complex, d.threshold, d.reason, time.time(),
-                                question_text(finished.req.messages) if keep_text else None)
+                                question_text(finished.req.messages) if keep_text else None, finished.req.caller)
             self.remember(finished.req.request_id, answered)
             if shared is not None:
                 shared.remember(finished.req.request_id, answered)
@@ -96,9 +97,9 @@ class RecentAnswers:
 class FeedbackTable:
     """The `feedback` table's writes; safe from the store's threads."""
 
-    UPSERT = ("INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET "
+    UPSERT = ("INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET "
               + ", ".join(f"{c} = excluded.{c}" for c in ("received_at", "answered_at", "tier", "model", "p_complex", "threshold",
-                                                          "reason", "rating", "correct", "label", "question")))
+                                                          "reason", "rating", "correct", "label", "question", "caller")))
     # Keeps the newest max_rows (received_at ties aside); nothing when there are fewer.
     TRIM = "DELETE FROM feedback WHERE received_at < (SELECT received_at FROM feedback ORDER BY received_at DESC LIMIT 1 OFFSET ?)"
 
@@ -118,7 +119,8 @@ class FeedbackTable:
         """One outcome (the last one wins for a request id), in `tx`."""
         tx.execute(self.UPSERT, (request_id, time.time(), answered.at, answered.tier, answered.model,
                                  None if answered.p_complex != answered.p_complex else answered.p_complex, answered.threshold,
-                                 answered.reason, rating, None if correct is None else int(correct), label, answered.question))
+                                 answered.reason, rating, None if correct is None else int(correct), label, answered.question,
+                                 answered.caller))
         self._inserts += 1
         if self._inserts % self.trim_every == 0:
             tx.execute(self.TRIM, (self.max_rows - 1,))
@@ -136,9 +138,9 @@ class SharedAnswers:
     """The store's `answers` table: every process's recent answers, for a
     Feedback that reaches another one. Trimmed by age as it is written."""
 
-    UPSERT = ("INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET "
+    UPSERT = ("INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET "
               "answered_at = excluded.answered_at, tier = excluded.tier, model = excluded.model, p_complex = excluded.p_complex, "
-              "threshold = excluded.threshold, reason = excluded.reason, question = excluded.question")
+              "threshold = excluded.threshold, reason = excluded.reason, question = excluded.question, caller = excluded.caller")
 
     def __init__(self, writes, threads, max_age_s: float):
         """`writes`: store.writer.BufferedWrites; `threads`: its StoreThreads."""
@@ -146,7 +148,8 @@ class SharedAnswers:
         self._written = 0
 
     def remember(self, request_id: str, a: Answered) -> None:
-        row = (request_id, a.at, a.tier, a.model, None if a.p_complex != a.p_complex else a.p_complex, a.threshold, a.reason, a.question)
+        row = (request_id, a.at, a.tier, a.model, None if a.p_complex != a.p_complex else a.p_complex, a.threshold, a.reason, a.question,
+               a.caller)
         self._written += 1
         expire = self._written % TRIM_EVERY == 0
 
@@ -158,12 +161,12 @@ class SharedAnswers:
         self.writes.put("answer", write)
 
     async def find(self, request_id: str) -> Answered | None:
-        rows = await self.threads.call(self.threads.store.query, "SELECT tier, model, p_complex, threshold, reason, answered_at, question "
+        rows = await self.threads.call(self.threads.store.query, "SELECT tier, model, p_complex, threshold, reason, answered_at, question, caller "
                                        "FROM answers WHERE request_id = ? AND answered_at >= ?", (request_id, time.time() - self.max_age_s))
         if not rows:
             return None
-        tier, model, p, cut, reason, at, question = rows[0]
-        return Answered(tier, model, float("nan") if p is None else p, cut, reason, at, question)
+        tier, model, p, cut, reason, at, question, caller = rows[0]
+        return Answered(tier, model, float("nan") if p is None else p, cut, reason, at, question, caller)
 
 
 class Outcomes:

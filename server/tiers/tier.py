@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Awaitable, Callable, Iterator, Sequence
+from typing import Awaitable, Callable, Iterator, Mapping, Sequence
 
 from .admission import Gate
 from ..observe.stalls import freeze_heap, thaw_heap
 from .breaker import CircuitBreaker
-from ..config import LimitsConfig, ResilienceConfig, TierConfig
+from ..config import OTHER_CALLER, LimitsConfig, ResilienceConfig, TierConfig
 from .engine import Engine
 from ..errors import ResourceExhausted, Unavailable
 from ..observe.metrics import RouterMetrics
@@ -30,13 +30,15 @@ class Tier:
     """A tier as the router sees it: can it serve now, a slot on it, and
     what its requests' outcomes say about its engine."""
 
-    def __init__(self, config: TierConfig, engine: Engine, resilience: ResilienceConfig, metrics: RouterMetrics):
+    def __init__(self, config: TierConfig, engine: Engine, resilience: ResilienceConfig, metrics: RouterMetrics,
+                 weights: Mapping[str, float] | None = None, headroom: int = 0):
+        """`weights`: each configured caller's share of contended slots (none: one first-come queue)."""
         self.config = config
         self.engine = engine
         self.name = config.name
         self.model = config.model
         self.breaker = CircuitBreaker(resilience.failure_threshold, resilience.cooldown_s)
-        self.gate = Gate(f"tier {config.name}", config.max_in_flight, config.max_queued)
+        self.gate = Gate(f"tier {config.name}", config.max_in_flight, config.max_queued, weights=weights, headroom=headroom)
         # The supervisor's last view of the engine (it notices changes by
         # comparing this with `ready`); everything else reads `ready`.
         self.serving = False
@@ -64,30 +66,31 @@ class Tier:
             return "circuit open"
         return None
 
-    def expected_wait(self) -> float:
-        """Seconds a request arriving now would wait for a slot: nothing while
-        a slot is free; else its place in the queue over the drain rate."""
-        if self.gate.in_flight < self.gate.max_in_flight or self.slot_seconds is None:
+    def expected_wait(self, caller: str = OTHER_CALLER) -> float:
+        """Seconds a caller's request arriving now would wait for a slot:
+        nothing while one is free to it; else its place in the turns
+        (admission.py) over the drain rate."""
+        if self.gate.has_room(caller) or self.slot_seconds is None:
             return 0.0
-        return (self.gate.waiting + 1) * self.slot_seconds / self.gate.max_in_flight
+        return (self.gate.ahead_of(caller) + 1) * self.slot_seconds / self.gate.max_in_flight
 
-    def busy_reason(self, budget_s: float) -> str | None:
+    def busy_reason(self, budget_s: float, caller: str = OTHER_CALLER) -> str | None:
         """None if a request arriving now would start within `budget_s`;
         else why not (placement.SPILL_REASONS): its queue is full, or the
         expected wait is longer."""
         gate = self.gate
         if gate.in_flight >= gate.max_in_flight and gate.waiting >= gate.max_queued:
             return "queue_full"
-        if self.expected_wait() > budget_s:
+        if self.expected_wait(caller) > budget_s:
             return "queue_wait"
         return None
 
     @contextlib.asynccontextmanager
-    async def admit(self, remaining_s: float | None = None):
+    async def admit(self, remaining_s: float | None = None, caller: str = OTHER_CALLER):
         """A slot on this tier, or RESOURCE_EXHAUSTED at once when the queue
         is full or the expected wait exceeds the tier's budget or the
         caller's remaining deadline."""
-        wait = self.expected_wait()
+        wait = self.expected_wait(caller)
         self._expected_wait_gauge.set(wait)
         budget = self.config.max_queue_seconds
         if wait > budget or (remaining_s is not None and wait > remaining_s):
@@ -96,7 +99,7 @@ class Tier:
                 f"tier {self.name}: expected wait {wait:.1f} s for a slot exceeds {limit}; retry later",
                 retry_after_ms=max(1000, int(wait * 1000)), scope=self.gate.name,
             )
-        async with self.gate.slot():
+        async with self.gate.slot(caller):
             started = time.monotonic()
             try:
                 yield
@@ -136,10 +139,11 @@ class Tiers:
     gate, fallback order, and the engines' supervisor."""
 
     def __init__(self, tiers: Sequence[Tier], limits: LimitsConfig, resilience: ResilienceConfig, metrics: RouterMetrics,
-                 warmup_prompt: str = "Say hello.", on_change: Callable[[], Awaitable[None]] | None = None):
+                 warmup_prompt: str = "Say hello.", on_change: Callable[[], Awaitable[None]] | None = None,
+                 weights: Mapping[str, float] | None = None):
         self._tiers = {t.name: t for t in tiers}
         self._order = [t.name for t in tiers]
-        self.gate = Gate("router", limits.max_in_flight, limits.max_queued)
+        self.gate = Gate("router", limits.max_in_flight, limits.max_queued, weights=weights, headroom=limits.caller_headroom)
         self.resilience = resilience
         self.metrics = metrics
         self.warmup_prompt = warmup_prompt
@@ -174,10 +178,10 @@ class Tiers:
         """Why the tier cannot take a request now, or None (Tier.why_not)."""
         return self._tiers[name].why_not()
 
-    def can_start_now(self, tier: Tier) -> bool:
-        """Its engine is up and a slot is free on it and router-wide: a
-        request would start at once."""
-        return tier.ready and tier.gate.has_room() and self.gate.has_room()
+    def can_start_now(self, tier: Tier, caller: str = OTHER_CALLER) -> bool:
+        """Its engine is up and a slot is free to the caller on it and
+        router-wide: a request would start at once."""
+        return tier.ready and tier.gate.has_room(caller) and self.gate.has_room(caller)
 
     def check_accepting(self) -> None:
         if self.draining:
@@ -187,12 +191,12 @@ class Tiers:
         return any(t.ready for t in self)
 
     @contextlib.asynccontextmanager
-    async def admit(self, tier: Tier, remaining_s: float | None = None):
+    async def admit(self, tier: Tier, remaining_s: float | None = None, caller: str = OTHER_CALLER):
         """A slot on the tier, then a router-wide one, or RESOURCE_EXHAUSTED.
         In this order: a request waiting for its busy tier holds no
         router-wide slot, so a burst on one tier never keeps another tier's
         requests out."""
-        async with tier.admit(remaining_s), self.gate.slot():
+        async with tier.admit(remaining_s, caller), self.gate.slot(caller):
             yield
 
     def past_drain_deadline(self) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / "server"
 DOC = ROOT / "docs/architecture.md"
-WINGS = ("fronts", "routing", "tiers", "lookup", "observe")
+WINGS = ("fronts", "routing", "tiers", "lookup", "observe", "callers")
 GRPC = ("grpc", "grpc_health", "grpc_reflection")
 SPINE_ABOVE_FRONTS = ("app.py", "__main__.py")  # the only modules above the front doors
 

@@ -44,7 +44,8 @@ def test_router_metric_names_follow_the_conventions():
 # tier name.)
 ALLOWED_LABELS = {"tier", "to_tier", "model", "rpc", "code", "reason", "kind", "result", "scope", "replica", "generation",  # generation: 0, 1 or 2
                   "direction", "bucket", "agreed",  # shadow: up/down, ten p_complex buckets (and nan), true/false
-                  "listener"}  # the after-answer listeners app.py lists (server/finished.py): at most seven
+                  "listener",  # the after-answer listeners app.py lists (server/finished.py): at most eight
+                  "caller", "limit"}  # the profile's callers and "other" (server/callers/identity.py); the four limits
 
 
 def test_every_router_metric_declares_only_bounded_labels():
