@@ -170,6 +170,8 @@ def _test_config(tmp: Path, profile: str = "cpu.yaml", **overrides) -> Path:
         if section == "tiers":
             for name, tier_values in values.items():
                 cfg["tiers"][name].update(tier_values)
+        elif isinstance(values, list):
+            cfg[section] = values
         else:
             cfg.setdefault(section, {}).update(values)
     path = tmp / "test.yaml"
