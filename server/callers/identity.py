@@ -10,7 +10,7 @@ caller OTHER_CALLER, so a metric label never takes a value from a request.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence  # noqa: F401
+from collections.abc import Mapping, Sequence
 
 from ..config import OTHER_CALLER, CallerConfig
 

@@ -279,3 +279,20 @@ def test_two_processes_on_one_store_enforce_one_limit(pg_url):
             s.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("overrides, env, named", [
+    (["callers=[{name: a}, {name: a}]"], {}, "bad config: callers[1] (a).name: the caller 'a' is given twice"),
+    (["callers=[{name: a, tokens_per_minute: -1}]"], {}, "bad config: callers[0] (a).tokens_per_minute must be a number > 0, got -1"),
+    (["callers=[{name: chat}]", "security.token_env=CALLER_TOKENS"], {"CALLER_TOKENS": f"chta:{TOKEN_A}"},
+     "security.token_env (CALLER_TOKENS) entry 1: the token names caller 'chta', which is not in callers (chat)"),
+])
+def test_the_server_refuses_to_start_on_bad_callers_naming_the_field(overrides, env, named):
+    import os
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "server", "--config", str(ROOT / "config/cpu.yaml"), "--port", "0", "--metrics-port", "-1"]
+    out = subprocess.run(argv + [a for o in overrides for a in ("--set", o)], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                         env={**os.environ, **env})
+    assert out.returncode == 2 and named in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
