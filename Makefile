@@ -76,15 +76,20 @@ proto: $(STAMP)
 # remote front (section 8), where Classify's gap to Health/Check is, and
 # section 12's runs at a GPU's pace, each in its own processes, then the
 # report again with their results. Section 7 (cores, about 15 minutes) and
-# 10 (SMG) are their own commands: docs/benchmarks.md.
+# 10 (SMG) are their own commands: docs/benchmarks.md. Section 12 runs the
+# router of PACE_AGAINST (a git revision: the one before the last change to
+# the front doors) beside this one, from one caller (a token's gaps) to 512
+# streams. The callers' fair share under a flood: python -m benchmarks.callers_flood.
+PACE_AGAINST ?= 14b625a
+PACE_LEVELS ?= 1,32,128,256,512
 bench: install litellm-env
 	$(PY) -m benchmarks --config $(CONFIG) --out docs
 	$(PY) -m benchmarks.remote --out docs
 	$(PY) -m benchmarks.remote --instant-upstream --out docs
 	$(PY) -m benchmarks.classify_handler --ratios --out docs
-	$(PY) -m benchmarks.gpu_pace --out docs
+	$(PY) -m benchmarks.gpu_pace --levels $(PACE_LEVELS) --against $(PACE_AGAINST) --out docs
 	$(PY) -m benchmarks.gpu_pace --stream-interval 4 --name gpu_pace_interval4.json --out docs
-	$(PY) -m benchmarks.gpu_pace --arrivals spread --name gpu_pace_spread.json --out docs
+	$(PY) -m benchmarks.gpu_pace --levels $(PACE_LEVELS) --against $(PACE_AGAINST) --arrivals spread --name gpu_pace_spread.json --out docs
 	$(PY) -m benchmarks.gpu_pace --arrivals spread --stream-interval 4 --name gpu_pace_spread_interval4.json --out docs
 	$(PY) -m benchmarks.gpu_pace --levels 32,128,256 --rounds 2 --litellm $(LITELLM_VENV)/bin/litellm --name gpu_pace_litellm.json --out docs
 	$(PY) -m benchmarks.first_token --out docs
