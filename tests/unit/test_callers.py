@@ -296,3 +296,21 @@ def test_the_server_refuses_to_start_on_bad_callers_naming_the_field(overrides, 
     out = subprocess.run(argv + [a for o in overrides for a in ("--set", o)], capture_output=True, text=True, timeout=120, cwd=ROOT,
                          env={**os.environ, **env})
     assert out.returncode == 2 and named in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def test_an_outcome_is_stored_with_the_caller_of_the_answer(tmp_path):
+    import time as clock
+
+    from server.finished import Finished
+    from server.routing.feedback import FeedbackTable, RecentAnswers
+    from server.types import ChatMessage, Decision, GenerateInput, Timings, Usage
+
+    recent = RecentAnswers(10, 3600)
+    req = GenerateInput("r1", (ChatMessage("user", "What is 2 + 2?"),), caller="chat")
+    now = clock.perf_counter()
+    recent.listener(keep_text=False)(Finished(req, Decision("small", "S", 0.2, 0.45, "classifier"), "4", Usage(9, 1), Timings(), "MISS",
+                                              True, None, now, now, now))
+    table = FeedbackTable.open(tmp_path / "store.sqlite", 100)
+    table.record("r1", recent.get("r1"), 5, None, "")
+    assert table.store.query("SELECT request_id, caller, rating FROM feedback") == [("r1", "chat", 5)]
+    table.close()

@@ -28,7 +28,7 @@ def test_a_finished_request_is_a_tree_of_its_stages_under_the_callers_span():
     exporter = InMemorySpanExporter()
     tracing = Tracing(exporter=exporter)
     arrived = time.perf_counter() - 0.5
-    span = tracing.begin(PARENT, arrived)
+    span = tracing.begin(PARENT, arrived, "chat")
     assert upstream_headers()["traceparent"].startswith("00-4bf92f3577b34da6a3ce929d0e0e4736-")  # ours, in the caller's trace
     assert not upstream_headers()["traceparent"].endswith("00f067aa0ba902b7-01")
     timings = Timings(classify_ms=0.05, queue_ms=20, ttft_ms=300, generate_ms=200, total_ms=500, cache_ms=1.0)
@@ -38,6 +38,7 @@ def test_a_finished_request_is_a_tree_of_its_stages_under_the_callers_span():
     spans = {s.name: s for s in exporter.get_finished_spans()}
     root = spans["triage.request"]
     assert root.parent.span_id == 0x00f067aa0ba902b7 and root.attributes["triage.tier"] == "small"
+    assert root.attributes["triage.caller"] == "chat"
     assert root.attributes["gen_ai.usage.output_tokens"] == 12 and root.attributes["triage.p_complex"] == 0.2
     assert {n for n, s in spans.items() if s.parent is not None and s.parent.span_id == root.context.span_id} == {
         "classify", "cache_lookup", "queue", "first_token", "generate"}
