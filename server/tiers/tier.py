@@ -75,11 +75,14 @@ class Tier:
         return (self.gate.ahead_of(caller) + 1) * self.slot_seconds / self.gate.max_in_flight
 
     def busy_reason(self, budget_s: float, caller: str = OTHER_CALLER) -> str | None:
-        """None if a request arriving now would start within `budget_s`;
-        else why not (placement.SPILL_REASONS): its queue is full, or the
-        expected wait is longer."""
+        """None if the caller's request arriving now would start within
+        `budget_s` (at once, on a slot free to it: the headroom while another
+        caller floods); else why not (placement.SPILL_REASONS): its queue is
+        full, or the expected wait is longer."""
         gate = self.gate
-        if gate.in_flight >= gate.max_in_flight and gate.waiting >= gate.max_queued:
+        if gate.has_room(caller):
+            return None
+        if gate.waiting >= gate.max_queued:
             return "queue_full"
         if self.expected_wait(caller) > budget_s:
             return "queue_wait"

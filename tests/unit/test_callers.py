@@ -314,3 +314,33 @@ def test_an_outcome_is_stored_with_the_caller_of_the_answer(tmp_path):
     table.record("r1", recent.get("r1"), 5, None, "")
     assert table.store.query("SELECT request_id, caller, rating FROM feedback") == [("r1", "chat", 5)]
     table.close()
+
+
+def test_a_tier_a_caller_floods_is_not_busy_for_another_caller_so_it_does_not_spill():
+    from server.tiers.tier import Tier
+
+    class Engine:
+        model, ready = "S", True
+
+        def unfinished_requests(self):
+            return 0
+
+    from prometheus_client import CollectorRegistry
+
+    from server.config import ResilienceConfig
+    from server.observe.metrics import RouterMetrics
+
+    config = load(ROOT / "config/cpu.yaml").tiers["small"]  # 16 slots, 32 queued
+    tier = Tier(config, Engine(), ResilienceConfig(), RouterMetrics(CollectorRegistry(), ("small", "large")),
+                weights={"flood": 1, "chat": 1}, headroom=1)
+
+    async def run():
+        release = asyncio.Event()
+        flood = [asyncio.create_task(_hold(tier.gate, "flood", [], release)) for _ in range(15 + 32)]
+        await asyncio.sleep(0)
+        assert (tier.gate.in_flight, tier.gate.waiting) == (15, 32)
+        assert tier.busy_reason(0.25, "flood") == "queue_full" and tier.busy_reason(0.25, "chat") is None
+        release.set()
+        await asyncio.gather(*flood)
+
+    asyncio.run(run())
