@@ -22,6 +22,7 @@ ADD = ("INSERT INTO caller_usage VALUES (?, ?, ?, ?) ON CONFLICT (caller, kind, 
        "DO UPDATE SET amount = caller_usage.amount + excluded.amount")
 TOTALS = "SELECT caller, kind, window_start, amount FROM caller_usage WHERE window_start >= ?"
 TRIM_EVERY = 600  # syncs between two deletions of rows older than two days
+WINDOWS = {"requests": "requests", "tokens": "tokens", "cost": "spend"}  # a row's kind -> the Account's window
 
 
 class FleetCounts:
@@ -34,9 +35,8 @@ class FleetCounts:
     def windows(self):
         """(caller, kind, window) for every count the fleet shares."""
         for name, account in self.ledger.accounts.items():
-            yield name, "requests", account.requests
-            yield name, "tokens", account.tokens
-            yield name, "cost", account.spend
+            for kind, window in WINDOWS.items():
+                yield name, kind, getattr(account, window)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -86,9 +86,7 @@ class FleetCounts:
 
     def _window(self, name: str, kind: str):
         account = self.ledger.accounts.get(name)
-        if account is None:
-            return None
-        return {"requests": account.requests, "tokens": account.tokens, "cost": account.spend}[kind]
+        return None if account is None else getattr(account, WINDOWS[kind])
 
     def _exchange(self, sending, since: int, trim: bool):
         store = self.threads.store

@@ -55,11 +55,27 @@ class CallerBook:
                 return named
         return self.of_token(bearer_of(context.invocation_metadata()))
 
+    def of_http(self, authorization: str, peercert) -> str:
+        """The caller of an HTTP request: its client certificate's common
+        name first (`peercert()`: the TLS peer's certificate, looked at only
+        when some caller has a tls_subject), else its bearer token."""
+        if self._by_subject and (cert := peercert()):
+            common_name = next((v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"), None)
+            named = self.of_subject(None, common_name)
+            if named is not None:
+                return named
+        return self.of_token(bearer_token(authorization))
+
+
+def bearer_token(value: str | bytes) -> bytes | None:
+    """The token of an `Authorization: Bearer <token>` value, if it is one."""
+    value = value.encode() if isinstance(value, str) else value
+    return value[7:].strip() if value[:7].lower() == b"bearer " else None
+
 
 def bearer_of(metadata) -> bytes | None:
-    """The token of an `authorization: Bearer <token>` entry, if any."""
+    """The token of gRPC metadata's `authorization` entry, if any."""
     for key, value in metadata or ():
         if key == "authorization":
-            value = value.encode() if isinstance(value, str) else value
-            return value[7:].strip() if value[:7].lower() == b"bearer " else None
+            return bearer_token(value)
     return None

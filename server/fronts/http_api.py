@@ -30,7 +30,7 @@ from collections.abc import Iterable
 import msgspec
 
 from .auth import matches
-from ..callers.identity import CallerBook
+from ..callers.identity import CallerBook, bearer_token
 from ..config import OTHER_CALLER
 from .calls import Call, Calls, Failure
 from ..errors import InvalidArgument, RouterError, TooLarge, Unauthenticated
@@ -144,21 +144,15 @@ class OpenAIHttp:
     def _authorised(self, request) -> bool:
         if not self._tokens:
             return True
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        return scheme.lower() == "bearer" and matches(token.strip().encode(), self._tokens)
+        token = bearer_token(request.headers.get("Authorization", ""))
+        return token is not None and matches(token, self._tokens)
 
     def _caller(self, request) -> str:
-        """Its client certificate's common name (mutual TLS), else its bearer token's caller."""
         if not self.callers:
             return OTHER_CALLER
-        cert = request.transport.get_extra_info("peercert") if request.transport is not None else None
-        common_name = next((v for rdn in (cert or {}).get("subject", ()) for k, v in rdn if k == "commonName"), None)
-        named = self.callers.of_subject(None, common_name) if common_name else None
-        if named is not None:
-            return named
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        return self.callers.of_token(token.strip()) if scheme.lower() == "bearer" else OTHER_CALLER
+        transport = request.transport
+        return self.callers.of_http(request.headers.get("Authorization", ""),
+                                    lambda: transport.get_extra_info("peercert") if transport is not None else None)
 
     async def models(self, request):
         from aiohttp import web
