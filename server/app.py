@@ -27,6 +27,7 @@ from .lookup.cache import ResponseCache
 from .fronts.calls import Calls
 from .config import Config, ResilienceConfig, TierConfig
 from .observe.costs import Costs
+from .observe.pace import LoopPressure
 from .tiers.engine import Engine, VllmEngine
 from .fronts.auth import HEALTH_SERVICE, BearerTokenAuth, tls_credentials
 from .routing.feedback import FeedbackTable, Outcomes, RecentAnswers, SharedAnswers
@@ -100,6 +101,7 @@ class App:
             self._lag_watcher = asyncio.create_task(watch_loop_lag(self.router.metrics.loop_lag_seconds))
             self._gc_pauses = GcPauses(self.router.metrics.gc_pause_seconds)
             self._gc_pauses.install()
+            self.router.pressure.start()
         if self.adaptation is not None:  # an adapter another process adopts is routed with here too
             self.adaptation.poll()
         if self.fleet_counts is not None:
@@ -123,6 +125,7 @@ class App:
         if self._lag_watcher is not None:
             self._lag_watcher.cancel()
             self._gc_pauses.remove()
+            self.router.pressure.stop()
         started = time.monotonic()
         if self.http is not None:  # its requests drain with the gRPC ones (begin_drain above)
             await asyncio.gather(self.server.stop(grace), self.http.stop())
@@ -305,7 +308,8 @@ def build_app(config: Config, classifier, engines: Mapping[str, Engine] | None =
                     spill=config.routing.spill, tracing=tracing, stats=stats,
                     costs=Costs({name: t.cost for name, t in config.tiers.items()}, list(config.tiers)[-1], metrics),
                     listeners=_listeners(metrics, stats, tracing, policy.sessions, tiers.names, recent, fb.keep_text, shadows, memory, ledger),
-                    on_engine_start=shadows.yield_to if shadows is not None else None, ledger=ledger)
+                    on_engine_start=shadows.yield_to if shadows is not None else None, ledger=ledger,
+                    pressure=LoopPressure(config.server.busy_merge_ms / 1e3, metrics.stream_holds.inc))
     book = CallerBook(tokens, config.callers)
     server = _grpc_server(config, registry, tokens)
     calls = Calls(metrics, router.stats)

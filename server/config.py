@@ -138,6 +138,10 @@ class ServerConfig:
     # Router processes sharing the ports (server/workers.py): more than one
     # only when every tier is remote or smg.
     workers: int = bounded(1, 1, integer=True)
+    # While the event loop is saturated, a stream that has sent text waits
+    # up to this long before its next message, so what its engine says
+    # meanwhile goes merged (server/observe/pace.py); 0: every token at once, always.
+    busy_merge_ms: float = bounded(50.0, 0.0, 1000.0)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from .observe.costs import Costs
 from .errors import PromptTooLong, RouterError, Unavailable
 from .finished import Finished, Listeners
 from .observe.metrics import RouterMetrics
+from .observe.pace import LoopPressure
 from .routing.policy import RoutingPolicy
 from .request import (Ceiling, EngineFailedEarly, Progress, RequestContext, SemanticHit, StreamInterval, next_chunk, prompt_for,
                       replay_deltas, report_move)
@@ -59,11 +60,14 @@ class Router:
                  cache: ResponseCache | None = None, retrieval: RetrievalService | None = None,
                  limits: LimitsConfig | None = None, resilience: ResilienceConfig | None = None, spill: SpillConfig | None = None,
                  tracing: Tracing | None = None, costs: Costs | None = None, stats: Stats | None = None, listeners: Listeners | None = None,
-                 on_engine_start: Callable[[str], None] | None = None, ledger: Ledger | None = None):
+                 on_engine_start: Callable[[str], None] | None = None, ledger: Ledger | None = None,
+                 pressure: LoopPressure | None = None):
         """`listeners`: told of every finished request (finished.py; app.py
         lists them, the ledger's charge among them); `on_engine_start(tier)`:
         a live request is about to start on the tier's engine (shadows yield
-        to it); `ledger`: the callers' limits (server/callers/ledger.py)."""
+        to it); `ledger`: the callers' limits (server/callers/ledger.py);
+        `pressure`: whether the event loop is saturated, when streams merge
+        their text (server/observe/pace.py; app.py starts it)."""
         self.policy, self.tiers, self.metrics, self.cache, self.retrieval = policy, tiers, metrics, cache, retrieval
         self.tracing, self.listeners = tracing or Tracing(), listeners or Listeners(())
         self.spill, self.limits, self.resilience = spill or SpillConfig(enabled=False), limits or LimitsConfig(), resilience or ResilienceConfig()
@@ -71,6 +75,7 @@ class Router:
         self.stats = stats or Stats(tiers.names)  # GetStats' figures; a listener keeps them (app.py)
         self._on_engine_start = on_engine_start or (lambda tier: None)
         self.ledger = ledger or Ledger(())
+        self.pressure = pressure or LoopPressure()  # not started: never busy
         self._chunk_chars = retrieval.max_chunk_chars if retrieval is not None else 0  # the longest retrieved chunk a prompt carries
 
     def classify(self, messages: tuple[ChatMessage, ...], threshold: float | None) -> tuple[Decision, float]:
@@ -251,6 +256,7 @@ class Router:
         ceiling = Ceiling(tier)
         interval = StreamInterval(tier.config.stream_interval)
         stream = tier.engine.generate(prompt, ctx.sampling, ctx.req.request_id).__aiter__()
+        self.pressure.began()
         try:
             while (chunk := await next_chunk(ctx, stream, search, ceiling)) is not None:
                 search = None  # settled, a miss
@@ -264,7 +270,11 @@ class Router:
                         for event in ctx.announce():
                             yield event
                         yield DeltaEvent(text)
+                        if self.pressure.busy and not chunk.finished:
+                            # The loop is saturated: what comes meanwhile goes merged (observe/pace.py).
+                            await self.pressure.calm()
         finally:
+            self.pressure.ended()
             ceiling.close()
             gauge.dec()
             await stream.aclose()

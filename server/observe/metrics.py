@@ -57,6 +57,8 @@ class RouterMetrics:
         self.request_seconds = self._histogram("router_request_duration_seconds", "End-to-end request duration", ("rpc", "tier", "code"))
         self.loop_lag_seconds = self._histogram(
             "router_event_loop_lag_seconds", "How late the event loop ran a timer due every 0.1 s: a stall every request shares")
+        self.stream_holds = Counter("router_stream_holds_total", "Times a stream waited for a saturated event loop, so its next text "
+                                    "went merged (server.busy_merge_ms, server/observe/pace.py)", registry=self.registry)
         self.gc_pause_seconds = self._histogram("router_gc_pause_seconds", "Garbage collections' durations, by generation (the event loop stops for each)",
                                           ("generation",))
         self.requests = Counter("router_requests_total", "Requests by RPC, tier, route reason and status code", ["rpc", "tier", "reason", "code"], registry=self.registry)

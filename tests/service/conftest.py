@@ -13,14 +13,19 @@ from server.app import build_app
 
 
 @contextlib.contextmanager
-def serve_in_thread(config, engines, timeout: float = 10, clf=None):
+def serve_in_thread(config, engines, timeout: float = 10, clf=None, pressure: bool = False):
     """Yield (client, app) for an app built from `config`, `engines` and a
-    classifier (default: the committed one); stop it afterwards."""
+    classifier (default: the committed one); stop it afterwards.
+    `pressure`: start the router's LoopPressure, as App.start_engines does.
+    `serving_loop(app)` is the loop the app serves on."""
     clf = clf or classifier.load()
 
     async def start():
         app = build_app(config, clf, engines=engines)  # grpc.aio binds to this loop
         await app.server.start()
+        if pressure:
+            app.router.pressure.start()
+        _LOOPS[id(app)] = asyncio.get_running_loop()
         return app
 
     loop = asyncio.new_event_loop()
@@ -35,3 +40,12 @@ def serve_in_thread(config, engines, timeout: float = 10, clf=None):
         asyncio.run_coroutine_threadsafe(app.server.stop(0), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+        _LOOPS.pop(id(app), None)
+
+
+_LOOPS: dict[int, asyncio.AbstractEventLoop] = {}
+
+
+def serving_loop(app) -> asyncio.AbstractEventLoop:
+    """The event loop an app from serve_in_thread serves on (to run work there)."""
+    return _LOOPS[id(app)]
