@@ -80,7 +80,7 @@ proto: $(STAMP)
 # router of PACE_AGAINST (a git revision: the one before the last change to
 # the front doors) beside this one, from one caller (a token's gaps) to 512
 # streams. The callers' fair share under a flood: python -m benchmarks.callers_flood.
-PACE_AGAINST ?= 14b625a
+PACE_AGAINST ?= 46a1275
 PACE_LEVELS ?= 1,32,128,256,512
 bench: install litellm-env
 	$(PY) -m benchmarks --config $(CONFIG) --out docs
@@ -93,6 +93,7 @@ bench: install litellm-env
 	$(PY) -m benchmarks.gpu_pace --arrivals spread --stream-interval 4 --name gpu_pace_spread_interval4.json --out docs
 	$(PY) -m benchmarks.gpu_pace --levels 32,128,256 --rounds 2 --litellm $(LITELLM_VENV)/bin/litellm --name gpu_pace_litellm.json --out docs
 	$(PY) -m benchmarks.first_token --out docs
+	$(PY) -m benchmarks.first_token --burst 256 --requests 4 --out docs
 	$(PY) -m benchmarks.stream_floor --out docs
 	$(PY) -m benchmarks --render --out docs
 

@@ -1,6 +1,6 @@
-"""Where a first token's time goes, hop by hop, at one caller:
+"""Where a first token's time goes, hop by hop, at one caller or in a burst:
 
-    python -m benchmarks.first_token [--requests 60] [--pace h200] [--out docs]
+    python -m benchmarks.first_token [--requests 60] [--pace h200] [--burst N] [--out docs]
 
 Starts benchmarks/simulated_vllm.py (recording when each request arrives
 and when its first event leaves) and the router (both tiers `remote` on it,
@@ -19,7 +19,11 @@ machine, so each first token's time splits into:
 
 Direct has only client -> server, server and server -> client. Prints the
 medians (the first 5 requests of each path are warm-up) and writes
-`first_token.json`.
+`first_token.json`. With `--burst N`, each of `--requests` rounds sends N
+questions at once per path, from one client process (the first round is
+warm-up), and writes `first_token_burstN.json`: where a burst's first
+tokens wait (in a burst, client -> router holds the client's own work and
+the router's accepting of the calls before it).
 """
 
 from __future__ import annotations
@@ -51,26 +55,31 @@ async def _first_token(stream) -> tuple[float, float]:
     return sent, sent + ttft
 
 
-async def _ask(direct: str, front: str, grpc_address: str, requests: int) -> dict[str, dict[str, tuple[float, float]]]:
-    """Per path, per request id: (sent, first text), paths in turn."""
+async def _ask(direct: str, front: str, grpc_address: str, requests: int, burst: int = 1) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per path, per request id: (sent, first text), paths in turn; with
+    `burst` > 1, each of `requests` rounds sends that many at once."""
     import aiohttp
 
     from clients import AsyncTriageClient
 
     stamps: dict[str, dict[str, tuple[float, float]]] = {"direct": {}, "http": {}, "grpc": {}}
     client = AsyncTriageClient(grpc_address, timeout=60)
+
+    def stream(http, path: str, n: int, i: int):
+        prompt, rid = f"Question {n}.{i}: what is {n} plus {i + 1}?", f"ft-{path}-{n}-{i}"
+        if path == "grpc":
+            return rid, grpc_stream(client, prompt, MAX_TOKENS, request_id=rid)
+        url, model = (direct, MODEL) if path == "direct" else (front, "small")
+        return rid, sse_stream(http, url, model, prompt, MAX_TOKENS, headers={"X-Request-Id": rid})
+
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             for n in range(requests):
-                prompt = f"Question {n}: what is {n} plus {n + 1}?"
                 for path in stamps:
-                    rid = f"ft-{path}-{n}"
-                    if path == "grpc":
-                        stream = grpc_stream(client, prompt, MAX_TOKENS, request_id=rid)
-                    else:
-                        url, model = (direct, MODEL) if path == "direct" else (front, "small")
-                        stream = sse_stream(http, url, model, prompt, MAX_TOKENS, headers={"X-Request-Id": rid})
-                    stamps[path][rid] = await _first_token(stream)
+                    rids, streams = zip(*(stream(http, path, n, i) for i in range(burst)))
+                    stamps[path].update(zip(rids, await asyncio.gather(*map(_first_token, streams))))
+                    if burst > 1:
+                        await asyncio.sleep(0.5)  # the burst's answers end before the next path's
     finally:
         await client.close()
     return stamps
@@ -87,8 +96,8 @@ def _legs(path: str, sent: float, first: float, server: dict, router: dict | Non
             "server -> router": r1 - s1, "router -> client": first - r1, "total": first - sent}
 
 
-def breakdown(stamps: dict, timeline: Path, router_log: Path) -> dict[str, dict[str, float]]:
-    """Median milliseconds per hop and path, after the warm-up."""
+def breakdown(stamps: dict, timeline: Path, router_log: Path, warm_up: int = WARM_UP) -> dict[str, dict[str, float]]:
+    """Median milliseconds per hop and path, after the first `warm_up` requests."""
     server = {row["request_id"]: row for row in map(json.loads, timeline.read_text().splitlines())}
     router = {}
     for line in router_log.read_text().splitlines():
@@ -98,7 +107,7 @@ def breakdown(stamps: dict, timeline: Path, router_log: Path) -> dict[str, dict[
     out = {}
     for path, requests in stamps.items():
         rows = [_legs(path, sent, first, server[rid], None if path == "direct" else router[rid])
-                for rid, (sent, first) in list(requests.items())[WARM_UP:]]
+                for rid, (sent, first) in list(requests.items())[warm_up:]]
         out[path] = {leg: float(np.median([r[leg] for r in rows])) * 1e3 for leg in rows[0]}
         out[path]["requests"] = len(rows)
     return out
@@ -119,6 +128,8 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=60, help="per path")
     parser.add_argument("--pace", default="h200", choices=("h200", "instant"))
+    parser.add_argument("--burst", type=int, default=1, help="requests sent at once, per round and path (--requests rounds; "
+                                                              "the first round is warm-up)")
     parser.add_argument("--out", default="docs")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp, processes() as procs:
@@ -129,15 +140,17 @@ def main(argv=None) -> int:
                                        "--pace", args.pace, "--timeline", str(timeline)],
                                       cwd=ROOT, stdout=(tmp / "sim.log").open("w"), stderr=subprocess.STDOUT))
         _wait(lambda: _healthy(url), 120, "the simulator")
-        router = start_router(router_config(url, tmp, 16), router_log.open("w"))
+        router = start_router(router_config(url, tmp, max(16, args.burst)), router_log.open("w"))
         procs.append(router.proc)
-        stamps = asyncio.run(_ask(f"{url}/v1/chat/completions", f"{router.http}/v1/chat/completions", router.address, args.requests))
-        result = breakdown(stamps, timeline, router_log)
-    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "pace": args.pace, "ms_median": result}
+        stamps = asyncio.run(_ask(f"{url}/v1/chat/completions", f"{router.http}/v1/chat/completions", router.address, args.requests,
+                                  args.burst))
+        result = breakdown(stamps, timeline, router_log, WARM_UP if args.burst == 1 else args.burst)
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "pace": args.pace, "burst": args.burst, "rounds": args.requests,
+              "ms_median": result}
     _print(result["ms_median"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "first_token.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / ("first_token.json" if args.burst == 1 else f"first_token_burst{args.burst}.json")).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -222,33 +222,44 @@ def _gpu_pace_table(r: dict) -> list[str]:
     for streams, level in r["levels"].items():
         d = level["direct"]
         rows.append(f"| {streams} | direct | {d['tokens_per_s']:,.0f} tokens/s (model: {d['model_tokens_per_s']:,.0f}) | "
-                    f"{d['ttft_p50_ms']:.0f} / {d['ttft_p99_ms']:.0f} ms | {d['gap_p99_ms']:.0f} ms | simulator {d['sim_cores']:.2f} | - |")
+                    f"{d['ttft_p50_ms']:.0f} / {d['ttft_p99_ms']:.0f} ms | {d['gap_p99_ms']:.0f} ms | simulator {d['sim_cores']:.2f} | - | "
+                    f"{d.get('messages_per_answer', float('nan')):.1f} |")
         for path_name, v in level.items():
             if path_name != "direct":
                 rows.append(f"| {streams} | {names.get(path_name, path_name)} | ×{v['throughput_ratio']:.3f} | {v['added_ttft_p50_ms']:+.0f} / "
                             f"{v['added_ttft_p99_ms']:+.0f} ms | {v['added_gap_p99_ms']:+.1f} ms | {v['router_cores']:.2f} | "
-                            f"{v['router_cpu_ms_per_1k_tokens']:.0f} |")
-    return ["| streams | path | tokens/s vs direct | TTFT p50 / p99 (added) | gap p99 (added) | cores | CPU ms per 1,000 tokens |",
-            "|---|---|---|---|---|---|---|", *rows, ""]
+                            f"{v['router_cpu_ms_per_1k_tokens']:.0f} | {v.get('messages_per_answer', float('nan')):.1f} |")
+    return ["| streams | path | tokens/s vs direct | TTFT p50 / p99 (added) | gap p99 (added) | cores | CPU ms per 1,000 tokens | "
+            "messages an answer |",
+            "|---|---|---|---|---|---|---|---|", *rows, ""]
 
 
 def _first_token_lines(path: Path) -> list[str]:
-    """Where one caller's first token goes, hop by hop (benchmarks.first_token)."""
+    """Where a first token goes, hop by hop (benchmarks.first_token), at one caller or in a burst."""
     from .first_token import LEGS
 
     if not path.is_file():
         return []
     r = json.loads(path.read_text())
     m = r["ms_median"]
+    burst = r.get("burst", 1)
     direct = m["direct"]
     rows = [f"| direct | {direct['client -> server']:.2f} | - | - | {direct['server']:.2f} | - | {direct['server -> client']:.2f} | "
             f"{direct['total']:.2f} | - |"]
     for name, key in (("HTTP front", "http"), ("gRPC front", "grpc")):
         v = m[key]
         rows.append(f"| {name} | " + " | ".join(f"{v[h]:.2f}" for h in LEGS) + f" | {v['total']:.2f} | {v['total'] - direct['total']:+.2f} |")
-    return [f"**Where one caller's first token goes**, {r['date']}, `python -m benchmarks.first_token` (docs/first_token.json): one "
-            "question at a time, directly and through each front in turn, every process stamping the same clock; medians in ms "
-            f"over {m['http']['requests']} requests a path. Direct has one hop each way (client -> server, server -> client).", "",
+    if burst > 1:
+        title = (f"**Where a burst's first tokens go**, {r['date']}, `python -m benchmarks.first_token --burst {burst} --requests "
+                 f"{r.get('rounds', m['http']['requests'] // burst + 1)}` (docs/{path.name}): {burst} questions sent at once from one client process, "
+                 "directly and through each front in turn, every process stamping the same clock; medians in ms over "
+                 f"{m['http']['requests']} requests a path. Client -> router holds the client's own work on its {burst} calls and "
+                 "the router's accepting of the calls before each.")
+    else:
+        title = (f"**Where one caller's first token goes**, {r['date']}, `python -m benchmarks.first_token` (docs/{path.name}): one "
+                 "question at a time, directly and through each front in turn, every process stamping the same clock; medians in ms "
+                 f"over {m['http']['requests']} requests a path.")
+    return [f"{title} Direct has one hop each way (client -> server, server -> client).", "",
             "| path | client -> router | router's work | router -> server | server (prefill) | server -> router | router -> client | total | added |",
             "|---|---|---|---|---|---|---|---|---|", *rows, ""]
 
@@ -268,10 +279,13 @@ GPU_PACE_READING = [
     "How to read them:", "",
     "- Only figures of one run compare: these machines are noisy, and a run measures the 2 shared cores as much as the router "
     "(the simulator, the router and the load processes share them).",
-    "- **All streams starting together** is a burst of that many new requests in one moment. The router does about 1 ms of "
-    "work per new request (validation, classification, rendering, the upstream request, the gRPC call's set-up) on one event "
-    "loop, so the last of 256 starts some hundreds of milliseconds late: that is the first-token p99. No single-threaded "
-    "router serves 256 simultaneous arrivals within 10 ms, which would take under 40 µs each.",
+    "- **All streams starting together** is a burst of that many new requests in one moment. grpc.aio accepts one call at "
+    "a time, each in a turn of the router's one event loop, and each new request costs the router about half a millisecond "
+    "of its own work (validation, classification, rendering, the upstream request) besides the call's own set-up, so the "
+    "last of 256 starts some hundreds of milliseconds late: that is the first-token p99. Every token relayed meanwhile for "
+    "the streams already running takes a turn of the same loop; while the loop is saturated the streams merge their text "
+    "(`server.busy_merge_ms`, docs/deployment.md; the messages-an-answer column), which leaves the loop to the new requests. "
+    "The burst's hop-by-hop table below shows where the rest waits.",
     "- **Each stream starting at its own moment** is a busy server's steady state: what the router adds to a first token "
     "is then its own work and its two extra hops (the hop-by-hop table below), unless its process or the machine is "
     "saturated (then requests queue on the event loop, as the gRPC front's tails at 256 and 512 streams of a token an "
@@ -309,7 +323,8 @@ def _gpu_pace_lines(folder: Path) -> list[str]:
              "code of an earlier commit beside this one.", ""]
     for name, title, result in runs:
         lines += [f"**{title}**, {result['date']}, `{_gpu_pace_command(result, name)}` (docs/{name}):", "", *_gpu_pace_table(result)]
-    return [*lines, *_first_token_lines(folder / "first_token.json"), *_stream_floor_line(folder / "stream_floor.json"), *GPU_PACE_READING]
+    return [*lines, *_first_token_lines(folder / "first_token.json"), *_first_token_lines(folder / "first_token_burst256.json"),
+            *_stream_floor_line(folder / "stream_floor.json"), *GPU_PACE_READING]
 
 
 def write_markdown(results: dict, path: Path) -> None:

@@ -16,23 +16,28 @@ loop keeps up nothing waits: every token is its own message.
 It looks only while two or more answers are being generated: one alone
 has no one to make room for, so an idle router never merges, and a router
 with nothing to do keeps no timer. Saturated: a tick of the loop's own
-clock ran late (the loop was busy with other work when it was due), or the
-loop thread spent most of a tick's wall time on the CPU (`time.thread_time`,
-which counts the loop's work and nothing else the process does: the
-engines' threads, gRPC's poller). Busy from a saturated tick until a few
-quiet ticks in a row.
+clock ran LATE_S late (work that became ready waited that long for the
+loop), or over the last WINDOW_S the loop thread was on the CPU for most
+of the time (`time.thread_time`, which counts the loop's work and nothing
+else the process does: the engines' threads, gRPC's poller). Neither fires
+on a loop keeping up with streams that step together: every running
+request gets a token in the same engine step, so their relays reach the
+loop in a clump of a few milliseconds and leave the rest of the step idle.
+Busy from a saturated tick until a few quiet ticks in a row.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from typing import Callable
 
 TICK_S = 0.005  # how often the loop is looked at
-LATE_S = 0.002  # a tick this late means the loop is behind
-BUSY_SHARE = 0.85  # or the loop thread on the CPU for this share of a tick
-CALM_TICKS = 4  # busy until this many ticks in a row were neither
+LATE_S = 0.005  # a tick this late: work that became ready waited this long
+WINDOW_S = 0.025  # over how long the loop's CPU share is measured
+BUSY_SHARE = 0.85  # or the loop thread on the CPU for this share of the window
+CALM_TICKS = 4  # busy until this many ticks in a row were not
 
 
 class LoopPressure:
@@ -48,7 +53,7 @@ class LoopPressure:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._answers = 0  # being generated now
         self._handle: asyncio.TimerHandle | None = None
-        self._at = self._cpu = 0.0
+        self._seen: collections.deque[tuple[float, float]] = collections.deque()  # (wall, loop CPU) of the window's ticks
         self._calm_ticks = 0  # ticks in a row that were not saturated
         self._held: asyncio.Future | None = None  # the one wait every held stream shares
         self._held_since = 0.0
@@ -71,7 +76,8 @@ class LoopPressure:
         """An answer's generation began (`ended()` when it ends, however)."""
         self._answers += 1
         if self._answers == 2 and self._loop is not None and self._handle is None:
-            self._at, self._cpu = time.perf_counter(), time.thread_time()
+            self._seen.clear()
+            self._seen.append((time.perf_counter(), time.thread_time()))
             self._handle = self._loop.call_later(TICK_S, self._tick)
 
     def ended(self) -> None:
@@ -92,13 +98,17 @@ class LoopPressure:
             self._quiet()
             return
         now, cpu = time.perf_counter(), time.thread_time()
-        elapsed = now - self._at
-        saturated = elapsed - TICK_S >= LATE_S or cpu - self._cpu >= BUSY_SHARE * elapsed
-        # A burst's loop is saturated in stretches with a quiet tick between them: busy
-        # ends only after a run of quiet ticks, so streams keep merging through it.
+        seen = self._seen
+        while len(seen) > 1 and now - seen[1][0] >= WINDOW_S:  # keep one sample at least a window old
+            seen.popleft()
+        then, cpu_then = seen[0]
+        late = now - seen[-1][0] - TICK_S >= LATE_S
+        saturated = late or (now - then >= WINDOW_S and cpu - cpu_then >= BUSY_SHARE * (now - then))
+        seen.append((now, cpu))
+        # A burst's loop is saturated in stretches with a quieter moment between them:
+        # busy ends only after a run of quiet ticks, so streams keep merging through it.
         self._calm_ticks = 0 if saturated else self._calm_ticks + 1
         self.busy = saturated or (self.busy and self._calm_ticks < CALM_TICKS)
-        self._at, self._cpu = now, cpu
         if self._held is not None and now - self._held_since >= self.hold_s:
             self._release()
         self._handle = self._loop.call_later(TICK_S, self._tick)
