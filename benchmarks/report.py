@@ -125,6 +125,38 @@ def _overhead_lines(levels: dict) -> list[str]:
     return lines
 
 
+def _engine_spin_lines(path: Path) -> list[str]:
+    """The CPU engine's second process, spinning and quiet (benchmarks.engine_spin)."""
+    if not path.is_file():
+        return []
+    r = json.loads(path.read_text())
+    spin, quiet, ratio = r["spinning"], r["quiet"], r["ratios_quiet_over_spinning"]
+
+    def row(name: str, v: dict, ratios: bool = False) -> str:
+        busy, both = v["one_tier_busy"], v["both_tiers_busy_tokens_per_s"]
+        one = f"{busy['tokens_per_s']:.1f}" + (f" (×{ratio['one_tier_tokens_per_s']:.2f})" if ratios else "")
+        two = f"{both['small']:.1f} / {both['large']:.1f}" + (
+            f" (×{ratio['both_small_tokens_per_s']:.2f} / ×{ratio['both_large_tokens_per_s']:.2f})" if ratios else "")
+        return f"| {name} | {busy['cores']['EngineCore']:.2f} | {busy['cores']['Worker']:.2f} | {one} | {two} |"
+
+    scrapes = [v["scraping"] for v in (spin, quiet)]
+    return [
+        "**The engine's second process no longer spins.** On the CPU build vLLM splits each engine into an EngineCore and a "
+        "Worker process (its CPU platform forces the multiprocessing executor), and the reader of their shared-memory queues "
+        "spins on sched_yield for 1 s after every message. So while one tier generated, its EngineCore held a second core. "
+        "Triage's vLLM plugin (`server/tiers/engine.py`, `quiet_message_queues`) makes that reader sleep 0.2 ms between looks "
+        "instead. `python -m benchmarks.engine_spin` (docs/engine_spin.json, the router on config/cpu.yaml with vLLM's spinning "
+        "readers kept by `TRIAGE_VLLM_SPIN=1`, then without, 200 tokens):", "",
+        "| | EngineCore cores, one tier busy | Worker cores | one tier tokens/s | both busy, small / large tokens/s |",
+        "|---|---|---|---|---|",
+        row("vLLM's spinning readers", spin), row("quiet readers (default now)", quiet, ratios=True), "",
+        f"Scraping `/metrics` ten times a second during a small-tier answer cost nothing measurable on this profile: "
+        f"{scrapes[0]['series']} series, a scrape p50 {min(x['scrape_ms_p50'] for x in scrapes):.0f}-"
+        f"{max(x['scrape_ms_p50'] for x in scrapes):.0f} ms and at most {max(x['scrape_ms_max'] for x in scrapes):.0f} ms, the answer "
+        f"{min(x['answer_s_scraped'] for x in scrapes):.1f}-{max(x['answer_s_scraped'] for x in scrapes):.1f} s scraped against "
+        f"{min(x['answer_s_alone'] for x in scrapes):.1f}-{max(x['answer_s_alone'] for x in scrapes):.1f} s alone.", ""]
+
+
 def _cores_lines(path: Path) -> list[str]:
     """From `python -m benchmarks.cores` (its own run, its own date)."""
     if not path.is_file():
@@ -213,6 +245,12 @@ def _gpu_pace_command(r: dict, name: str) -> str:
     return " ".join(["python -m benchmarks.gpu_pace", *filter(None, options)])
 
 
+def _messages(path_result: dict) -> str:
+    """Messages with text an answer; runs before it was counted show none."""
+    value = path_result.get("messages_per_answer")
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _gpu_pace_table(r: dict) -> list[str]:
     against = r.get("against")
     names = {"grpc": "gRPC front", "http": "HTTP front", "grpc_old": f"gRPC front at {against}", "http_old": f"HTTP front at {against}",
@@ -223,12 +261,12 @@ def _gpu_pace_table(r: dict) -> list[str]:
         d = level["direct"]
         rows.append(f"| {streams} | direct | {d['tokens_per_s']:,.0f} tokens/s (model: {d['model_tokens_per_s']:,.0f}) | "
                     f"{d['ttft_p50_ms']:.0f} / {d['ttft_p99_ms']:.0f} ms | {d['gap_p99_ms']:.0f} ms | simulator {d['sim_cores']:.2f} | - | "
-                    f"{d.get('messages_per_answer', float('nan')):.1f} |")
+                    f"{_messages(d)} |")
         for path_name, v in level.items():
             if path_name != "direct":
                 rows.append(f"| {streams} | {names.get(path_name, path_name)} | ×{v['throughput_ratio']:.3f} | {v['added_ttft_p50_ms']:+.0f} / "
                             f"{v['added_ttft_p99_ms']:+.0f} ms | {v['added_gap_p99_ms']:+.1f} ms | {v['router_cores']:.2f} | "
-                            f"{v['router_cpu_ms_per_1k_tokens']:.0f} | {v.get('messages_per_answer', float('nan')):.1f} |")
+                            f"{v['router_cpu_ms_per_1k_tokens']:.0f} | {_messages(v)} |")
     return ["| streams | path | tokens/s vs direct | TTFT p50 / p99 (added) | gap p99 (added) | cores | CPU ms per 1,000 tokens | "
             "messages an answer |",
             "|---|---|---|---|---|---|---|---|", *rows, ""]
@@ -254,7 +292,9 @@ def _first_token_lines(path: Path) -> list[str]:
                  f"{r.get('rounds', m['http']['requests'] // burst + 1)}` (docs/{path.name}): {burst} questions sent at once from one client process, "
                  "directly and through each front in turn, every process stamping the same clock; medians in ms over "
                  f"{m['http']['requests']} requests a path. Client -> router holds the client's own work on its {burst} calls and "
-                 "the router's accepting of the calls before each.")
+                 "the router's accepting of the calls before each. Each leg's median is taken on its own, so in a burst the legs need not "
+                 "add up to the total, and a leg of under a millisecond can come out a little below zero (stamps of different "
+                 "processes).")
     else:
         title = (f"**Where one caller's first token goes**, {r['date']}, `python -m benchmarks.first_token` (docs/{path.name}): one "
                  "question at a time, directly and through each front in turn, every process stamping the same clock; medians in ms "
@@ -392,6 +432,7 @@ def write_markdown(results: dict, path: Path) -> None:
         f"the largest difference between its best similarity and the cache's was {results['cache_semantic']['fp16_max_similarity_error']:.5f}.", "",
         *(overlap_lines(results["overlap"]) if "overlap" in results else []),
         *_cores_lines(path.parent / "cores.json"),
+        *_engine_spin_lines(path.parent / "engine_spin.json"),
         *_remote_lines(path.parent / "remote.json"),
         *spill_lines(results.get("spill"), results.get("section_dates", {}).get("spill", results["date"])),
         *_smg_lines(path.parent / "smg.json"),
