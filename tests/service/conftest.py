@@ -12,6 +12,27 @@ from clients import TriageClient
 from server.app import build_app
 
 
+class StubEngine:
+    """What the Engine protocol (server/tiers/engine.py) asks beyond render
+    and generate, for the fakes these tests serve: loaded, ready, nothing
+    to start or stop, nothing unfinished."""
+
+    restartable = False
+
+    def __init__(self, tier: str, model: str, max_model_len: int):
+        self.tier, self.model, self.max_model_len = tier, model, max_model_len
+        self.load_seconds, self.ready = 0.0, True
+
+    def unfinished_requests(self):
+        return 0
+
+    async def start(self):
+        pass
+
+    async def shutdown(self):
+        pass
+
+
 @contextlib.contextmanager
 def serve_in_thread(config, engines, timeout: float = 10, clf=None, pressure: bool = False):
     """Yield (client, app) for an app built from `config`, `engines` and a

@@ -21,20 +21,17 @@ from clients import InternalError, ResourceExhaustedError
 from server.config import load
 from server.types import EngineChunk, Prompt
 
-from .conftest import serve_in_thread
+from .conftest import StubEngine, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class HeldEngine:
+class HeldEngine(StubEngine):
     """Answers "ok" once `release` is set (a threading.Event, polled from the
     server's loop), after `hold_s` at least."""
 
-    restartable = False
-
     def __init__(self, tier: str, model: str, max_model_len: int):
-        self.tier, self.model, self.max_model_len = tier, model, max_model_len
-        self.load_seconds, self.ready = 0.0, True
+        super().__init__(tier, model, max_model_len)
         self.release = threading.Event()
         self.release.set()
         self.hold_s = 0.0
@@ -55,12 +52,6 @@ class HeldEngine:
 
     def unfinished_requests(self):
         return self.running
-
-    async def start(self):
-        pass
-
-    async def shutdown(self):
-        pass
 
 
 @pytest.fixture

@@ -22,19 +22,13 @@ import pytest
 from server.config import load
 from server.types import EngineChunk, Prompt
 
-from .conftest import serve_in_thread, serving_loop
+from .conftest import StubEngine, serve_in_thread, serving_loop
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = 100
 
 
-class WordEngine:
-    restartable = False
-
-    def __init__(self, tier: str, model: str, max_model_len: int):
-        self.tier, self.model, self.max_model_len = tier, model, max_model_len
-        self.load_seconds, self.ready = 0.0, True
-
+class WordEngine(StubEngine):
     async def render(self, messages):
         return Prompt([1] * 8, tuple(messages))
 
@@ -62,15 +56,6 @@ class WordEngine:
                 yield EngineChunk(text, sent, finished=sent == WORDS, finish_reason="length" if sent == WORDS else None)
         finally:
             speaker.cancel()
-
-    def unfinished_requests(self):
-        return 0
-
-    async def start(self):
-        pass
-
-    async def shutdown(self):
-        pass
 
 
 async def saturate(seconds: float) -> None:

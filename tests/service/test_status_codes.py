@@ -20,18 +20,14 @@ from clients import InternalError, InvalidArgumentError, UnavailableError
 from server.config import load
 from server.types import EngineChunk, Prompt
 
-from .conftest import serve_in_thread
+from .conftest import StubEngine, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class FakeEngine:
-    restartable = False
-
+class FakeEngine(StubEngine):
     def __init__(self, tier: str, model: str, max_model_len: int):
-        self.tier, self.model, self.max_model_len = tier, model, max_model_len
-        self.load_seconds = 0.0
-        self.ready = True
+        super().__init__(tier, model, max_model_len)
         self.crash = False
         self.crash_midway = False  # one chunk of text, then the engine dies
         self.fail_together: threading.Event | None = None  # requests wait for it, then all fail at once
@@ -61,15 +57,6 @@ class FakeEngine:
             finally:
                 self.aborted += 1
         yield EngineChunk("ok", 1, finished=True, finish_reason="stop")
-
-    def unfinished_requests(self):
-        return 0
-
-    async def start(self):
-        pass
-
-    async def shutdown(self):
-        pass
 
 
 @pytest.fixture(scope="module")
